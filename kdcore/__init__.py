@@ -1,0 +1,21 @@
+"""kdcore: knowledge distillation for PyTorch, a small core plus installable plugins.
+
+Plugins import :data:`hookimpl` and return :class:`Component` specs from the hooks in
+:mod:`kdcore.hookspecs`. Users build components by name with :func:`build` and list them with
+:func:`components`, or run whole experiments with ``kdcore run``.
+"""
+
+from .components import Algorithm, Batch, Connector, Distiller, DistillationHead, Loss, Stage
+from .components.distiller import DistillPoint
+from .errors import UserError
+from .hookspecs import hookimpl
+from .registry import build, components
+from .specs import KINDS, Component
+from .task import ClassificationTask, Task
+from .version import PLUGIN_API_VERSION, __version__
+
+__all__ = [
+    "Algorithm", "Batch", "ClassificationTask", "Component", "Connector", "DistillPoint",
+    "Distiller", "DistillationHead", "KINDS", "Loss", "PLUGIN_API_VERSION", "Stage", "Task",
+    "UserError", "__version__", "build", "components", "hookimpl",
+]

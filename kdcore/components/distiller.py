@@ -1,0 +1,97 @@
+"""Base class of distillers: frozen teachers, their taps, and the heads of each distill point."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from ..taps import FeatureTaps, Tap
+from .head import DistillationHead
+
+
+@attrs.define
+class DistillPoint:
+    """One place where student and teacher are compared."""
+
+    name: str
+    teacher: str
+    student_tap: Tap
+    teacher_tap: Tap
+    head: DistillationHead
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put ``model`` in eval mode and stop gradients into its parameters, for good."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class Distiller(nn.Module):
+    """Holds the frozen teachers and computes the distillation terms of a step.
+
+    Teachers stay in eval mode whatever ``train()`` is called with, run without autograd, and
+    their weights never change. Subclasses may override :meth:`teacher_features` (e.g. to read
+    a cache) or :meth:`losses` (e.g. to combine teachers).
+    """
+
+    def __init__(self, teachers: Mapping[str, nn.Module], points: list[DistillPoint]) -> None:
+        super().__init__()
+        self.teachers = nn.ModuleDict({k: freeze(m) for k, m in teachers.items()})
+        self.heads = nn.ModuleDict({p.name: p.head for p in points})
+        self.points = points
+        self._taps = {
+            name: FeatureTaps(
+                teacher,
+                [p.teacher_tap for p in points if p.teacher == name],
+                where=f"teachers[{name}] module path",
+            )
+            for name, teacher in self.teachers.items()
+        }
+
+    def train(self, mode: bool = True) -> "Distiller":
+        super().train(mode)
+        for teacher in self.teachers.values():
+            teacher.eval()
+        return self
+
+    def student_taps(self) -> list[Tap]:
+        return [p.student_tap for p in self.points]
+
+    @torch.no_grad()
+    def teacher_features(self, inputs: torch.Tensor, **extra: Any) -> dict[str, dict[str, Any]]:
+        """``{teacher_name: {tap_key: tensor}}`` for one batch, computed without autograd."""
+        features: dict[str, dict[str, Any]] = {}
+        for name, teacher in self.teachers.items():
+            taps = self._taps[name]
+            taps.clear()
+            taps.record_output(teacher(inputs))
+            features[name] = dict(taps.features)
+        return features
+
+    def losses(
+        self,
+        student_features: Mapping[str, Any],
+        teacher_features: Mapping[str, Mapping[str, Any]],
+        **extra: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Every head's weighted loss terms, keyed ``"<point>.<loss>"`` or the loss name alone."""
+        terms: dict[str, torch.Tensor] = {}
+        for point in self.points:
+            head_terms = self.heads[point.name](
+                student_features[point.student_tap.key],
+                teacher_features[point.teacher][point.teacher_tap.key],
+                **extra,
+            )
+            for term, value in head_terms.items():
+                terms[term if point.name == "" else f"{point.name}.{term}"] = value
+        return terms
+
+    def remove_taps(self) -> None:
+        for taps in self._taps.values():
+            taps.remove()

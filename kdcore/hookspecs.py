@@ -1,0 +1,133 @@
+"""The hooks a kdcore plugin implements: one per component kind.
+
+Each hook takes no arguments and returns a list of :class:`kdcore.specs.Component`. A plugin
+implements only the hooks it needs, marked with ``@kdcore.hookimpl``; the core's own components
+are registered through these same hooks (see ``kdcore/builtin/``).
+
+Factories are called with the parameters from the user's YAML (``type`` and ``weight`` removed),
+so a factory's keyword arguments *are* its config schema: kdcore checks user keys against the
+factory signature and suggests the closest name on a typo.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("kdcore")
+hookimpl = pluggy.HookimplMarker("kdcore")
+
+
+@hookspec
+def kdcore_losses() -> list:
+    """Return the distillation losses this plugin provides.
+
+    A loss factory returns an ``nn.Module`` (usually a :class:`kdcore.Loss`) whose
+    ``forward(student, teacher, **extra)`` returns a scalar tensor. ``extra`` holds the batch
+    context: ``targets``, ``indices`` (sample ids), ``epoch`` and ``step``; take what you need
+    and accept ``**extra`` for the rest. The loss's weight is applied by the head, not the loss.
+
+    Called once when the plugin manager is built; the returned specs are not built until used.
+
+    Example::
+
+        @kdcore.hookimpl
+        def kdcore_losses():
+            return [kdcore.Component("my_l1", factory=MyL1, summary="L1 between features")]
+    """
+
+
+@hookspec
+def kdcore_connectors() -> list:
+    """Return the connectors this plugin provides.
+
+    A connector factory returns an ``nn.Module`` mapping one feature tensor to another, used to
+    make student and teacher features comparable. It is called with the user's parameters plus,
+    when its signature accepts them, ``in_shape`` and ``out_shape`` (the per-sample shapes of the
+    feature it receives and of the feature on the other side), so ``linear`` or ``conv1x1_bn``
+    need no hand-written channel counts.
+
+    Example::
+
+        @kdcore.hookimpl
+        def kdcore_connectors():
+            return [kdcore.Component("pool", factory=lambda in_shape, out_shape: nn.Flatten())]
+    """
+
+
+@hookspec
+def kdcore_heads() -> list:
+    """Return the distillation heads this plugin provides.
+
+    A head factory is called as ``factory(losses=..., student_connector=...,
+    teacher_connector=..., **params)`` with already-built modules and returns a
+    :class:`kdcore.DistillationHead`. Its ``forward(student_feature, teacher_feature, **extra)``
+    returns ``{term_name: weighted_loss}``.
+
+    Example::
+
+        @kdcore.hookimpl
+        def kdcore_heads():
+            return [kdcore.Component("detached_teacher", factory=MyHead)]
+    """
+
+
+@hookspec
+def kdcore_distillers() -> list:
+    """Return the distillers this plugin provides.
+
+    A distiller factory is called as ``factory(teachers=..., points=..., **params)`` and returns
+    a :class:`kdcore.Distiller`, which owns the frozen teachers, their feature taps and heads.
+
+    Example::
+
+        @kdcore.hookimpl
+        def kdcore_distillers():
+            return [kdcore.Component("ensemble", factory=EnsembleDistiller)]
+    """
+
+
+@hookspec
+def kdcore_algorithms() -> list:
+    """Return the training algorithms this plugin provides (``kdcore run --algo NAME``).
+
+    An algorithm factory is called as ``factory(student=..., distiller=..., task=...,
+    **params)`` and returns a :class:`kdcore.Algorithm`, which computes the loss terms of one
+    training step.
+
+    Example::
+
+        @kdcore.hookimpl
+        def kdcore_algorithms():
+            return [kdcore.Component("my_algo", factory=MyAlgorithm, summary="...")]
+    """
+
+
+@hookspec
+def kdcore_models() -> list:
+    """Return the model architectures this plugin provides.
+
+    A model factory returns an ``nn.Module``. It receives the user's parameters plus, when its
+    signature accepts them, ``num_classes`` and ``in_channels`` taken from the data set.
+
+    Example::
+
+        @kdcore.hookimpl
+        def kdcore_models():
+            return [kdcore.Component("tiny_mlp", factory=TinyMLP, summary="2-layer MLP")]
+    """
+
+
+@hookspec
+def kdcore_datasets() -> list:
+    """Return the data sets this plugin provides.
+
+    A data set factory returns a :class:`kdcore.data.DataSource`: the train and test splits
+    (in-memory tensors or a torch ``Dataset``), and the :class:`kdcore.Task` that says how
+    targets are scored (the student's own loss and the metric).
+
+    Example::
+
+        @kdcore.hookimpl
+        def kdcore_datasets():
+            return [kdcore.Component("my_images", factory=load_my_images)]
+    """

@@ -1,0 +1,1 @@
+"""Model families shipped with the core. Registered in :mod:`kdcore.builtin.models`."""

@@ -1,0 +1,175 @@
+"""Plugin loading: built-ins first, then every ``kdcore`` entry point, each on its own.
+
+A plugin that fails to import, fails to register, declares an incompatible kdcore version, or
+implements a hook that does not exist is recorded in :class:`PluginStatus` and skipped; every
+other plugin and every CLI command keeps working. ``KDCORE_PLUGINS=a,b`` restricts which
+third-party plugins load (by entry-point name or distribution name; empty = none).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import sys
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .version import __version__, version_in_range
+
+GROUP = "kdcore"
+BUILTIN_MODULES = (
+    "kdcore.builtin.algorithms",
+    "kdcore.builtin.distillers",
+    "kdcore.builtin.heads",
+    "kdcore.builtin.connectors",
+    "kdcore.builtin.models",
+    "kdcore.builtin.datasets",
+)
+
+
+@attrs.define
+class PluginStatus:
+    """What happened to one plugin. ``state`` is ``ok``, ``failed``, ``incompatible`` or
+    ``disabled``."""
+
+    name: str
+    distribution: str
+    version: str
+    state: str = "ok"
+    error: str = ""
+    requires_kdcore: str = ""
+    warnings: list[str] = attrs.field(factory=list)
+
+    def line(self) -> str:
+        return (f"kdcore: plugin {self.name!r} ({self.distribution} {self.version}) "
+                f"{self.state}: {self.error}")
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _unknown_hooks(module: Any) -> list[str]:
+    """Functions marked ``@kdcore.hookimpl`` whose name matches no hookspec."""
+    known = {n for n in dir(hookspecs) if n.startswith("kdcore_")}
+    problems = []
+    for attr in dir(module):
+        obj = getattr(module, attr, None)
+        if callable(obj) and hasattr(obj, f"{GROUP}_impl") and attr not in known:
+            close = difflib.get_close_matches(attr, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"hook {attr!r} matches no kdcore hookspec{hint}")
+    return problems
+
+
+def _declared_range(module: Any, ep: EntryPoint) -> str:
+    declared = getattr(module, "KDCORE_REQUIRES", "")
+    if declared:
+        return declared
+    dist = ep.dist
+    for req in (dist.requires or []) if dist else []:
+        name = req.split(";")[0].strip()
+        if name.lower().startswith("kdcore") and not name.lower().startswith("kdcore-"):
+            return name[len("kdcore"):].strip().strip("()") or ""
+    return ""
+
+
+def _selected(ep: EntryPoint) -> bool:
+    wanted = os.environ.get("KDCORE_PLUGINS")
+    if wanted is None:
+        return True
+    names = {w.strip() for w in wanted.split(",") if w.strip()}
+    dist = ep.dist.metadata["Name"] if ep.dist else ""
+    return ep.name in names or dist in names
+
+
+class Plugins:
+    """The loaded plugins: a pluggy manager plus a status line per plugin."""
+
+    def __init__(self, *, load_entry_points: bool = True) -> None:
+        self.pm = _new_manager()
+        self.status: dict[str, PluginStatus] = {}
+        for module_name in BUILTIN_MODULES:
+            module = importlib.import_module(module_name)
+            self.pm.register(module, name=module_name.rsplit(".", 1)[-1])
+        if load_entry_points:
+            for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+                self._load(ep)
+
+    def _load(self, ep: EntryPoint) -> None:
+        dist = ep.dist.metadata["Name"] if ep.dist else "?"
+        version = ep.dist.version if ep.dist else "?"
+        status = PluginStatus(ep.name, dist, version)
+        if ep.name in self.status:
+            first = self.status[ep.name]
+            status.state, status.error = "failed", (
+                f"plugin name {ep.name!r} is also claimed by {first.distribution} "
+                f"{first.version}; skipped")
+            self.status[f"{ep.name}@{dist}"] = status
+            return
+        self.status[ep.name] = status
+        if not _selected(ep):
+            status.state, status.error = "disabled", "not listed in KDCORE_PLUGINS"
+            return
+        try:
+            module = ep.load()
+        except Exception as exc:  # a broken plugin must not take the rest down
+            status.state, status.error = "failed", f"import failed: {type(exc).__name__}: {exc}"
+            return
+        status.requires_kdcore = _declared_range(module, ep)
+        if status.requires_kdcore and not version_in_range(__version__, status.requires_kdcore):
+            status.state = "incompatible"
+            status.error = (f"needs kdcore {status.requires_kdcore}, this is kdcore {__version__}; "
+                            f"upgrade one of them")
+            return
+        unknown = _unknown_hooks(module)
+        if unknown:
+            status.state, status.error = "failed", "; ".join(unknown)
+            return
+        try:
+            self.pm.register(module, name=ep.name)
+        except Exception as exc:
+            self.pm.unregister(name=ep.name)
+            status.state, status.error = "failed", f"register failed: {type(exc).__name__}: {exc}"
+
+    def failures(self) -> list[PluginStatus]:
+        return [s for s in self.status.values() if s.state in ("failed", "incompatible")]
+
+    def register(self, module: Any, name: str) -> None:
+        """Register an in-process plugin (tests, notebooks)."""
+        self.pm.register(module, name=name)
+        self.status[name] = PluginStatus(name, "<in-process>", "")
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.status.pop(name, None)
+
+    def plugin_name(self, plugin_obj: Any) -> str:
+        name = self.pm.get_name(plugin_obj) or "?"
+        return "kdcore" if name in {m.rsplit(".", 1)[-1] for m in BUILTIN_MODULES} else name
+
+
+_current: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugin set, built on first use (never at import time)."""
+    global _current
+    if _current is None:
+        _current = Plugins()
+        for failure in _current.failures():
+            print(failure.line(), file=sys.stderr)
+    return _current
+
+
+def reset_plugins(plugins: Plugins | None = None) -> None:
+    """Replace (or drop, so the next use rebuilds) the process-wide plugin set."""
+    global _current
+    _current = plugins

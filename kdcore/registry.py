@@ -1,0 +1,120 @@
+"""Finding and building components by name.
+
+Ids are ``<plugin>:<name>``; the short name works where one plugin provides it. Each plugin's
+hook is called on its own, so a hook that raises is reported for that plugin alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .errors import UserError, did_you_mean
+from .plugins import Plugins, get_plugins
+from .specs import KINDS, Component, Registered
+
+_HOOK = {kind: f"kdcore_{kind}es" if kind.endswith("s") else f"kdcore_{kind}s" for kind in KINDS}
+_INSTALL_HINTS = {
+    "loss": {"kd": "kdcore-plugin-kd"},
+}
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise UserError(f"unknown component kind {kind!r}{did_you_mean(kind, KINDS)}; "
+                        f"kinds are {', '.join(KINDS)}")
+
+
+def components(kind: str, plugins: Plugins | None = None) -> list[Registered]:
+    """Every registered component of ``kind``, sorted by id, with the plugin that provides it."""
+    _check_kind(kind)
+    plugins = plugins or get_plugins()
+    found: list[Registered] = []
+    for impl in getattr(plugins.pm.hook, _HOOK[kind]).get_hookimpls():
+        plugin = plugins.plugin_name(impl.plugin)
+        try:
+            specs = impl.function() or []
+        except Exception as exc:
+            status = plugins.status.get(plugin)
+            if status is not None:
+                status.warnings.append(f"{_HOOK[kind]}() raised {type(exc).__name__}: {exc}")
+            continue
+        for spec in specs:
+            if isinstance(spec, Component):
+                found.append(Registered(kind, plugin, spec))
+    return sorted(found, key=lambda r: r.id)
+
+
+def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str = "") -> Registered:
+    """Resolve ``name`` (short or ``plugin:name``) to exactly one component."""
+    plugins = plugins or get_plugins()
+    available = components(kind, plugins)
+    if ":" in name:
+        matches = [r for r in available if r.id == name]
+    else:
+        matches = [r for r in available if r.component.name == name]
+    label = f"{where}: " if where else ""
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        ids = ", ".join(r.id for r in matches)
+        raise UserError(f"{label}{kind} {name!r} is ambiguous, provided by {ids}; "
+                        f"write one of these ids instead")
+    names = [r.component.name for r in available] + [r.id for r in available]
+    hint = did_you_mean(name, names)
+    dist = _INSTALL_HINTS.get(kind, {}).get(name)
+    failed = [s for s in plugins.failures()]
+    if dist:
+        hint += f"; it is provided by {dist}: pip install ./plugins/{dist}"
+    elif failed:
+        hint += "; note: plugins failed to load: " + ", ".join(s.name for s in failed)
+    raise UserError(f"{label}unknown {kind} {name!r}{hint} (see 'kdcore list {kind}')")
+
+
+def accepted_params(factory: Any) -> tuple[set[str], bool]:
+    """The keyword names ``factory`` takes, and whether it takes ``**kwargs``."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return set(), True
+    names = {p.name for p in sig.parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    return names, var_kw
+
+
+def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], *,
+                 where: str) -> Any:
+    """Call ``factory(**params, **context)``, checking ``params`` against its signature.
+
+    ``context`` holds values the core offers (``in_shape``, ``num_classes`` ...); each is passed
+    only if the factory names it. User ``params`` that the factory does not take are an error
+    naming the key and the closest accepted one.
+    """
+    names, var_kw = accepted_params(factory)
+    if not var_kw:
+        for key in params:
+            if key not in names:
+                hint = did_you_mean(key, names - set(context))
+                choices = ", ".join(sorted(names - set(context))) or "none"
+                raise UserError(f"{where}.{key}: unknown parameter{hint}; accepted: {choices}")
+    kwargs = {k: v for k, v in context.items() if var_kw or k in names}
+    kwargs.update(params)
+    try:
+        return factory(**kwargs)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: {exc}") from exc
+
+
+def build(kind: str, name: str, *, plugins: Plugins | None = None, where: str = "",
+          context: dict[str, Any] | None = None, **params: Any) -> Any:
+    """Build the component ``kind``/``name`` with ``params``.
+
+    Example: ``kdcore.build("loss", "kd", temperature=4.0)`` returns an ``nn.Module`` whose
+    ``forward(student, teacher)`` is the Hinton KD loss.
+    """
+    registered = lookup(kind, name, plugins, where=where)
+    factory = registered.component.resolve()
+    return call_factory(factory, params, context or {}, where=where or f"{kind} {name!r}")

@@ -1,0 +1,156 @@
+"""Feature taps: forward hooks that record a module's output (or input) by dotted path.
+
+Paths follow ``named_modules()`` (``layer4.1.conv2``; Sequential and ModuleList indices are path
+parts). The reserved path ``output`` is the model's own return value (its logits). Taps record
+into a dict that is cleared before each forward; hooks are removed by :meth:`FeatureTaps.remove`
+or when the ``with`` block ends.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+import torch
+from torch import nn
+
+from .errors import UserError
+
+OUTPUT = "output"
+IO = Literal["output", "input"]
+
+
+@attrs.frozen
+class Tap:
+    """What to record: ``path`` in the model, ``io`` = its output or its (first) input."""
+
+    path: str
+    io: IO = "output"
+
+    @property
+    def key(self) -> str:
+        return self.path if self.io == "output" else f"{self.path}:input"
+
+
+def module_paths(model: nn.Module) -> list[str]:
+    """Every addressable path in ``model``, plus the reserved ``output``."""
+    return [OUTPUT] + [name for name, _ in model.named_modules() if name]
+
+
+def resolve_module(model: nn.Module, path: str, *, where: str = "module path") -> nn.Module:
+    """Return the submodule at ``path`` or raise a :class:`UserError` listing the closest paths."""
+    modules = dict(model.named_modules())
+    if path in modules and path:
+        return modules[path]
+    paths = [p for p in modules if p]
+    close = difflib.get_close_matches(path, paths, n=5, cutoff=0.4)
+    if not close:
+        prefix = path.rsplit(".", 1)[0]
+        close = [p for p in paths if p.startswith(prefix)][:5] or paths[:5]
+    hint = ", ".join(repr(p) for p in close)
+    raise UserError(
+        f"{where} {path!r} does not exist in {type(model).__name__}; closest paths: {hint} "
+        f"(run 'kdcore inspect MODEL' to list all)"
+    )
+
+
+def _first_tensor(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 1:
+        return value[0]
+    return value
+
+
+def disable_inplace(model: nn.Module) -> None:
+    """Turn off ``inplace`` activations so a recorded tensor is not overwritten later."""
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+
+
+class FeatureTaps:
+    """Records the tensors at a set of :class:`Tap` s on one model.
+
+    ``features`` maps ``tap.key`` to the last recorded tensor. Call :meth:`record_output` with the
+    model's return value to fill the reserved ``output`` tap.
+    """
+
+    def __init__(self, model: nn.Module, taps: list[Tap], *, where: str = "module path") -> None:
+        self.model = model
+        self.taps = list(dict.fromkeys(taps))
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        hooked = [t for t in self.taps if t.path != OUTPUT]
+        if any(t.path == OUTPUT for t in self.taps) and OUTPUT in dict(model.named_modules()):
+            raise UserError(
+                f"{where} 'output' is ambiguous: {type(model).__name__} has a submodule named "
+                "'output'; kdcore reserves 'output' for the model's return value"
+            )
+        if hooked:
+            disable_inplace(model)
+        for tap in hooked:
+            module = resolve_module(model, tap.path, where=where)
+            self._handles.append(module.register_forward_hook(self._hook_for(tap)))
+
+    def _hook_for(self, tap: Tap):
+        key = tap.key
+
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            self.features[key] = _first_tensor(inputs if tap.io == "input" else output)
+
+        return hook
+
+    def record_output(self, output: Any) -> None:
+        self.features[OUTPUT] = output
+
+    def clear(self) -> None:
+        self.features = {}
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "FeatureTaps":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __getitem__(self, tap: Tap) -> torch.Tensor:
+        return self.features[tap.key]
+
+
+def feature_shapes(model: nn.Module, sample: torch.Tensor) -> Mapping[str, tuple[int, ...]]:
+    """Run ``sample`` through ``model`` and return every module path's per-sample output shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+
+    def make(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            out = _first_tensor(output)
+            if torch.is_tensor(out):
+                shapes[name] = tuple(out.shape[1:])
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(make(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = _first_tensor(model(sample))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    result: dict[str, tuple[int, ...]] = {}
+    if torch.is_tensor(out):
+        result[OUTPUT] = tuple(out.shape[1:])
+    for name, _ in model.named_modules():
+        if name in shapes:
+            result[name] = shapes[name]
+    return result
+

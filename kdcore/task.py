@@ -1,0 +1,64 @@
+"""The task: how a data set's targets are scored. Classification is one task among others.
+
+The core never assumes classes: the student's own loss and the evaluation metric come from the
+data set's task, so detection or segmentation plug in as data-set plugins.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class Metric(Protocol):
+    def update(self, outputs: Any, targets: Any) -> None: ...
+    def compute(self) -> dict[str, float]: ...
+
+
+class Task(Protocol):
+    """What the engine needs to train and score a model on a data set."""
+
+    #: name of the metric reported as the headline number (``summary.json`` ``top1``).
+    primary_metric: str
+
+    def loss(self, outputs: Any, targets: Any) -> torch.Tensor: ...
+    def new_metric(self) -> Metric: ...
+
+
+class TopK:
+    """Top-1 and top-5 accuracy in percent, accumulated over batches."""
+
+    def __init__(self) -> None:
+        self.correct1 = 0
+        self.correct5 = 0
+        self.count = 0
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        k = min(5, outputs.shape[1])
+        top = outputs.topk(k, dim=1).indices
+        hits = top.eq(targets.view(-1, 1))
+        self.correct1 += int(hits[:, 0].sum())
+        self.correct5 += int(hits.any(dim=1).sum())
+        self.count += int(targets.numel())
+
+    def compute(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        return {"top1": 100.0 * self.correct1 / n, "top5": 100.0 * self.correct5 / n}
+
+
+class ClassificationTask:
+    """Cross-entropy (optionally label-smoothed) and top-k accuracy."""
+
+    primary_metric = "top1"
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
+
+    def new_metric(self) -> TopK:
+        return TopK()

@@ -1,0 +1,32 @@
+"""The Hinton KD loss (Hinton, Vinyals, Dean 2015)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import kdcore
+
+
+class KDLoss(kdcore.Loss):
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, summed over classes and
+    averaged over the batch. The ``T^2`` keeps gradient magnitudes comparable across
+    temperatures, as in the paper.
+
+    :param temperature: softening temperature ``T`` (> 0).
+    """
+
+    def __init__(self, temperature: float = 4.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
+        t = self.temperature
+        log_p_student = F.log_softmax(student.float() / t, dim=1)
+        log_p_teacher = F.log_softmax(teacher.float() / t, dim=1)
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+        return kl * (t * t)
