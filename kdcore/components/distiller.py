@@ -80,16 +80,14 @@ class Distiller(nn.Module):
         teacher_features: Mapping[str, Mapping[str, Any]],
         **extra: Any,
     ) -> dict[str, torch.Tensor]:
-        """Every head's weighted loss terms, keyed ``"<point>.<loss>"`` or the loss name alone."""
+        """Every head's weighted loss terms, keyed by term name (unique across heads)."""
         terms: dict[str, torch.Tensor] = {}
         for point in self.points:
-            head_terms = self.heads[point.name](
+            terms.update(self.heads[point.name](
                 student_features[point.student_tap.key],
                 teacher_features[point.teacher][point.teacher_tap.key],
                 **extra,
-            )
-            for term, value in head_terms.items():
-                terms[term if point.name == "" else f"{point.name}.{term}"] = value
+            ))
         return terms
 
     def remove_taps(self) -> None:

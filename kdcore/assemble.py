@@ -1,0 +1,201 @@
+"""Building a run's components from its config: data, models, heads, distiller, algorithm.
+
+Connectors get their input and output shapes from a probe: one forward pass of two samples
+through student and teachers with the taps attached, so configs never spell out channel counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from .components import Algorithm, DistillationHead
+from .components.distiller import DistillPoint
+from .config import DataConfig, DistillPointConfig, RunConfig
+from .data import DataSource, TensorSplit
+from .errors import UserError
+from .registry import build
+from .taps import OUTPUT, FeatureTaps, Tap, resolve_module
+
+
+@attrs.define
+class Splits:
+    """The data of a run after limits and the validation hold-out are applied."""
+
+    source: DataSource
+    train: Any
+    val: Any | None
+    test: Any
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return {"val": self.val, "test": self.test} if self.val is not None else {"test": self.test}
+
+
+def _take(data: Any, indices: torch.Tensor) -> Any:
+    if isinstance(data, TensorSplit):
+        return data.subset(indices)
+    return torch.utils.data.Subset(data, indices.tolist())
+
+
+def load_data(cfg: DataConfig) -> Splits:
+    """Build the data set and apply ``val_split``, ``train_limit`` and ``test_limit``.
+
+    The validation images are a fixed random subset of the training split (seed 0, whatever
+    the run's seed), so every run and every method is tuned on the same held-out images.
+    """
+    source = build("dataset", cfg.type, where="data", **cfg.params)
+    train, test, val = source.train, source.test, None
+    if cfg.val_split:
+        if cfg.val_split >= len(train):
+            raise UserError(f"config key data.val_split: {cfg.val_split} is not smaller than the "
+                            f"{len(train)} training images")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+        val, train = _take(train, order[: cfg.val_split]), _take(train, order[cfg.val_split:].sort().values)
+    if cfg.train_limit and cfg.train_limit < len(train):
+        train = _take(train, torch.arange(cfg.train_limit))
+    if cfg.test_limit and cfg.test_limit < len(test):
+        test = _take(test, torch.arange(cfg.test_limit))
+    return Splits(source, train, val, test)
+
+
+def model_context(source: DataSource) -> dict[str, Any]:
+    return {"num_classes": source.num_classes, "in_channels": source.input_shape[0]}
+
+
+def build_model(kind_cfg: Any, source: DataSource, where: str) -> nn.Module:
+    model = build("model", kind_cfg.type, where=where, context=model_context(source), **kind_cfg.params)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{where}: model {kind_cfg.type!r} did not return an nn.Module")
+    return model
+
+
+def sample_inputs(splits: Splits, n: int = 2) -> torch.Tensor:
+    if isinstance(splits.train, TensorSplit):
+        return splits.train.inputs[:n]
+    return torch.stack([splits.train[i][0] for i in range(min(n, len(splits.train)))])
+
+
+@torch.no_grad()
+def probe(model: nn.Module, taps: list[Tap], inputs: torch.Tensor, where: str) -> dict[str, Any]:
+    """Per-sample shapes of ``taps`` on ``model`` for ``inputs``."""
+    recorder = FeatureTaps(model, taps, where=where)
+    was_training = model.training
+    model.eval()
+    try:
+        recorder.record_output(model(inputs))
+    finally:
+        recorder.remove()
+        model.train(was_training)
+    return {tap.key: recorder.features[tap.key] for tap in taps}
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape[1:]) if torch.is_tensor(value) else None
+
+
+def term_names(config: RunConfig) -> list[list[list[str]]]:
+    """Unique, readable term names: the loss name, prefixed by the teacher when there are
+    several, suffixed ``@<student_module>`` when the same name appears at several points."""
+    several = len(config.teachers) > 1
+    raw = [[[(f"{t.name}." if several else "") + (loss.name or loss.type) for loss in p.head.losses]
+            for p in t.distill] for t in config.teachers]
+    flat = [n for t in raw for p in t for n in p]
+    out = []
+    for t, tcfg in zip(raw, config.teachers):
+        out.append([[n if flat.count(n) == 1 else f"{n}@{pcfg.student_module}" for n in p]
+                    for p, pcfg in zip(t, tcfg.distill)])
+    flat = [n for t in out for p in t for n in p]
+    for i, name in enumerate(flat):
+        if flat.index(name) != i:
+            raise UserError(f"two loss terms are both named {name!r}; give one a 'name:' in its "
+                            f"losses entry")
+    return out
+
+
+def build_point(pcfg: DistillPointConfig, where: str, teacher_name: str, point_name: str,
+                terms: list[str], student: nn.Module, teacher: nn.Module,
+                s_feat: Any, t_feat: Any, splits: Splits) -> DistillPoint:
+    s_shape, t_shape = _shape(s_feat), _shape(t_feat)
+    hcfg = pcfg.head
+
+    def connector(cfg: Any, side: str, feat: Any, own: Any, other: Any) -> tuple[nn.Module | None, Any]:
+        if cfg is None:
+            return None, feat
+        module = build("connector", cfg.type, where=f"{where}.head.{side}_connector",
+                       context={"in_shape": own, "out_shape": other}, **cfg.params)
+        if torch.is_tensor(feat):
+            module.eval()
+            with torch.no_grad():
+                feat = module(feat)
+            module.train()
+        return module, feat
+
+    s_conn, s_out = connector(hcfg.student_connector, "student", s_feat, s_shape, t_shape)
+    t_conn, t_out = connector(hcfg.teacher_connector, "teacher", t_feat, t_shape, s_shape)
+    modules = {
+        "student_module": None if pcfg.student_module == OUTPUT else resolve_module(student, pcfg.student_module),
+        "teacher_module": None if pcfg.teacher_module == OUTPUT else resolve_module(teacher, pcfg.teacher_module),
+    }
+    num_samples = len(splits.train)
+    losses: dict[str, tuple[float, nn.Module]] = {}
+    for li, lcfg in enumerate(hcfg.losses):
+        context = {"student_shape": _shape(s_out), "teacher_shape": _shape(t_out),
+                   "num_samples": num_samples, "num_classes": splits.source.num_classes, **modules}
+        loss = build("loss", lcfg.type, where=f"{where}.head.losses[{li}]", context=context, **lcfg.params)
+        losses[terms[li]] = (lcfg.weight, loss)
+    head = build("head", hcfg.type, where=f"{where}.head",
+                 context={"losses": losses, "student_connector": s_conn, "teacher_connector": t_conn,
+                          "label": f"distill point {where}"},
+                 **hcfg.params)
+    if not isinstance(head, DistillationHead):
+        raise UserError(f"{where}.head: head {hcfg.type!r} did not return a DistillationHead")
+    # check shapes once now, so a mismatch is reported before any training
+    for name, loss in head.losses.items():
+        if getattr(loss, "same_shape", True):
+            head.check_shapes(name, s_out, t_out)
+    return DistillPoint(point_name, teacher_name, Tap(pcfg.student_module, pcfg.student_io),
+                        Tap(pcfg.teacher_module, pcfg.teacher_io), head)
+
+
+def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
+                    teachers: dict[str, nn.Module]) -> Algorithm:
+    """Wire student, teachers, heads and distiller into the configured algorithm."""
+    sample = sample_inputs(splits)
+    names = term_names(config)
+    student_taps = [Tap(p.student_module, p.student_io) for t in config.teachers for p in t.distill]
+    s_feats = probe(student, student_taps, sample, "student module path") if student_taps else {}
+    points: list[DistillPoint] = []
+    for ti, tcfg in enumerate(config.teachers):
+        teacher = teachers[tcfg.name]
+        taps = [Tap(p.teacher_module, p.teacher_io) for p in tcfg.distill]
+        for pi, pcfg in enumerate(tcfg.distill):
+            resolve_where = f"teachers[{ti}].distill[{pi}]"
+            if pcfg.student_module != OUTPUT:
+                resolve_module(student, pcfg.student_module, where=f"{resolve_where}.student_module")
+            if pcfg.teacher_module != OUTPUT:
+                resolve_module(teacher, pcfg.teacher_module, where=f"{resolve_where}.teacher_module")
+        t_feats = probe(teacher, taps, sample, f"teachers[{ti}] module path") if taps else {}
+        for pi, pcfg in enumerate(tcfg.distill):
+            where = f"teachers[{ti}].distill[{pi}]"
+            point_name = pcfg.name or f"{tcfg.name}_{pi}"
+            points.append(build_point(
+                pcfg, where, tcfg.name, point_name, names[ti][pi], student, teacher,
+                s_feats[Tap(pcfg.student_module, pcfg.student_io).key],
+                t_feats[Tap(pcfg.teacher_module, pcfg.teacher_io).key], splits))
+    distiller = None
+    if config.teachers:
+        distiller = build("distiller", config.distiller.type, where="distiller",
+                          context={"teachers": teachers, "points": points}, **config.distiller.params)
+    source = splits.source
+    context = {"student": student, "task": source.task, "distiller": distiller,
+               "num_classes": source.num_classes, "input_shape": source.input_shape,
+               "num_samples": len(splits.train)}
+    algorithm = build("algorithm", config.algorithm.type, where="algorithm", context=context,
+                      **config.algorithm.params)
+    if not isinstance(algorithm, Algorithm):
+        raise UserError(f"algorithm {config.algorithm.type!r} did not return a kdcore.Algorithm")
+    return algorithm

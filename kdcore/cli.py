@@ -1,0 +1,252 @@
+"""The ``kdcore`` command line: run, plugins, list, inspect.
+
+Mistakes a user can fix exit with code 2 and one line on stderr, never a traceback. Plugins are
+loaded when a command needs them, so ``kdcore --help`` and ``kdcore plugins`` work whatever a
+plugin does.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from importlib import resources
+from typing import Any, Callable
+
+import click
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_NONFINITE = 3
+
+
+def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    click.echo(f"kdcore: error: {message}", err=True)
+    sys.exit(code)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn :class:`UserError` (and a NaN stop) into one line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .engine.loop import NonFiniteLoss
+
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            _fail(str(exc))
+        except NonFiniteLoss as exc:
+            _fail(str(exc), EXIT_NONFINITE)
+        except KeyboardInterrupt:
+            click.echo("kdcore: interrupted; continue with --resume RUN_DIR", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+class KdcoreGroup(click.Group):
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:
+            from .errors import did_you_mean
+
+            if args:
+                hint = did_you_mean(args[0], self.list_commands(ctx))
+                _fail(f"no command {args[0]!r}{hint}; see 'kdcore --help'")
+            raise
+
+
+@click.group(cls=KdcoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kdcore")
+def main() -> None:
+    """Knowledge distillation for PyTorch: a small core plus plugins."""
+
+
+def preset_path(algo: str) -> str | None:
+    """The built-in preset for ``algo``, or one a plugin declares for its algorithm."""
+    candidate = resources.files("kdcore") / "presets" / f"{algo}.yaml"
+    if candidate.is_file():
+        return str(candidate)
+    from .registry import lookup
+
+    registered = lookup("algorithm", algo, where="--algo")
+    preset = registered.component.presets.get("default")
+    return preset
+
+
+def resolve_config(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
+                   output_dir: str | None, name: str | None) -> Any:
+    from .config import load_config, read_yaml
+
+    notes = []
+    if config_file:
+        data = read_yaml(config_file)
+    else:
+        path = preset_path(algo or "teacher_student")
+        if path is None:
+            raise UserError(f"algorithm {algo!r} ships no default preset; pass --config FILE")
+        data = read_yaml(path)
+    if algo:
+        current = (data.get("algorithm") or {}).get("type") if isinstance(data.get("algorithm"), dict) else None
+        if current and current != algo:
+            notes.append(f"--algo {algo} replaces algorithm {current!r} of the config (its "
+                         f"parameters dropped)")
+            data["algorithm"] = {"type": algo}
+            if algo == "vanilla" and data.get("teachers"):
+                data["teachers"] = []
+                notes.append("--algo vanilla trains the student alone: teachers ignored")
+        else:
+            data.setdefault("algorithm", {})
+            if isinstance(data["algorithm"], dict):
+                data["algorithm"]["type"] = algo
+    if output_dir:
+        data["output_dir"] = output_dir
+    if name:
+        data["name"] = name
+    config = load_config(data, list(overrides))
+    return config, notes
+
+
+@main.command()
+@click.option("--algo", help="algorithm to run (default: the config's, else teacher_student)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a config key, e.g. --set trainer.epochs=3 (repeatable)")
+@click.option("--resume", "resume_dir", type=click.Path(), help="continue the run in this directory")
+@click.option("--output-dir", help="where run directories are created (config: output_dir)")
+@click.option("--name", help="run name prefix (config: name)")
+@user_errors
+def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
+        resume_dir: str | None, output_dir: str | None, name: str | None) -> None:
+    """Train (and distill) as configured; prints the run directory last."""
+    from .config import load_config, read_yaml
+    from .engine.run import run as run_training
+
+    if resume_dir:
+        saved = os.path.join(resume_dir, "config.yaml")
+        if not os.path.isfile(saved):
+            raise UserError(f"--resume {resume_dir}: no config.yaml there; is it a kdcore run directory?")
+        if config_file or algo:
+            raise UserError("--resume takes the run's saved config; drop --config and --algo")
+        config = load_config(read_yaml(saved), list(overrides))
+        notes: list[str] = []
+    else:
+        config, notes = resolve_config(algo, config_file, overrides, output_dir, name)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    run_dir = run_training(config, resume_dir=resume_dir, log=click.echo)
+    with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    if "teacher" in summary:
+        click.echo(f"teacher top1: {summary['teacher']['top1']:.2f}")
+    for exit_name, scores in summary.get("exits", {}).items():
+        click.echo(f"{exit_name} top1: {scores['top1']:.2f}")
+    click.echo(f"student top1: {summary['student']['top1']:.2f}  ({summary['seconds']:.0f} s)")
+    click.echo(f"run dir: {run_dir}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def plugins(as_json: bool) -> None:
+    """Installed plugins: distribution, version, kdcore range, components, load errors."""
+    from .plugins import get_plugins
+    from .registry import components
+    from .specs import KINDS
+
+    loaded = get_plugins()
+    by_plugin: dict[str, dict[str, list[str]]] = {}
+    for kind in KINDS:
+        for reg in components(kind, loaded):
+            by_plugin.setdefault(reg.plugin, {}).setdefault(kind, []).append(reg.component.name)
+    rows = [{"name": "kdcore", "distribution": "kdcore", "version": _version(), "state": "ok",
+             "requires_kdcore": "", "error": "", "components": by_plugin.get("kdcore", {})}]
+    for status in sorted(loaded.status.values(), key=lambda s: s.name):
+        rows.append({"name": status.name, "distribution": status.distribution,
+                     "version": status.version, "state": status.state,
+                     "requires_kdcore": status.requires_kdcore, "error": status.error,
+                     "warnings": status.warnings, "components": by_plugin.get(status.name, {})})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        extra = f"  requires kdcore {row['requires_kdcore']}" if row["requires_kdcore"] else ""
+        click.echo(f"{row['name']}  ({row['distribution']} {row['version']})  {row['state']}{extra}")
+        for kind, names in row["components"].items():
+            click.echo(f"    {kind}: {', '.join(names)}")
+        if row["error"]:
+            click.echo(f"    error: {row['error']}")
+        for warning in row.get("warnings", []):
+            click.echo(f"    warning: {warning}")
+
+
+def _version() -> str:
+    from .version import __version__
+
+    return __version__
+
+
+@main.command(name="list")
+@click.argument("kind")
+@user_errors
+def list_components(kind: str) -> None:
+    """Components of KIND (algorithm, distiller, head, connector, loss, model, dataset)."""
+    from .registry import components
+    from .specs import KINDS
+
+    kind = kind[:-1] if kind.endswith("s") and kind[:-1] in KINDS else kind
+    kind = "loss" if kind == "losse" else kind
+    rows = components(kind)
+    width = max((len(r.id) for r in rows), default=0)
+    for reg in rows:
+        click.echo(f"{reg.id:<{width}}  {reg.component.summary}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--set", "params", multiple=True, metavar="KEY=VALUE", help="model parameter")
+@click.option("--dataset", default="fashion_mnist", show_default=True,
+              help="data set whose input shape and classes to use")
+@click.option("--input-shape", help="C,H,W instead of reading the data set, e.g. 3,32,32")
+@click.option("--num-classes", type=int, default=10, show_default=True,
+              help="classes, with --input-shape")
+@user_errors
+def inspect(model: str, params: tuple[str, ...], dataset: str, input_shape: str | None,
+            num_classes: int) -> None:
+    """Every addressable module path of MODEL with its output shape, for distill points."""
+    import torch
+
+    from .config import parse_override
+    from .registry import build
+    from .taps import feature_shapes
+
+    kwargs = {}
+    for text in params:
+        keys, value = parse_override(text)
+        kwargs[".".join(keys)] = value
+    if input_shape:
+        try:
+            shape = tuple(int(x) for x in input_shape.split(","))
+        except ValueError:
+            raise UserError(f"--input-shape {input_shape!r}: expected C,H,W such as 3,32,32") from None
+        context = {"num_classes": num_classes, "in_channels": shape[0]}
+    else:
+        source = build("dataset", dataset, where="--dataset")
+        shape, context = source.input_shape, {"num_classes": source.num_classes,
+                                              "in_channels": source.input_shape[0]}
+    net = build("model", model, where=f"model {model!r}", context=context, **kwargs)
+    shapes = feature_shapes(net, torch.zeros(2, *shape))
+    params_count = sum(p.numel() for p in net.parameters())
+    click.echo(f"{model}: {params_count:,} parameters, input {tuple(shape)}")
+    modules = dict(net.named_modules())
+    width = max(len(p) for p in shapes)
+    for path, out in shapes.items():
+        kind = "(model output)" if path == "output" else type(modules[path]).__name__
+        click.echo(f"  {path:<{width}}  {str(out):<16} {kind}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,382 @@
+"""The run config: attrs classes loaded from YAML, with ``--set`` overrides and exact errors.
+
+Every mistake names its key path (``teachers[0].distill[1].head.losses[0].temprature``) and the
+closest valid key. Component blocks (``student``, a teacher, a loss, a connector, ``data``) take
+``type`` plus their declared keys; any other key is a parameter of the component's factory and
+is checked against its signature when the component is built.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal, Union
+
+import attrs
+import yaml
+
+from .errors import UserError, did_you_mean
+
+
+def _params_field() -> Any:
+    return attrs.field(factory=dict, metadata={"params": True})
+
+
+@attrs.define
+class ComponentConfig:
+    """``{type: NAME, ...params}``"""
+
+    type: str
+    params: dict[str, Any] = _params_field()
+
+
+@attrs.define
+class LossConfig:
+    """``{type: NAME, weight: W, name: TERM, ...params}``"""
+
+    type: str
+    weight: float = 1.0
+    name: str | None = None
+    params: dict[str, Any] = _params_field()
+
+
+@attrs.define
+class HeadConfig:
+    type: str = "distill"
+    losses: list[LossConfig] = attrs.field(factory=list)
+    student_connector: ComponentConfig | None = None
+    teacher_connector: ComponentConfig | None = None
+    params: dict[str, Any] = _params_field()
+
+
+@attrs.define
+class DistillPointConfig:
+    student_module: str
+    teacher_module: str
+    head: HeadConfig = attrs.field(factory=HeadConfig)
+    student_io: Literal["output", "input"] = "output"
+    teacher_io: Literal["output", "input"] = "output"
+    name: str | None = None
+
+
+@attrs.define
+class OptimizerConfig:
+    type: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    betas: list[float] = attrs.field(factory=lambda: [0.9, 0.999])
+
+
+@attrs.define
+class ScheduleConfig:
+    type: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = 0.0
+    milestones: list[int] = attrs.field(factory=list)
+    gamma: float = 0.1
+
+
+@attrs.define
+class TeacherTrainConfig:
+    """How to train a teacher that has no checkpoint (the result is cached)."""
+
+    epochs: int = 4
+    optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
+    schedule: ScheduleConfig = attrs.field(factory=ScheduleConfig)
+
+
+@attrs.define
+class TeacherConfig:
+    type: str
+    name: str = "teacher"
+    checkpoint: str | None = None
+    expect_top1: float | None = None
+    train: TeacherTrainConfig = attrs.field(factory=TeacherTrainConfig)
+    distill: list[DistillPointConfig] = attrs.field(factory=list)
+    params: dict[str, Any] = _params_field()
+
+
+@attrs.define
+class StudentConfig:
+    type: str
+    checkpoint: str | None = None
+    params: dict[str, Any] = _params_field()
+
+
+@attrs.define
+class DataConfig:
+    type: str = "fashion_mnist"
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    train_limit: int | None = None
+    test_limit: int | None = None
+    val_split: int = 0
+    params: dict[str, Any] = _params_field()
+
+
+@attrs.define
+class TrainerConfig:
+    epochs: int = 8
+    device: str = "auto"
+    progress: bool = True
+    checkpoint_every: int = 0
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    grad_clip: float | None = None
+    threads: int | None = None
+    cpu_tuning: bool = True
+
+
+@attrs.define
+class RunConfig:
+    algorithm: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("teacher_student"))
+    seed: int = 0
+    data: DataConfig = attrs.field(factory=DataConfig)
+    student: StudentConfig = attrs.field(factory=lambda: StudentConfig("cnn_student"))
+    teachers: list[TeacherConfig] = attrs.field(factory=list)
+    distiller: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("teacher"))
+    optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
+    schedule: ScheduleConfig = attrs.field(factory=ScheduleConfig)
+    trainer: TrainerConfig = attrs.field(factory=TrainerConfig)
+    output_dir: str = "runs"
+    name: str | None = None
+
+
+# --- structuring ---------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    if attrs.has(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _fail(path: str, expected: Any, value: Any) -> UserError:
+    return UserError(f"config key {path}: expected {_type_name(expected)}, got {value!r}")
+
+
+def _structure(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _structure(arg, value, path)
+            except UserError:
+                if len([a for a in args if a is not type(None)]) == 1:
+                    raise
+        raise _fail(path, tp, value)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = [str(a) for a in typing.get_args(tp)]
+            raise UserError(f"config key {path}: {value!r} is not one of "
+                            f"{', '.join(choices)}{did_you_mean(str(value), choices)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _fail(path, tp, value)
+        (item,) = typing.get_args(tp)
+        return [_structure(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(path, tp, value)
+        return dict(value)
+    if attrs.has(tp):
+        return structure(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _fail(path, tp, value)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(path, tp, value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(path, tp, value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _fail(path, tp, value)
+        return value
+    raise _fail(path, tp, value)  # pragma: no cover - every field type is handled above
+
+
+def structure(cls: type, data: Any, path: str = "") -> Any:
+    """Build ``cls`` from plain YAML data, raising :class:`UserError` with the key path."""
+    label = path or "config"
+    if not isinstance(data, dict):
+        raise UserError(f"config key {label}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls)}
+    params_field = next((f.name for f in fields.values() if f.metadata.get("params")), None)
+    known = {n for n in fields if n != params_field}
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if not isinstance(key, str):
+            raise UserError(f"config key {key_path}: keys must be strings")
+        if key in known:
+            kwargs[key] = _structure(hints[key], value, key_path)
+        elif params_field is not None and key != params_field:
+            extra[key] = value
+        elif params_field is not None and key == params_field:
+            if not isinstance(value, dict):
+                raise _fail(key_path, dict, value)
+            extra.update(value)
+        else:
+            raise UserError(f"config key {key_path}: unknown key{did_you_mean(key, known)}; "
+                            f"valid keys: {', '.join(sorted(known))}")
+    if params_field is not None:
+        kwargs[params_field] = extra
+    missing = [f.name for f in fields.values()
+               if f.default is attrs.NOTHING and f.name not in kwargs]
+    if missing:
+        raise UserError(f"config key {path + '.' if path else ''}{missing[0]}: required, missing")
+    return cls(**kwargs)
+
+
+def unstructure(obj: Any) -> Any:
+    """The inverse of :func:`structure`: plain data, component params folded back in."""
+    if attrs.has(type(obj)):
+        out: dict[str, Any] = {}
+        for f in attrs.fields(type(obj)):
+            value = getattr(obj, f.name)
+            if f.metadata.get("params"):
+                out.update({k: unstructure(v) for k, v in value.items()})
+            else:
+                out[f.name] = unstructure(value)
+        return out
+    if isinstance(obj, list):
+        return [unstructure(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: unstructure(v) for k, v in obj.items()}
+    return obj
+
+
+# --- loading and overrides -----------------------------------------------------------------
+
+def read_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a directory") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"config file {path}: {problem}{where}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: the top level must be a mapping of keys, "
+                        f"got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.0.c=value"`` -> (["a", "b", "0", "c"], parsed YAML value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set trainer.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], text: str) -> None:
+    """Set one ``--set`` override in raw config data, creating mappings as needed."""
+    parts, value = parse_override(text)
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            node = node[_index(node, part, where, text)]
+        elif isinstance(node, dict):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise UserError(f"--set {text!r}: {where} is {node!r}, not a mapping or list")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, ".".join(parts), text)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise UserError(f"--set {text!r}: {'.'.join(parts[:-1])} is {node!r}, not a mapping")
+
+
+def _index(node: list, part: str, where: str, text: str) -> int:
+    if not part.isdigit():
+        raise UserError(f"--set {text!r}: {where} indexes a list; use a number such as 0")
+    i = int(part)
+    if i >= len(node):
+        raise UserError(f"--set {text!r}: {where} is out of range (the list has {len(node)} "
+                        f"item{'s' if len(node) != 1 else ''})")
+    return i
+
+
+def load_config(data: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
+    """Apply ``--set`` overrides to raw data, then structure and check it."""
+    for text in overrides:
+        apply_override(data, text)
+    config = structure(RunConfig, data)
+    check(config)
+    return config
+
+
+def check(config: RunConfig) -> None:
+    """Cross-field checks that the types alone cannot express."""
+    positive = {"data.batch_size": config.data.batch_size,
+                "data.eval_batch_size": config.data.eval_batch_size}
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"config key {key}: must be at least 1, got {value}")
+    if config.trainer.epochs < 0:
+        raise UserError(f"config key trainer.epochs: must be >= 0, got {config.trainer.epochs}")
+    for key in ("train_limit", "test_limit"):
+        value = getattr(config.data, key)
+        if value is not None and value < 1:
+            raise UserError(f"config key data.{key}: must be at least 1 or null, got {value}")
+    if config.data.val_split < 0:
+        raise UserError(f"config key data.val_split: must be >= 0, got {config.data.val_split}")
+    if config.optimizer.lr <= 0:
+        raise UserError(f"config key optimizer.lr: must be > 0, got {config.optimizer.lr}")
+    names = [t.name for t in config.teachers]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            raise UserError(f"config key teachers[{i}].name: {name!r} is used by teachers"
+                            f"[{names.index(name)}] too; give each teacher its own name")
+        for j, point in enumerate(config.teachers[i].distill):
+            if not point.head.losses:
+                raise UserError(f"config key teachers[{i}].distill[{j}].head.losses: "
+                                f"a distill point needs at least one loss")
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(unstructure(config), sort_keys=False)

@@ -1,0 +1,1 @@
+"""The training engine: batches, optimisation, checkpoints, the loop, and whole runs."""

@@ -1,0 +1,90 @@
+"""Seeded batches over a training split, resumable at any step.
+
+Epoch ``e`` visits the samples in the order of a permutation drawn from ``seed`` and ``e``
+alone, so a run resumed at (epoch, step) sees exactly the batches the uninterrupted run saw.
+In-memory splits (:class:`TensorSplit`) are batched by indexing one big tensor; other data sets
+go through a ``DataLoader`` with the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..components import Batch
+from ..data import TensorSplit
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class _OrderSampler(Sampler[int]):
+    def __init__(self, order: torch.Tensor) -> None:
+        self.order = order
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order.tolist())
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class _WithIndex(Dataset):
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        x, y = self.dataset[i]
+        return x, y, i
+
+
+class TrainBatches:
+    """Shuffled training batches; the last incomplete batch is dropped (as BN prefers)."""
+
+    def __init__(self, data: Any, batch_size: int, seed: int, *, device: torch.device,
+                 num_workers: int = 0) -> None:
+        self.data = data
+        self.batch_size = min(batch_size, len(data))
+        self.seed = seed
+        self.device = device
+        self.num_workers = num_workers
+        self.in_memory = isinstance(data, TensorSplit)
+        if self.in_memory and device.type != "cpu":
+            self.data = TensorSplit(data.inputs.to(device), data.targets.to(device))
+
+    def __len__(self) -> int:
+        return len(self.data) // self.batch_size
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch``, starting at ``start_step``."""
+        order = epoch_order(len(self.data), self.seed, epoch)[: len(self) * self.batch_size]
+        order = order[start_step * self.batch_size:]
+        if self.in_memory:
+            order = order.to(self.device)
+            for chunk in order.split(self.batch_size):
+                yield Batch(self.data.inputs[chunk], self.data.targets[chunk], chunk)
+            return
+        loader = DataLoader(_WithIndex(self.data), batch_size=self.batch_size,
+                            sampler=_OrderSampler(order), num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        for inputs, targets, indices in loader:
+            yield Batch(inputs, targets, indices).to(self.device)
+
+
+def eval_batches(data: Any, batch_size: int, device: torch.device) -> Iterator[tuple[Any, Any]]:
+    """The evaluation split in order, ``(inputs, targets)`` on ``device``."""
+    if isinstance(data, TensorSplit):
+        for start in range(0, len(data), batch_size):
+            yield (data.inputs[start:start + batch_size].to(device),
+                   data.targets[start:start + batch_size].to(device))
+        return
+    for inputs, targets in DataLoader(data, batch_size=batch_size, shuffle=False):
+        yield inputs.to(device), targets.to(device)

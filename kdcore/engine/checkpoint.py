@@ -1,0 +1,98 @@
+"""Checkpoints: written atomically, loaded without running code.
+
+A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then
+renamed over the old one, so a kill at any moment leaves either the old or the new file, never
+half of one. Loading uses ``weights_only=True``: a file that would execute code is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str, *, what: str = "checkpoint") -> Any:
+    """Load ``path`` with ``weights_only=True``, naming the file in every error."""
+    if not os.path.exists(path):
+        raise UserError(f"{what} {path} does not exist")
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path} is a directory, expected a .pt file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text:
+            raise UserError(f"{what} {path} contains Python objects that would run code when "
+                            f"loaded; kdcore refuses it (re-save it as a plain state_dict)") from None
+        raise UserError(f"{what} {path} is corrupted or truncated ({text.splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{what} {path} is corrupted or truncated ({first})") from None
+
+
+def state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:
+    """The model weights inside a loaded checkpoint: a plain state_dict, or under
+    ``state_dict`` / ``model`` / ``student``."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "student"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        if all(torch.is_tensor(v) for v in obj.values()):
+            return obj
+    raise UserError(f"checkpoint {path} holds no state_dict (expected a mapping of tensors)")
+
+
+def load_weights(model: torch.nn.Module, path: str, *, what: str) -> dict[str, Any]:
+    """Load weights from ``path`` into ``model`` strictly, naming missing and unexpected keys."""
+    obj = load_checkpoint(path, what=what)
+    state = state_dict_of(obj, path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and torch.is_tensor(state[k]) and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        if wrong:
+            parts.append(f"shape mismatches {_few(wrong)}")
+        raise UserError(f"{what} {path} does not fit {type(model).__name__}: " + "; ".join(parts)
+                        + " (check the model type and its parameters)")
+    model.load_state_dict(state)
+    return obj if isinstance(obj, dict) else {}
+
+
+def _few(items: list[str], n: int = 4) -> str:
+    shown = ", ".join(items[:n])
+    return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)})"

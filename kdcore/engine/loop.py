@@ -1,0 +1,169 @@
+"""The training loop. Read it top to bottom: one epoch is batches -> loss terms -> step.
+
+The algorithm says what is minimised (a dict of loss terms); this loop sums the terms,
+backpropagates, steps the optimizer and schedule, reports progress, and calls back at the end of
+every epoch (evaluation, metrics, checkpoints live in :mod:`kdcore.engine.run`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+from tqdm import tqdm
+
+from ..components import Algorithm, Stage
+from ..errors import UserError
+from .batches import TrainBatches
+
+
+class NonFiniteLoss(Exception):
+    """A loss term became NaN or Inf; the message names the term, epoch and step."""
+
+
+@attrs.define
+class Position:
+    """Where training stands; saved in checkpoints so a resumed run continues exactly."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    sums: dict[str, float] = attrs.field(factory=dict)
+    seen: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def format_terms(terms: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in terms.items())
+
+
+def train_epochs(
+    algorithm: Algorithm,
+    batches: TrainBatches,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    epochs: int,
+    position: Position,
+    on_nonfinite: str = "stop",
+    grad_clip: float | None = None,
+    progress: bool = True,
+    label: str = "train",
+    on_step: Callable[[Position], None] | None = None,
+    on_epoch_end: Callable[[Position, dict[str, float]], None] | None = None,
+) -> Position:
+    """Train from ``position`` until ``epochs`` are done; returns the final position."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    while position.epoch < epochs:
+        algorithm.train()
+        epoch = position.epoch
+        started = time.perf_counter() - position.seconds
+        bar = tqdm(total=len(batches), initial=position.step_in_epoch, disable=not progress,
+                   desc=f"{label} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+        for batch in batches.epoch(epoch, position.step_in_epoch):
+            terms = algorithm.training_step(batch, epoch=epoch, step=position.global_step)
+            loss = sum(terms.values())
+            bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+            if bad:
+                where = f"term {bad[0]!r} is {float(terms[bad[0]].detach())} at epoch {epoch + 1}, step {position.global_step}"
+                if on_nonfinite == "stop":
+                    raise NonFiniteLoss(f"loss {where}; stopped, the last good checkpoint is kept "
+                                        f"(set trainer.on_nonfinite=skip to skip such batches)")
+                position.skipped += 1
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                optimizer.step()
+                n = len(batch.indices)
+                for name, value in terms.items():
+                    position.sums[name] = position.sums.get(name, 0.0) + float(value.detach()) * n
+                position.seen += n
+            scheduler.step()
+            position.step_in_epoch += 1
+            position.global_step += 1
+            position.seconds = time.perf_counter() - started
+            if progress:
+                bar.update(1)
+                shown = {k: v / max(position.seen, 1) for k, v in position.sums.items()}
+                bar.set_postfix_str(f"{format_terms(shown)} | {position.seen / max(position.seconds, 1e-9):.0f} img/s")
+            if on_step is not None:
+                on_step(position)
+        bar.close()
+        summary = {k: v / max(position.seen, 1) for k, v in position.sums.items()}
+        summary["loss"] = sum(summary.values())
+        summary["images_per_second"] = position.seen / max(position.seconds, 1e-9)
+        summary["seconds"] = position.seconds
+        if position.skipped:
+            summary["skipped_batches"] = position.skipped
+        position.epoch += 1
+        position.step_in_epoch = 0
+        position.sums, position.seen, position.skipped, position.seconds = {}, 0, 0, 0.0
+        if on_epoch_end is not None:
+            on_epoch_end(position, summary)
+    return position
+
+
+def run_stage(
+    algorithm: Algorithm,
+    point: str,
+    stage: Stage,
+    batches: TrainBatches,
+    *,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Perform one pre-training stage declared by a head; returns its mean loss per epoch."""
+    assert algorithm.distiller is not None
+    head = algorithm.distiller.heads[point]
+    dp = next(p for p in algorithm.distiller.points if p.name == point)
+    if stage.parameters is not None:
+        params = list(stage.parameters())
+    else:
+        params = list(algorithm.student.parameters())
+        for connector in (head.student_connector, head.teacher_connector):
+            if connector is not None:
+                params += list(connector.parameters())
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise UserError(f"stage {stage.name!r} of distill point {point!r} has no trainable parameters")
+    if stage.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=stage.lr)
+    else:
+        optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=0.9)
+    history: dict[str, float] = {}
+    for epoch in range(stage.epochs):
+        algorithm.train()
+        total, count = 0.0, 0
+        for batch in tqdm(batches.epoch(epoch), total=len(batches), disable=not progress,
+                          desc=f"stage {stage.name} {epoch + 1}/{stage.epochs}", leave=False):
+            student_feature = None
+            if stage.needs_student:
+                _, features = algorithm.student_forward(batch.inputs)
+                student_feature = features[dp.student_tap.key]
+            teacher_feature = algorithm.distiller.teacher_features(batch.inputs, indices=batch.indices)[dp.teacher][dp.teacher_tap.key]
+            loss = stage.loss(student_feature, teacher_feature, targets=batch.targets,
+                              indices=batch.indices, epoch=epoch, step=0)
+            if not math.isfinite(float(loss.detach())):
+                raise NonFiniteLoss(f"stage {stage.name!r}: loss is {float(loss.detach())} at epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch.indices)
+            count += len(batch.indices)
+        history[f"{stage.name}_epoch{epoch + 1}"] = total / max(count, 1)
+    return history
+
+
+def describe_epoch(epoch: int, epochs: int, train: dict[str, float], scores: dict[str, Any]) -> str:
+    terms = {k: v for k, v in train.items() if k not in ("loss", "images_per_second", "seconds", "skipped_batches")}
+    parts = [f"epoch {epoch}/{epochs}", f"loss {train['loss']:.4f} ({format_terms(terms)})"]
+    for name, value in scores.items():
+        parts.append(f"{name} {value:.2f}")
+    parts.append(f"{train['images_per_second']:.0f} img/s")
+    return "  ".join(parts)

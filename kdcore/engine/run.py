@@ -1,0 +1,240 @@
+"""A whole run: data, teachers, stages, training, evaluation, checkpoints and the summary.
+
+Run directory layout::
+
+    <output_dir>/<name>-<timestamp>/
+        config.yaml          the resolved config (what --resume reads back)
+        metrics.jsonl        one row per epoch
+        checkpoints/last.pt  full state for --resume (atomic)
+        student.pt           the student's weights alone, for use elsewhere
+        summary.json         final scores, written last
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+
+from ..assemble import build_algorithm, build_model, load_data
+from ..config import RunConfig, dump_yaml
+from ..errors import UserError
+from .batches import TrainBatches
+from .checkpoint import load_checkpoint, load_weights, save_atomic
+from .cpu import tune_cpu
+from .evaluate import evaluate
+from .loop import Position, describe_epoch, run_stage, train_epochs
+from .optim import make_optimizer, make_scheduler
+from .teachers import prepare_teachers, weights_checksum
+
+CHECKPOINT = os.path.join("checkpoints", "last.pt")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"config key trainer.device: {name!r} is not a device (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("config key trainer.device: cuda was asked for but no GPU is available; use cpu or auto")
+    return device
+
+
+def new_run_dir(config: RunConfig) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(config.output_dir, f"{config.name or config.algorithm.type}-{stamp}")
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    os.makedirs(path)
+    return path
+
+
+def write_json_atomic(obj: Any, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _metrics_rows(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The algorithm's state without the frozen teachers (they come from their checkpoints)."""
+    return {k: v for k, v in algorithm.state_dict().items() if not k.startswith("distiller.teachers.")}
+
+
+def run(config: RunConfig, *, resume_dir: str | None = None,
+        log: Callable[[str], None] = print) -> str:
+    """Train as configured; returns the run directory."""
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    device = pick_device(config.trainer.device)
+    if device.type == "cpu" and config.trainer.cpu_tuning:
+        tune_cpu(config.trainer.threads)
+    splits = load_data(config.data)
+    run_dir = resume_dir or new_run_dir(config)
+    if resume_dir is None:
+        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(dump_yaml(config))
+    log(f"run dir: {run_dir}")
+    started = time.perf_counter()
+
+    teachers = prepare_teachers(config, splits, device, log)
+    checksums = {name: weights_checksum(t["model"]) for name, t in teachers.items()}
+    torch.manual_seed(config.seed)  # the student's init must not depend on teacher caching
+    student = build_model(config.student, splits.source, "student")
+    if config.student.checkpoint:
+        load_weights(student, os.path.expanduser(config.student.checkpoint), what="student.checkpoint")
+    algorithm = build_algorithm(config, splits, student, {n: t["model"] for n, t in teachers.items()})
+    algorithm.to(device)
+
+    batches = TrainBatches(splits.train, config.data.batch_size, config.seed, device=device)
+    if len(batches) == 0:
+        raise UserError(f"config key data.batch_size: {config.data.batch_size} leaves no batch")
+    optimizer = make_optimizer(algorithm.trainable_parameters(), config.optimizer)
+    scheduler = make_scheduler(optimizer, config.schedule, len(batches), config.trainer.epochs)
+    position = Position()
+    stages_done = False
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    checkpoint_path = os.path.join(run_dir, CHECKPOINT)
+
+    if resume_dir is not None and os.path.exists(checkpoint_path):
+        state = load_checkpoint(checkpoint_path, what="resume checkpoint")
+        missing = algorithm.load_state_dict(state["algorithm"], strict=False)
+        if missing.unexpected_keys:
+            raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: unexpected "
+                            f"keys {missing.unexpected_keys[:4]}")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        position = Position(**state["position"])
+        stages_done = state["stages_done"]
+        _set_rng_state(state["rng"])
+        rows = _metrics_rows(metrics_path)[: state["metrics_rows"]]
+        with open(metrics_path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
+
+    def save(stages: bool) -> None:
+        save_atomic({"format": 1, "algorithm": trainable_state(algorithm),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "position": attrs.asdict(position), "rng": _rng_state(), "stages_done": stages,
+                     "metrics_rows": len(_metrics_rows(metrics_path))}, checkpoint_path)
+
+    try:
+        if not stages_done:
+            for point, stage in algorithm.stages():
+                if stage.epochs > 0:
+                    log(f"stage {stage.name} ({point}): {stage.epochs} epochs")
+                    history = run_stage(algorithm, point, stage, batches, progress=config.trainer.progress)
+                    log(f"stage {stage.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in history.items()))
+            stages_done = True
+            save(True)
+
+        evaluation = splits.evaluation
+
+        def score() -> dict[str, dict[str, dict[str, float]]]:
+            return {name: {split: evaluate(model, data, splits.source.task,
+                                           batch_size=config.data.eval_batch_size, device=device)
+                           for split, data in evaluation.items()}
+                    for name, model in algorithm.evaluation_models().items()}
+
+        def on_epoch_end(pos: Position, train: dict[str, float]) -> None:
+            scores = score()
+            row = {"epoch": pos.epoch, "lr": optimizer.param_groups[0]["lr"], "train": train, **scores}
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            shown = {f"{m} {s} top1" if len(scores) > 1 else f"{s} top1": v["top1"]
+                     for m, by_split in scores.items() for s, v in by_split.items() if "top1" in v}
+            log(describe_epoch(pos.epoch, config.trainer.epochs, train, shown))
+            save(True)
+
+        def on_step(pos: Position) -> None:
+            every = config.trainer.checkpoint_every
+            if every and pos.global_step % every == 0 and pos.step_in_epoch < len(batches):
+                save(True)
+
+        train_epochs(algorithm, batches, optimizer, scheduler, epochs=config.trainer.epochs,
+                     position=position, on_nonfinite=config.trainer.on_nonfinite,
+                     grad_clip=config.trainer.grad_clip, progress=config.trainer.progress,
+                     on_step=on_step, on_epoch_end=on_epoch_end)
+    finally:
+        algorithm.remove_taps()
+
+    summary = summarize(config, algorithm, splits, teachers, checksums, metrics_path, device,
+                        time.perf_counter() - started, run_dir)
+    exported = next(iter(algorithm.evaluation_models().values()))
+    save_atomic(exported.state_dict(), os.path.join(run_dir, "student.pt"))
+    write_json_atomic(summary, os.path.join(run_dir, "summary.json"))
+    return run_dir
+
+
+def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str, dict[str, Any]],
+              checksums: dict[str, str], metrics_path: str, device: torch.device,
+              seconds: float, run_dir: str) -> dict[str, Any]:
+    rows = _metrics_rows(metrics_path)
+    models = algorithm.evaluation_models()
+    first = next(iter(models))
+    task = splits.source.task
+    final = evaluate(models[first], splits.test, task, batch_size=config.data.eval_batch_size, device=device)
+    student: dict[str, Any] = {**final, "params": sum(p.numel() for p in models[first].parameters())}
+    key = "val" if splits.val is not None else "test"
+    history = [(r["epoch"], r[first][key]["top1"]) for r in rows if first in r and "top1" in r[first][key]]
+    if history:
+        best_epoch, best = max(history, key=lambda x: x[1])
+        student.update({"best_epoch": best_epoch, f"best_{key}_top1": best})
+        if splits.val is not None:
+            student["val_top1"] = history[-1][1]
+    summary: dict[str, Any] = {"algo": config.algorithm.type, "student": student,
+                               "epochs": config.trainer.epochs, "seconds": round(seconds, 2),
+                               "run_dir": run_dir, "device": str(device),
+                               "train_images": len(splits.train)}
+    for name, model in models.items():
+        if name != first:
+            summary.setdefault("exits", {})[name] = evaluate(
+                model, splits.test, task, batch_size=config.data.eval_batch_size, device=device)
+    per_teacher = {}
+    for name, info in teachers.items():
+        model = info["model"]
+        after = weights_checksum(model)
+        if after != checksums[name]:
+            raise RuntimeError(f"teacher {name!r} weights changed during the run; this is a bug")
+        per_teacher[name] = {**evaluate(model, splits.test, task, batch_size=config.data.eval_batch_size,
+                                        device=device),
+                             "params": sum(p.numel() for p in model.parameters()),
+                             "checkpoint": info["checkpoint"], "sha256": after}
+    if per_teacher:
+        summary["teacher"] = next(iter(per_teacher.values()))
+        summary["teachers"] = per_teacher
+    return summary
