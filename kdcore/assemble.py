@@ -74,9 +74,12 @@ def build_model(kind_cfg: Any, source: DataSource, where: str) -> nn.Module:
 
 
 def sample_inputs(splits: Splits, n: int = 2) -> torch.Tensor:
-    if isinstance(splits.train, TensorSplit):
-        return splits.train.inputs[:n]
-    return torch.stack([splits.train[i][0] for i in range(min(n, len(splits.train)))])
+    """A few inputs for shape probes: from the training split, or the test split when the
+    run has no training images (data-free distillation)."""
+    data = splits.train if len(splits.train) else splits.test
+    if isinstance(data, TensorSplit):
+        return data.inputs[:n]
+    return torch.stack([data[i][0] for i in range(min(n, len(data)))])
 
 
 @torch.no_grad()
@@ -154,9 +157,9 @@ def build_point(pcfg: DistillPointConfig, where: str, teacher_name: str, point_n
     if not isinstance(head, DistillationHead):
         raise UserError(f"{where}.head: head {hcfg.type!r} did not return a DistillationHead")
     # check shapes once now, so a mismatch is reported before any training
-    for name, loss in head.losses.items():
+    for key, loss in head.losses.items():
         if getattr(loss, "same_shape", True):
-            head.check_shapes(name, s_out, t_out)
+            head.check_shapes(head.terms[key], s_out, t_out)
     return DistillPoint(point_name, teacher_name, Tap(pcfg.student_module, pcfg.student_io),
                         Tap(pcfg.teacher_module, pcfg.teacher_io), head)
 
@@ -166,18 +169,19 @@ def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
     """Wire student, teachers, heads and distiller into the configured algorithm."""
     sample = sample_inputs(splits)
     names = term_names(config)
+    for ti, tcfg in enumerate(config.teachers):
+        for pi, pcfg in enumerate(tcfg.distill):
+            where = f"teachers[{ti}].distill[{pi}]"
+            if pcfg.student_module != OUTPUT:
+                resolve_module(student, pcfg.student_module, where=f"{where}.student_module")
+            if pcfg.teacher_module != OUTPUT:
+                resolve_module(teachers[tcfg.name], pcfg.teacher_module, where=f"{where}.teacher_module")
     student_taps = [Tap(p.student_module, p.student_io) for t in config.teachers for p in t.distill]
     s_feats = probe(student, student_taps, sample, "student module path") if student_taps else {}
     points: list[DistillPoint] = []
     for ti, tcfg in enumerate(config.teachers):
         teacher = teachers[tcfg.name]
         taps = [Tap(p.teacher_module, p.teacher_io) for p in tcfg.distill]
-        for pi, pcfg in enumerate(tcfg.distill):
-            resolve_where = f"teachers[{ti}].distill[{pi}]"
-            if pcfg.student_module != OUTPUT:
-                resolve_module(student, pcfg.student_module, where=f"{resolve_where}.student_module")
-            if pcfg.teacher_module != OUTPUT:
-                resolve_module(teacher, pcfg.teacher_module, where=f"{resolve_where}.teacher_module")
         t_feats = probe(teacher, taps, sample, f"teachers[{ti}] module path") if taps else {}
         for pi, pcfg in enumerate(tcfg.distill):
             where = f"teachers[{ti}].distill[{pi}]"
@@ -193,7 +197,8 @@ def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
     source = splits.source
     context = {"student": student, "task": source.task, "distiller": distiller,
                "num_classes": source.num_classes, "input_shape": source.input_shape,
-               "num_samples": len(splits.train)}
+               "num_samples": len(splits.train), "batch_size": config.data.batch_size,
+               "seed": config.seed, "test_data": splits.test}
     algorithm = build("algorithm", config.algorithm.type, where="algorithm", context=context,
                       **config.algorithm.params)
     if not isinstance(algorithm, Algorithm):

@@ -17,7 +17,7 @@ class UserError(Exception):
     """
 
 
-def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
+def did_you_mean(word: str, choices: Iterable[str], n: int = 1) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choices, or ``""`` when none is close."""
     choices = sorted(set(choices))
     close = difflib.get_close_matches(word, choices, n=n, cutoff=0.6)

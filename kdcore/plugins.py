@@ -70,7 +70,9 @@ def _unknown_hooks(module: Any) -> list[str]:
 
 
 def _declared_range(module: Any, ep: EntryPoint) -> str:
-    declared = getattr(module, "KDCORE_REQUIRES", "")
+    """The kdcore range a plugin declares: ``KDCORE_REQUIRES`` in its module (when imported),
+    else its distribution's ``kdcore`` requirement."""
+    declared = getattr(module, "KDCORE_REQUIRES", "") if module is not None else ""
     if declared:
         return declared
     dist = ep.dist
@@ -118,16 +120,16 @@ class Plugins:
         if not _selected(ep):
             status.state, status.error = "disabled", "not listed in KDCORE_PLUGINS"
             return
+        # the distribution's declared range is checked before importing: a plugin built for
+        # another kdcore may not even import against this one
+        if self._incompatible(status, _declared_range(None, ep)):
+            return
         try:
             module = ep.load()
         except Exception as exc:  # a broken plugin must not take the rest down
             status.state, status.error = "failed", f"import failed: {type(exc).__name__}: {exc}"
             return
-        status.requires_kdcore = _declared_range(module, ep)
-        if status.requires_kdcore and not version_in_range(__version__, status.requires_kdcore):
-            status.state = "incompatible"
-            status.error = (f"needs kdcore {status.requires_kdcore}, this is kdcore {__version__}; "
-                            f"upgrade one of them")
+        if self._incompatible(status, _declared_range(module, ep)):
             return
         unknown = _unknown_hooks(module)
         if unknown:
@@ -138,6 +140,16 @@ class Plugins:
         except Exception as exc:
             self.pm.unregister(name=ep.name)
             status.state, status.error = "failed", f"register failed: {type(exc).__name__}: {exc}"
+
+    @staticmethod
+    def _incompatible(status: PluginStatus, declared: str) -> bool:
+        status.requires_kdcore = declared
+        if declared and not version_in_range(__version__, declared):
+            status.state = "incompatible"
+            status.error = (f"needs kdcore {declared}, this is kdcore {__version__}; "
+                            f"upgrade one of them")
+            return True
+        return False
 
     def failures(self) -> list[PluginStatus]:
         return [s for s in self.status.values() if s.state in ("failed", "incompatible")]

@@ -9,14 +9,28 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from torch import nn
+
 from .errors import UserError, did_you_mean
 from .plugins import Plugins, get_plugins
 from .specs import KINDS, Component, Registered
 
 _HOOK = {kind: f"kdcore_{kind}es" if kind.endswith("s") else f"kdcore_{kind}s" for kind in KINDS}
+#: Components of the plugins in this repository, for "pip install ..." hints when missing.
 _INSTALL_HINTS = {
-    "loss": {"kd": "kdcore-plugin-kd"},
+    "loss": {"kd": "kd", "fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd",
+             "rkd_distance": "rkd", "rkd_angle": "rkd", "crd": "crd", "crd_inbatch": "crd",
+             "ft": "ft", "ab": "ab", "ofd": "ofd"},
+    "connector": {"conv_reg": "fitnet", "paraphraser": "ft", "translator": "ft"},
+    "algorithm": {"self_distillation": "byot", "meal_v2": "meal", "data_free": "datafree"},
 }
+#: Values the core offers to factories; never user parameters.
+CONTEXT_KEYS = frozenset({
+    "in_shape", "out_shape", "student_shape", "teacher_shape", "num_samples", "num_classes",
+    "in_channels", "student_module", "teacher_module", "student", "task", "distiller", "teachers",
+    "points", "losses", "student_connector", "teacher_connector", "label", "input_shape",
+    "batch_size", "seed", "test_data",
+})
 
 
 def _check_kind(kind: str) -> None:
@@ -62,7 +76,8 @@ def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str =
                         f"write one of these ids instead")
     names = [r.component.name for r in available] + [r.id for r in available]
     hint = did_you_mean(name, names)
-    dist = _INSTALL_HINTS.get(kind, {}).get(name)
+    short = _INSTALL_HINTS.get(kind, {}).get(name)
+    dist = f"kdcore-plugin-{short}" if short else None
     failed = [s for s in plugins.failures()]
     if dist:
         hint += f"; it is provided by {dist}: pip install ./plugins/{dist}"
@@ -73,6 +88,8 @@ def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str =
 
 def accepted_params(factory: Any) -> tuple[set[str], bool]:
     """The keyword names ``factory`` takes, and whether it takes ``**kwargs``."""
+    if inspect.isclass(factory) and factory.__init__ is nn.Module.__init__:
+        return set(), False  # inherits nn.Module's (*args, **kwargs): takes no parameters
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
@@ -95,8 +112,9 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
     if not var_kw:
         for key in params:
             if key not in names:
-                hint = did_you_mean(key, names - set(context))
-                choices = ", ".join(sorted(names - set(context))) or "none"
+                own = names - set(context) - CONTEXT_KEYS
+                hint = did_you_mean(key, own)
+                choices = ", ".join(sorted(own)) or "none"
                 raise UserError(f"{where}.{key}: unknown parameter{hint}; accepted: {choices}")
     kwargs = {k: v for k, v in context.items() if var_kw or k in names}
     kwargs.update(params)

@@ -68,6 +68,12 @@ class Algorithm(nn.Module):
             for stage in point.head.stages():
                 yield point.name, stage
 
+    def train_batches(self, default: Any) -> Any:
+        """The batches to train on: ``default`` (the training split) unless the algorithm makes
+        its own, as data-free distillation does. The result needs ``epoch(epoch, start_step)``
+        yielding :class:`Batch` es and ``len()`` (batches per epoch)."""
+        return default
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 

@@ -12,6 +12,10 @@ from ..errors import UserError
 from .stage import Stage
 
 
+def _key(term: str) -> str:
+    return term.replace(".", "_")
+
+
 class DistillationHead(nn.Module):
     """Takes (student feature, teacher feature), maps them through optional connectors, and
     returns ``{term: weight * loss}`` for each of its losses.
@@ -30,8 +34,10 @@ class DistillationHead(nn.Module):
         label: str = "head",
     ) -> None:
         super().__init__()
-        self.losses = nn.ModuleDict({name: loss for name, (_, loss) in losses.items()})
-        self.weights = {name: float(weight) for name, (weight, _) in losses.items()}
+        # ModuleDict keys may not contain ".", term names may ("at@stage1.relu")
+        self.losses = nn.ModuleDict({_key(name): loss for name, (_, loss) in losses.items()})
+        self.terms = {_key(name): name for name in losses}
+        self.weights = {_key(name): float(weight) for name, (weight, _) in losses.items()}
         self.student_connector = student_connector
         self.teacher_connector = teacher_connector
         self.label = label
@@ -46,10 +52,10 @@ class DistillationHead(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> dict[str, torch.Tensor]:
         student, teacher = self.connect(student, teacher)
         terms: dict[str, torch.Tensor] = {}
-        for name, loss in self.losses.items():
+        for key, loss in self.losses.items():
             if getattr(loss, "same_shape", True):
-                self.check_shapes(name, student, teacher)
-            terms[name] = self.weights[name] * loss(student, teacher, **extra)
+                self.check_shapes(self.terms[key], student, teacher)
+            terms[self.terms[key]] = self.weights[key] * loss(student, teacher, **extra)
         return terms
 
     def check_shapes(self, name: str, student: Any, teacher: Any) -> None:

@@ -43,22 +43,32 @@ def load_idx_split(root: str, split: str, stats: tuple[float, float], install_hi
     return TensorSplit(inputs, labels.long())
 
 
-def _idx_source(name: str, root: str, stats: tuple[float, float], hint: str) -> DataSource:
-    train = load_idx_split(root, "train", stats, hint)
-    test = load_idx_split(root, "test", stats, hint)
+def _empty() -> TensorSplit:
+    return TensorSplit(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long))
+
+
+def _idx_source(name: str, root: str, stats: tuple[float, float], hint: str,
+                splits: tuple[str, ...] = ("train", "test")) -> DataSource:
+    unknown = [s for s in splits if s not in FILES]
+    if unknown:
+        raise UserError(f"data.splits: unknown split {unknown[0]!r}; choose from train, test")
+    train = load_idx_split(root, "train", stats, hint) if "train" in splits else _empty()
+    test = load_idx_split(root, "test", stats, hint) if "test" in splits else _empty()
     digest = hashlib.sha1(f"{name}|{os.path.abspath(root)}|{len(train)}|{stats}".encode()).hexdigest()
     return DataSource(train=train, test=test, task=ClassificationTask(10),
                       input_shape=(1, 28, 28), num_classes=10, fingerprint=digest[:16], name=name)
 
 
-def fashion_mnist(root: str = FASHION_MNIST_ROOT) -> DataSource:
-    """The 60k/10k Fashion-MNIST splits, normalised, in memory."""
+def fashion_mnist(root: str = FASHION_MNIST_ROOT, splits: tuple[str, ...] = ("train", "test")) -> DataSource:
+    """The 60k/10k Fashion-MNIST splits, normalised, in memory.
+
+    ``splits: [test]`` never opens the training files (data-free distillation)."""
     hint = ("install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or set "
             "data.root to a folder holding the four *-ubyte.gz files")
-    return _idx_source("fashion_mnist", root, FASHION_MNIST_STATS, hint)
+    return _idx_source("fashion_mnist", root, FASHION_MNIST_STATS, hint, tuple(splits))
 
 
-def mnist_idx(root: str) -> DataSource:
+def mnist_idx(root: str, splits: tuple[str, ...] = ("train", "test")) -> DataSource:
     """MNIST from a folder with the four original IDX files (``train-images-idx3-ubyte.gz`` ...)."""
     hint = "set data.root to a folder holding the four MNIST *-ubyte(.gz) files"
-    return _idx_source("mnist", root, MNIST_STATS, hint)
+    return _idx_source("mnist", root, MNIST_STATS, hint, tuple(splits))

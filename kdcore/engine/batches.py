@@ -52,7 +52,7 @@ class TrainBatches:
     def __init__(self, data: Any, batch_size: int, seed: int, *, device: torch.device,
                  num_workers: int = 0) -> None:
         self.data = data
-        self.batch_size = min(batch_size, len(data))
+        self.batch_size = max(1, min(batch_size, len(data)))
         self.seed = seed
         self.device = device
         self.num_workers = num_workers

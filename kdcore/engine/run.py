@@ -90,6 +90,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_assembly(config: RunConfig, splits: Any) -> None:
+    """Build everything once on untrained teachers, so a wrong module path, parameter or shape
+    is reported in seconds, before any teacher is trained. Shapes do not depend on weights."""
+    with torch.random.fork_rng():
+        teachers = {t.name: build_model(t, splits.source, f"teachers[{i}]")
+                    for i, t in enumerate(config.teachers)}
+        student = build_model(config.student, splits.source, "student")
+        build_algorithm(config, splits, student, teachers).remove_taps()
+
+
 def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The algorithm's state without the frozen teachers (they come from their checkpoints)."""
     return {k: v for k, v in algorithm.state_dict().items() if not k.startswith("distiller.teachers.")}
@@ -111,6 +121,7 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
     log(f"run dir: {run_dir}")
     started = time.perf_counter()
 
+    check_assembly(config, splits)
     teachers = prepare_teachers(config, splits, device, log)
     checksums = {name: weights_checksum(t["model"]) for name, t in teachers.items()}
     torch.manual_seed(config.seed)  # the student's init must not depend on teacher caching
@@ -120,7 +131,8 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
     algorithm = build_algorithm(config, splits, student, {n: t["model"] for n, t in teachers.items()})
     algorithm.to(device)
 
-    batches = TrainBatches(splits.train, config.data.batch_size, config.seed, device=device)
+    batches = algorithm.train_batches(
+        TrainBatches(splits.train, config.data.batch_size, config.seed, device=device))
     if len(batches) == 0:
         raise UserError(f"config key data.batch_size: {config.data.batch_size} leaves no batch")
     optimizer = make_optimizer(algorithm.trainable_parameters(), config.optimizer)

@@ -8,6 +8,7 @@ training recipe, data set and seed. The next run with the same teacher block reu
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -90,19 +91,25 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
         if tcfg.checkpoint:
             path = os.path.expanduser(tcfg.checkpoint)
             load_weights(model, path, what=f"{where}.checkpoint")
+        elif len(splits.train) == 0:
+            raise UserError(f"{where}.checkpoint: this run has no training images to train the "
+                            f"teacher on; give the teacher's checkpoint file")
         else:
             path = os.path.join(cache_dir(), "teachers",
                                 f"{tcfg.type}-{teacher_key(tcfg, config, splits)}.pt")
-            if os.path.exists(path):
-                load_weights(model, path, what=f"cached teacher (delete it to retrain)")
-                log(f"teacher {tcfg.name}: using cached checkpoint {path}")
-            else:
-                log(f"teacher {tcfg.name}: no checkpoint given, training {tcfg.type} for "
-                    f"{tcfg.train.epochs} epochs (cached afterwards at {path})")
-                scores = train_teacher(model, tcfg, config, splits, device, log)
-                save_atomic({"state_dict": model.state_dict(),
-                             "meta": {"type": tcfg.type, "top1": scores.get("top1", 0.0)}}, path)
-                trained = True
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".lock", "w") as lock:  # one process trains, the others wait and reuse
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if os.path.exists(path):
+                    load_weights(model, path, what="cached teacher (delete it to retrain)")
+                    log(f"teacher {tcfg.name}: using cached checkpoint {path}")
+                else:
+                    log(f"teacher {tcfg.name}: no checkpoint given, training {tcfg.type} for "
+                        f"{tcfg.train.epochs} epochs (cached afterwards at {path})")
+                    scores = train_teacher(model, tcfg, config, splits, device, log)
+                    save_atomic({"state_dict": model.state_dict(),
+                                 "meta": {"type": tcfg.type, "top1": scores.get("top1", 0.0)}}, path)
+                    trained = True
         model.to(device)
         if tcfg.expect_top1 is not None:
             top1 = evaluate(model, splits.test, splits.source.task,
