@@ -31,7 +31,7 @@ def kdcore_models() -> list[Component]:
         Component("wide_resnet", f"{_WRN}:wide_resnet",
                   "Wide ResNet of any depth 6n+4 and widen_factor (pre-activation blocks)"),
         Component("torchvision", "kdcore.models.torchvision_models:torchvision_model",
-                  "torchvision classification model by arch (e.g. resnet18); random init, no downloads"),
+                  "torchvision classification model by arch (e.g. resnet18), random init"),
     ]
     models += [Component(name, f"{_RESNET}:{name}",
                          f"CIFAR ResNet-{name[6:]}, widths 16/32/64, {size:.2f}M parameters")

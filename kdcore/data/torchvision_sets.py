@@ -57,13 +57,14 @@ def _normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     """uint8 ``(..., C, H, W)`` to float, scaled to [0, 1] then standardised per channel."""
     m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return (images.float() / 255.0 - m) / s
+    return images.float().div_(255.0).sub_(m).div_(s)  # in place: CIFAR-10 train is 0.6 GB
 
 
 class CifarSplit(Dataset):
     """A CIFAR split kept as uint8 images, normalised (and optionally augmented) per sample."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, stats: tuple, augment: bool) -> None:
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, stats: tuple,
+                 augment: bool) -> None:
         self.images = images
         self.targets = targets
         self.mean, self.std = stats
@@ -203,7 +204,8 @@ def mnist_torchvision(root: str = DEFAULT_ROOT) -> DataSource:
         raise UserError(f"mnist_torchvision: {what}; kdcore never downloads data. Put the four "
                         "uncompressed MNIST IDX files there (gunzip the *.gz from the MNIST site), "
                         "or set data.root to the folder that holds MNIST/raw/") from exc
-    fingerprint = _digest("mnist_torchvision", os.path.abspath(raw), len(train), len(test), MNIST_STATS)
+    fingerprint = _digest("mnist_torchvision", os.path.abspath(raw), len(train), len(test),
+                          MNIST_STATS)
     return DataSource(train=train, test=test, task=ClassificationTask(10), input_shape=(1, 28, 28),
                       num_classes=10, fingerprint=fingerprint, name="mnist_torchvision")
 

@@ -60,9 +60,11 @@ class CifarResNet(nn.Module):
                  num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20 ...), got {depth}")
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20 ...), "
+                             f"got {depth}")
         if len(widths) != 4:
-            raise ValueError(f"widths must be 4 numbers (stem and three stages), got {list(widths)}")
+            raise ValueError(f"widths must be 4 numbers (stem and three stages), "
+                             f"got {list(widths)}")
         blocks = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -1,4 +1,4 @@
-"""torchvision classification models by name (``arch: resnet18``, ``mobilenet_v2``, ``vit_b_16`` ...).
+"""torchvision classification models by name (``arch: resnet18``, ``mobilenet_v2`` ...).
 
 kdcore never downloads anything: models are built with random weights, and trained weights come
 from a local file through the teacher's ``checkpoint`` key. Module paths are torchvision's own
@@ -25,7 +25,7 @@ def classification_names() -> list[str]:
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int, name: str) -> None:
-    """Swap the first ``Conv2d`` for one taking ``in_channels`` (e.g. 1 for MNIST), same geometry."""
+    """Swap the first ``Conv2d`` for a fresh one taking ``in_channels`` (e.g. 1 for MNIST)."""
     for path, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             if module.groups != 1:
@@ -58,8 +58,8 @@ def torchvision_model(arch: str, num_classes: int = 1000, weights: Any = None, i
         raise UserError(
             f"torchvision model {arch!r}: weights={weights!r} is not supported: kdcore never "
             "downloads weights at run time. Download the weights yourself once, then pass the "
-            "local file as the model's 'checkpoint' (e.g. teachers.0.checkpoint: /path/to/file.pth) "
-            "and leave 'weights' unset")
+            "local file as the model's 'checkpoint' (e.g. teachers.0.checkpoint: "
+            "/path/to/file.pth) and leave 'weights' unset")
     names = classification_names()
     if arch not in names:
         raise UserError(f"unknown torchvision classification model {arch!r}"

@@ -31,7 +31,8 @@ class PreActBlock(nn.Module):
     As in the reference WRN, when the width changes the shortcut sees the BN-ReLU'd input.
     """
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_rate: float = 0.0) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 drop_rate: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.relu1 = nn.ReLU()
@@ -65,7 +66,8 @@ class WideResNet(nn.Module):
                  in_channels: int = 3, drop_rate: float = 0.0) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40 ...), got {depth}")
+            raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40 ...), "
+                             f"got {depth}")
         if widen_factor < 1:
             raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
         blocks = (depth - 4) // 6
@@ -98,8 +100,8 @@ class WideResNet(nn.Module):
         return self.fc(self.embedding(self.avgpool(x)))
 
 
-def wide_resnet(depth: int = 16, widen_factor: int = 1, num_classes: int = 100, in_channels: int = 3,
-                drop_rate: float = 0.0) -> WideResNet:
+def wide_resnet(depth: int = 16, widen_factor: int = 1, num_classes: int = 100,
+                in_channels: int = 3, drop_rate: float = 0.0) -> WideResNet:
     """Any WRN: ``depth`` = 6n+4, ``widen_factor`` >= 1."""
     return WideResNet(depth, widen_factor, num_classes, in_channels, drop_rate)
 
