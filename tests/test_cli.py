@@ -1,0 +1,109 @@
+"""The CLI end to end on a slice of Fashion-MNIST, and its error contract (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kdcore.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sets(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def run_cli(*args: str) -> "object":
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.mark.fashion
+@pytest.mark.e2e
+def test_default_job_distills_and_writes_summary(tmp_path, tiny) -> None:
+    result = run_cli("run", "--algo", "teacher_student", "--output-dir", str(tmp_path), *sets(*tiny))
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("run dir: ")
+    run_dir = lines[-1][len("run dir: "):]
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert summary["algo"] == "teacher_student" and summary["epochs"] == 1
+    assert 0 <= summary["student"]["top1"] <= 100 and 0 <= summary["teacher"]["top1"] <= 100
+    assert summary["student"]["params"] < summary["teacher"]["params"]
+    rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert len(rows) == 1 and {"task", "kd", "loss"} <= set(rows[0]["train"])
+    student = torch.load(os.path.join(run_dir, "student.pt"), weights_only=True)
+    assert "fc.weight" in student and not any(k.startswith("distiller") for k in student)
+    assert os.path.exists(os.path.join(run_dir, "config.yaml"))
+    assert "teacher top1:" in result.output and "student top1:" in result.output
+
+    # the teacher is cached: a second run reuses it and scores it identically
+    again = run_cli("run", "--output-dir", str(tmp_path), *sets(*tiny))
+    assert "using cached checkpoint" in again.output
+    summary2 = json.load(open(os.path.join(again.output.strip().splitlines()[-1][9:], "summary.json")))
+    assert summary2["teacher"]["top1"] == summary["teacher"]["top1"]
+    assert summary2["teacher"]["sha256"] == summary["teacher"]["sha256"]
+
+
+@pytest.mark.fashion
+def test_vanilla_has_no_teacher(tmp_path, tiny) -> None:
+    result = run_cli("run", "--algo", "vanilla", "--output-dir", str(tmp_path), *sets(*tiny[:3], tiny[4]))
+    assert result.exit_code == 0, result.output
+    summary = json.load(open(os.path.join(result.output.strip().splitlines()[-1][9:], "summary.json")))
+    assert "teacher" not in summary and summary["algo"] == "vanilla"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "--set", "trainer.epoch=2"], "config key trainer.epoch: unknown key (did you mean 'epochs'?)"),
+    (["run", "--algo", "teacher_studnet"], "unknown algorithm 'teacher_studnet' (did you mean 'teacher_student'"),
+    (["run", "--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
+    (["run", "--set", "teachers.0.distill.0.student_module=stage9"], "teachers[0].distill[0].student_module 'stage9' does not exist in SmallCNN"),
+    (["run", "--set", "teachers.0.checkpoint=/missing/teacher.pt"], "teachers[0].checkpoint /missing/teacher.pt does not exist"),
+    (["run", "--set", "teachers.0.distill.0.head.losses.0.temprature=3"], "losses[0].temprature: unknown parameter (did you mean 'temperature'?)"),
+    (["run", "--set", "data.root=/nowhere"], "apt-get install dataset-fashion-mnist"),
+    (["list", "conector"], "unknown component kind 'conector' (did you mean 'connector'?)"),
+    (["inspect", "cnn_studnet", "--input-shape", "1,28,28"], "unknown model 'cnn_studnet' (did you mean 'cnn_student'"),
+    (["frobnicate"], "no command 'frobnicate'"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, args, expected) -> None:
+    result = CliRunner().invoke(main, args + (["--output-dir", str(tmp_path)] if args[0] == "run" else []))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert lines[-1].startswith("kdcore: error: ") and expected in lines[-1], lines
+
+
+@pytest.mark.fashion
+def test_shape_mismatch_names_both_shapes_and_the_connector(tmp_path, tiny) -> None:
+    result = CliRunner().invoke(main, ["run", "--output-dir", str(tmp_path), *sets(
+        *tiny, "teachers.0.distill.0.student_module=stage3", "teachers.0.distill.0.teacher_module=stage3",
+        "teachers.0.distill.0.head.losses.0.type=kd")])
+    assert result.exit_code == 2
+    assert "student feature is (32, 7, 7) and the teacher feature is (96, 7, 7)" in result.output
+    assert "add a student_connector" in result.output
+
+
+def test_inspect_lists_paths_with_shapes() -> None:
+    result = run_cli("inspect", "cnn_student", "--input-shape", "1,28,28")
+    assert result.exit_code == 0
+    assert "stage2.relu" in result.output and "(16, 7, 7)" in result.output and "output" in result.output
+
+
+def test_list_and_plugins_show_builtins_and_kd() -> None:
+    listed = run_cli("list", "loss")
+    assert "kd:kd" in listed.output
+    rows = json.loads(run_cli("plugins", "--json").output)
+    names = {r["name"]: r for r in rows}
+    assert names["kdcore"]["components"]["algorithm"] == ["teacher_student", "vanilla"]
+    assert names["kd"]["distribution"] == "kdcore-plugin-kd" and names["kd"]["state"] == "ok"
+
+
+def test_console_script_is_installed() -> None:
+    out = subprocess.run([sys.executable, "-m", "kdcore", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "version" in out.stdout

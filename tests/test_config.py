@@ -1,0 +1,104 @@
+"""Config loading: structure, defaults, overrides, and errors that name the exact key."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdcore.config import RunConfig, apply_override, dump_yaml, load_config, read_yaml, structure, unstructure
+from kdcore.errors import UserError
+
+PRESET = "kdcore/presets/teacher_student.yaml"
+
+
+def preset() -> dict:
+    import os
+
+    return read_yaml(os.path.join(os.path.dirname(__file__), "..", PRESET))
+
+
+def error_of(data: dict, overrides: list[str] = ()) -> str:
+    with pytest.raises(UserError) as info:
+        load_config(data, list(overrides))
+    return str(info.value)
+
+
+def test_preset_structures_with_flat_component_params() -> None:
+    config = load_config(preset())
+    loss = config.teachers[0].distill[0].head.losses[0]
+    assert (loss.type, loss.weight, loss.params) == ("kd", 0.5, {"temperature": 4.0})
+    assert config.student.type == "cnn_student" and config.student.params == {}
+
+
+def test_round_trip_through_yaml_is_identity() -> None:
+    import yaml
+
+    config = load_config(preset())
+    again = load_config(yaml.safe_load(dump_yaml(config)))
+    assert unstructure(again) == unstructure(config)
+
+
+def test_overrides_reach_nested_lists_and_parse_yaml_values() -> None:
+    config = load_config(preset(), ["teachers.0.distill.0.head.losses.0.temperature=2",
+                                    "trainer.epochs=3", "data.train_limit=null", "name=abc"])
+    assert config.teachers[0].distill[0].head.losses[0].params["temperature"] == 2
+    assert config.trainer.epochs == 3 and config.data.train_limit is None and config.name == "abc"
+
+
+def test_misspelled_key_names_path_and_suggestion() -> None:
+    message = error_of(preset(), ["trainer.epoch=3"])
+    assert message.startswith("config key trainer.epoch: unknown key (did you mean 'epochs'?)")
+
+
+def test_misspelled_nested_key_in_list_names_index() -> None:
+    data = preset()
+    data["teachers"][0]["distill"][0]["studnet_module"] = "stage1"
+    assert "teachers[0].distill[0].studnet_module: unknown key (did you mean 'student_module'?)" in error_of(data)
+
+
+def test_wrong_type_and_bad_choice() -> None:
+    assert error_of(preset(), ["trainer.epochs=many"]) == "config key trainer.epochs: expected an integer, got 'many'"
+    assert "(did you mean 'cosine'?)" in error_of(preset(), ["schedule.type=cosin"])
+    assert "expected true or false" in error_of(preset(), ["trainer.progress=3"])
+
+
+def test_missing_required_key() -> None:
+    data = preset()
+    del data["teachers"][0]["distill"][0]["teacher_module"]
+    assert error_of(data) == "config key teachers[0].distill[0].teacher_module: required, missing"
+
+
+def test_override_errors() -> None:
+    assert "expected KEY=VALUE" in error_of(preset(), ["trainer.epochs"])
+    assert "out of range (the list has 1 item)" in error_of(preset(), ["teachers.4.name=x"])
+    assert "use a number" in error_of(preset(), ["teachers.first.name=x"])
+
+
+def test_semantic_checks() -> None:
+    assert "must be at least 1" in error_of(preset(), ["data.batch_size=0"])
+    data = preset()
+    data["teachers"].append(dict(data["teachers"][0]))
+    assert "teachers[1].name: 'teacher' is used by teachers[0] too" in error_of(data)
+
+
+def test_read_yaml_errors(tmp_path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        read_yaml(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\nb: 3\n")
+    with pytest.raises(UserError, match=r"bad.yaml: .* at line \d+"):
+        read_yaml(str(bad))
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="top level must be a mapping"):
+        read_yaml(str(listy))
+
+
+def test_defaults_without_any_keys() -> None:
+    config = structure(RunConfig, {})
+    assert config.algorithm.type == "teacher_student" and config.teachers == []
+
+
+def test_apply_override_creates_missing_mappings() -> None:
+    data: dict = {}
+    apply_override(data, "trainer.threads=2")
+    assert data == {"trainer": {"threads": 2}}
