@@ -29,6 +29,11 @@ class Splits:
     train: Any
     val: Any | None
     test: Any
+    student_train: Any = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.student_train is None:
+            self.student_train = self.train
 
     @property
     def evaluation(self) -> dict[str, Any]:
@@ -59,7 +64,42 @@ def load_data(cfg: DataConfig) -> Splits:
         train = _take(train, torch.arange(cfg.train_limit))
     if cfg.test_limit and cfg.test_limit < len(test):
         test = _take(test, torch.arange(cfg.test_limit))
-    return Splits(source, train, val, test)
+    student_train = train
+    if cfg.labelled is not None:
+        if cfg.labelled > len(train):
+            raise UserError(f"config key data.labelled: {cfg.labelled} is more than the "
+                            f"{len(train)} training images")
+        student_train = keep_labels(train, cfg.labelled)
+        if cfg.drop_unlabelled:  # the baseline: the student alone on the labelled images only
+            labelled = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: cfg.labelled]
+            student_train = _take(train, labelled.sort().values)
+    return Splits(source, train, val, test, student_train)
+
+
+class _MaskedLabels(torch.utils.data.Dataset):
+    def __init__(self, data: Any, labelled: torch.Tensor) -> None:
+        self.data, self.labelled = data, labelled
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        x, y = self.data[i]
+        return x, (y if bool(self.labelled[i]) else -1)
+
+
+def keep_labels(train: Any, n: int) -> Any:
+    """The student's view of the training split when only ``n`` images keep their label.
+
+    The others get target -1 (ignored by the task loss) but still pass through the teachers:
+    the original KD setting, where soft targets come from a larger transfer set. The labelled
+    images are a fixed random subset (seed 0); teachers are trained on every label.
+    """
+    labelled = torch.zeros(len(train), dtype=torch.bool)
+    labelled[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]] = True
+    if isinstance(train, TensorSplit):
+        return TensorSplit(train.inputs, torch.where(labelled, train.targets, -1))
+    return _MaskedLabels(train, labelled)
 
 
 def model_context(source: DataSource) -> dict[str, Any]:

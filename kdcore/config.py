@@ -82,6 +82,7 @@ class TeacherTrainConfig:
     """How to train a teacher that has no checkpoint (the result is cached)."""
 
     epochs: int = 4
+    seed: int = 0
     optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
     schedule: ScheduleConfig = attrs.field(factory=ScheduleConfig)
 
@@ -112,6 +113,8 @@ class DataConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     val_split: int = 0
+    labelled: int | None = None
+    drop_unlabelled: bool = False
     params: dict[str, Any] = _params_field()
 
 
@@ -359,7 +362,7 @@ def check(config: RunConfig) -> None:
             raise UserError(f"config key {key}: must be at least 1, got {value}")
     if config.trainer.epochs < 0:
         raise UserError(f"config key trainer.epochs: must be >= 0, got {config.trainer.epochs}")
-    for key in ("train_limit", "test_limit"):
+    for key in ("train_limit", "test_limit", "labelled"):
         value = getattr(config.data, key)
         if value is not None and value < 1:
             raise UserError(f"config key data.{key}: must be at least 1 or null, got {value}")

@@ -58,6 +58,12 @@ class ClassificationTask:
         self.label_smoothing = label_smoothing
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the labelled samples (target -1 = unlabelled)."""
+        if bool((targets < 0).any()):
+            known = targets >= 0
+            if not bool(known.any()):
+                return outputs.sum() * 0.0
+            outputs, targets = outputs[known], targets[known]
         return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
 
     def new_metric(self) -> TopK:

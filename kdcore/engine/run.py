@@ -132,7 +132,7 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
     algorithm.to(device)
 
     batches = algorithm.train_batches(
-        TrainBatches(splits.train, config.data.batch_size, config.seed, device=device))
+        TrainBatches(splits.student_train, config.data.batch_size, config.seed, device=device))
     if len(batches) == 0:
         raise UserError(f"config key data.batch_size: {config.data.batch_size} leaves no batch")
     optimizer = make_optimizer(algorithm.trainable_parameters(), config.optimizer)
@@ -231,7 +231,8 @@ def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str
     summary: dict[str, Any] = {"algo": config.algorithm.type, "student": student,
                                "epochs": config.trainer.epochs, "seconds": round(seconds, 2),
                                "run_dir": run_dir, "device": str(device),
-                               "train_images": len(splits.train)}
+                               "train_images": len(splits.train),
+                               "labelled_images": config.data.labelled or len(splits.train)}
     for name, model in models.items():
         if name != first:
             summary.setdefault("exits", {})[name] = evaluate(

@@ -3,7 +3,7 @@
 A teacher without ``checkpoint`` is trained with the plain supervised algorithm and its
 ``train`` settings, then saved under ``$KDCORE_CACHE_DIR/teachers`` (default
 ``~/.cache/kdcore``) keyed by a hash of everything that determines it: model, parameters,
-training recipe, data set and seed. The next run with the same teacher block reuses it.
+training recipe (with its own seed) and data set. The next run with the same teacher block reuses it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ def teacher_key(tcfg: TeacherConfig, config: RunConfig, splits: Splits) -> str:
         "data": {"type": config.data.type, "params": config.data.params,
                  "train_limit": config.data.train_limit, "val_split": config.data.val_split,
                  "batch_size": config.data.batch_size, "fingerprint": splits.source.fingerprint},
-        "seed": config.seed,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -60,9 +59,9 @@ def weights_checksum(model: nn.Module) -> str:
 
 def train_teacher(model: nn.Module, tcfg: TeacherConfig, config: RunConfig, splits: Splits,
                   device: torch.device, log: Callable[[str], None]) -> dict[str, float]:
-    torch.manual_seed(config.seed)
+    torch.manual_seed(tcfg.train.seed)
     algorithm = Vanilla(model.to(device), splits.source.task)
-    batches = TrainBatches(splits.train, config.data.batch_size, config.seed, device=device)
+    batches = TrainBatches(splits.train, config.data.batch_size, tcfg.train.seed, device=device)
     optimizer = make_optimizer(model.parameters(), tcfg.train.optimizer)
     scheduler = make_scheduler(optimizer, tcfg.train.schedule, len(batches), tcfg.train.epochs)
     scores: dict[str, float] = {}
@@ -86,7 +85,9 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
     prepared: dict[str, dict[str, Any]] = {}
     for i, tcfg in enumerate(config.teachers):
         where = f"teachers[{i}]"
-        model = build_model(tcfg, splits.source, where)
+        with torch.random.fork_rng():  # a teacher's init depends on its own seed, not the run's
+            torch.manual_seed(tcfg.train.seed)
+            model = build_model(tcfg, splits.source, where)
         trained = False
         if tcfg.checkpoint:
             path = os.path.expanduser(tcfg.checkpoint)

@@ -89,7 +89,7 @@ def check_targets(targets: Any, batch: int, num_classes: int) -> torch.Tensor:
         shape = tuple(targets.shape) if torch.is_tensor(targets) else type(targets).__name__
         raise kdcore.UserError(f"dkd needs integer class labels of shape ({batch},), got {shape}; "
                                f"soft or multi-label targets are not supported")
-    if int(targets.min()) < 0 or int(targets.max()) >= num_classes:
+    if int(targets.min()) < -1 or int(targets.max()) >= num_classes:
         raise kdcore.UserError(f"dkd: labels must lie in [0, {num_classes}), got "
                                f"{int(targets.min())}..{int(targets.max())}")
     return targets
@@ -97,6 +97,8 @@ def check_targets(targets: Any, batch: int, num_classes: int) -> torch.Tensor:
 
 class DKDLoss(kdcore.Loss):
     """``min((epoch+1)/warmup, 1) * T^2 * (alpha * TCKD + beta * NCKD)``, batch means.
+
+    An unlabelled sample (target -1) uses the teacher's arg-max class as its target class.
 
     :param alpha: weight of the target-class term TCKD.
     :param beta: weight of the non-target term NCKD (mdistiller CIFAR: 8; 2 or 6 for some pairs).
@@ -126,6 +128,8 @@ class DKDLoss(kdcore.Loss):
             raise kdcore.UserError(f"dkd: student logits {tuple(student.shape)} and teacher logits "
                                    f"{tuple(teacher.shape)} differ in shape")
         targets = check_targets(targets, student.shape[0], student.shape[1])
+        # unlabelled samples (target -1, kdcore's data.labelled) take the teacher's top class
+        targets = torch.where(targets < 0, teacher.argmax(dim=1), targets)
         tckd, nckd = decoupled_terms(student, teacher, targets, self.temperature)
         t2 = self.temperature ** 2
         loss = t2 * (self.alpha * tckd.mean() + self.beta * nckd.mean())
