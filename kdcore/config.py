@@ -128,6 +128,7 @@ class TrainerConfig:
     grad_clip: float | None = None
     threads: int | None = None
     cpu_tuning: bool = True
+    teacher_cache: bool = False
 
 
 @attrs.define

@@ -45,6 +45,7 @@ class Distiller(nn.Module):
         self.teachers = nn.ModuleDict({k: freeze(m) for k, m in teachers.items()})
         self.heads = nn.ModuleDict({p.name: p.head for p in points})
         self.points = points
+        self.caches: dict[str, Any] = {}  # teacher name -> TeacherOutputCache (engine/teacher_cache.py)
         self._taps = {
             name: FeatureTaps(
                 teacher,
@@ -63,9 +64,25 @@ class Distiller(nn.Module):
     def student_taps(self) -> list[Tap]:
         return [p.student_tap for p in self.points]
 
-    @torch.no_grad()
     def teacher_features(self, inputs: torch.Tensor, **extra: Any) -> dict[str, dict[str, Any]]:
-        """``{teacher_name: {tap_key: tensor}}`` for one batch, computed without autograd."""
+        """``{teacher_name: {tap_key: tensor}}`` for one training batch: read from the teacher
+        output cache by ``indices`` when one is attached, else computed."""
+        indices = extra.get("indices")
+        if self.caches and indices is not None:
+            computed = None
+            features = {}
+            for name in self.teachers:
+                if name in self.caches:
+                    features[name] = self.caches[name].rows(indices, inputs.device)
+                else:
+                    computed = computed or self.compute_teacher_features(inputs)
+                    features[name] = computed[name]
+            return features
+        return self.compute_teacher_features(inputs)
+
+    @torch.no_grad()
+    def compute_teacher_features(self, inputs: torch.Tensor) -> dict[str, dict[str, Any]]:
+        """Run every teacher on ``inputs`` without autograd and collect its taps."""
         features: dict[str, dict[str, Any]] = {}
         for name, teacher in self.teachers.items():
             taps = self._taps[name]

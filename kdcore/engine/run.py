@@ -31,6 +31,7 @@ from .cpu import tune_cpu
 from .evaluate import evaluate
 from .loop import Position, describe_epoch, run_stage, train_epochs
 from .optim import make_optimizer, make_scheduler
+from .teacher_cache import attach_teacher_cache
 from .teachers import prepare_teachers, weights_checksum
 
 CHECKPOINT = os.path.join("checkpoints", "last.pt")
@@ -135,6 +136,11 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
         TrainBatches(splits.student_train, config.data.batch_size, config.seed, device=device))
     if len(batches) == 0:
         raise UserError(f"config key data.batch_size: {config.data.batch_size} leaves no batch")
+    if config.trainer.teacher_cache and algorithm.distiller is not None:
+        attach_teacher_cache(algorithm.distiller, batches.data if hasattr(batches, "data") else None,
+                             {n: t["checkpoint"] for n, t in teachers.items()}, device,
+                             batch_size=config.data.eval_batch_size,
+                             progress=config.trainer.progress, log=log)
     optimizer = make_optimizer(algorithm.trainable_parameters(), config.optimizer)
     scheduler = make_scheduler(optimizer, config.schedule, len(batches), config.trainer.epochs)
     position = Position()

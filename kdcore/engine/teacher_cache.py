@@ -1,0 +1,124 @@
+"""Offline distillation: the frozen teacher's tapped outputs, computed once and read back.
+
+A frozen teacher on a deterministic input pipeline produces the same outputs every epoch, so
+``trainer.teacher_cache: true`` runs each teacher once over the training split and stores every
+tapped output as a memory-mapped ``.npy`` file. Later epochs, and later runs, read the rows of a
+batch by sample index instead of running the teacher.
+
+The cache is keyed by the teacher's weights, the exact training inputs (a hash of the tensor)
+and the tap, so a stale cache is never used. It lives next to the teacher checkpoint, in
+``teacher-outputs/`` (or under ``$KDCORE_CACHE_DIR`` when that folder is not writable), and is
+written to a temporary folder first and renamed, so a killed run never leaves half a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..components import Distiller
+from ..data import TensorSplit
+from ..errors import UserError
+from .teachers import cache_dir, weights_checksum
+
+VERSION = 1
+
+
+def inputs_digest(data: TensorSplit) -> str:
+    digest = hashlib.sha256()
+    inputs = data.inputs.detach().cpu().contiguous()
+    digest.update(str((tuple(inputs.shape), str(inputs.dtype))).encode())
+    digest.update(inputs.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _folder_for(checkpoint: str) -> str:
+    folder = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "teacher-outputs")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    return os.path.join(cache_dir(), "teacher-outputs")
+
+
+class TeacherOutputCache:
+    """The cached outputs of one teacher's taps over one training split."""
+
+    def __init__(self, path: str, keys: list[str]) -> None:
+        self.path = path
+        self.arrays = {key: np.load(os.path.join(path, f"{i}.npy"), mmap_mode="r")
+                       for i, key in enumerate(keys)}
+
+    def rows(self, indices: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        idx = indices.detach().cpu().numpy()
+        return {key: torch.from_numpy(np.ascontiguousarray(array[idx])).to(device, non_blocking=True)
+                for key, array in self.arrays.items()}
+
+
+@torch.no_grad()
+def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
+          batch_size: int, device: torch.device, progress: bool) -> None:
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(folder))
+    try:
+        arrays: dict[str, Any] = {}
+        for start in tqdm(range(0, len(data), batch_size), disable=not progress, leave=False,
+                          desc=f"teacher cache {name}"):
+            inputs = data.inputs[start:start + batch_size].to(device)
+            features = distiller.compute_teacher_features(inputs)[name]
+            for i, key in enumerate(keys):
+                value = features[key]
+                if not torch.is_tensor(value):
+                    raise UserError(f"teacher_cache: tap {key!r} of teacher {name!r} is not a tensor "
+                                    f"({type(value).__name__}); turn trainer.teacher_cache off")
+                if key not in arrays:
+                    arrays[key] = np.lib.format.open_memmap(
+                        os.path.join(tmp, f"{i}.npy"), mode="w+", dtype=np.float32,
+                        shape=(len(data), *value.shape[1:]))
+                arrays[key][start:start + len(inputs)] = value.float().cpu().numpy()
+        for array in arrays.values():
+            array.flush()
+        with open(os.path.join(tmp, "keys.json"), "w") as f:
+            json.dump(keys, f)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str, str],
+                         device: torch.device, *, batch_size: int = 1000, progress: bool = True,
+                         log: Callable[[str], None] = print) -> dict[str, str]:
+    """Build (or find) the cache of every teacher and make ``distiller`` read from it."""
+    if not isinstance(data, TensorSplit):
+        raise UserError("trainer.teacher_cache needs a deterministic in-memory training split; this "
+                        "data set goes through per-sample transforms (which may be random), so its "
+                        "teacher outputs can change every epoch. Turn trainer.teacher_cache off")
+    digest = inputs_digest(data)
+    paths = {}
+    for name, teacher in distiller.teachers.items():
+        keys = sorted({p.teacher_tap.key for p in distiller.points if p.teacher == name})
+        if not keys:
+            continue
+        identity = json.dumps({"v": VERSION, "weights": weights_checksum(teacher), "inputs": digest,
+                               "taps": keys}, sort_keys=True)
+        key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        folder = os.path.join(_folder_for(checkpoints[name]), f"{name}-{key}")
+        if os.path.isdir(folder):
+            log(f"teacher {name}: reading cached outputs from {folder}")
+        else:
+            log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}")
+            _fill(distiller, name, data, folder, keys, batch_size, device, progress)
+        distiller.caches[name] = TeacherOutputCache(folder, keys)
+        paths[name] = folder
+    return paths

@@ -1,0 +1,69 @@
+"""The teacher-output cache: same losses as running the teacher, reused, never stale."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kdcore.cli import main
+
+pytestmark = pytest.mark.fashion
+
+
+def run(tmp_path, tiny, *extra: str):
+    args = ["run", "--output-dir", str(tmp_path)]
+    for item in [*tiny, "trainer.epochs=2", *extra]:
+        args += ["--set", item]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run_dir = result.output.strip().splitlines()[-1][len("run dir: "):]
+    rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return result.output, rows
+
+
+def test_cached_losses_match_online_and_cache_is_reused(tmp_path, tiny) -> None:
+    _, online = run(tmp_path, tiny)
+    out1, cached = run(tmp_path, tiny, "trainer.teacher_cache=true")
+    assert "caching its outputs on 256 images" in out1
+    for a, b in zip(online, cached):
+        assert a["train"]["kd"] == pytest.approx(b["train"]["kd"], rel=1e-4, abs=1e-6)
+        assert a["train"]["task"] == pytest.approx(b["train"]["task"], rel=1e-4, abs=1e-6)
+        assert a["student"]["test"]["top1"] == pytest.approx(b["student"]["test"]["top1"], abs=0.5)
+    out2, _ = run(tmp_path, tiny, "trainer.teacher_cache=true")
+    assert "reading cached outputs" in out2
+
+
+def test_different_inputs_never_reuse_a_cache(tmp_path, tiny) -> None:
+    out1, _ = run(tmp_path, tiny, "trainer.teacher_cache=true")
+    out2, _ = run(tmp_path, [t for t in tiny if not t.startswith("data.train_limit")],
+                  "data.train_limit=192", "trainer.teacher_cache=true")
+    assert "caching its outputs on 192 images" in out2
+
+
+def test_feature_taps_are_cached_by_index() -> None:
+    import kdcore
+    from kdcore.components.distiller import DistillPoint
+    from kdcore.data import TensorSplit
+    from kdcore.engine.teacher_cache import attach_teacher_cache
+    from kdcore.models.cnn import cnn_teacher
+    from kdcore.taps import Tap
+
+    torch.manual_seed(0)
+    teacher = cnn_teacher()
+    head = kdcore.DistillationHead({"l": (1.0, kdcore.build("loss", "kd"))})
+    point = DistillPoint("p", "t", Tap("output"), Tap("stage2"), head)
+    distiller = kdcore.Distiller({"t": teacher}, [point])
+    data = TensorSplit(torch.randn(20, 1, 28, 28), torch.zeros(20, dtype=torch.long))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        attach_teacher_cache(distiller, data, {"t": os.path.join(folder, "t.pt")}, torch.device("cpu"),
+                             batch_size=7, progress=False, log=lambda s: None)
+        idx = torch.tensor([19, 3, 3, 0])
+        cached = distiller.teacher_features(data.inputs[idx], indices=idx)["t"]["stage2"]
+        live = distiller.compute_teacher_features(data.inputs[idx])["t"]["stage2"]
+        assert torch.allclose(cached, live, atol=1e-5)
