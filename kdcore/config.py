@@ -8,6 +8,7 @@ is checked against its signature when the component is built.
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -129,6 +130,10 @@ class TrainerConfig:
     threads: int | None = None
     cpu_tuning: bool = True
     teacher_cache: bool = False
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
 
 
 @attrs.define
@@ -213,6 +218,8 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(path, tp, value)
+        if not math.isfinite(value):  # .nan / .inf parse as floats; no float key wants them
+            raise UserError(f"config key {path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -291,12 +298,21 @@ def read_yaml(path: str) -> dict[str, Any]:
         raise UserError(f"config file {path}: {problem}{where}") from None
     except UnicodeDecodeError:
         raise UserError(f"config file {path} is not UTF-8 text") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # the YAML constructor's own, e.g. 2001-02-30
+        raise UserError(f"config file {path}: invalid value ({_one_line(exc)})") from None
+    except RecursionError:
+        raise UserError(f"config file {path}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: the top level must be a mapping of keys, "
                         f"got {type(data).__name__}")
     return data
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -307,8 +323,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set trainer.epochs=3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
+        value = raw  # not YAML (or a YAML value its constructor refuses, e.g. 2001-02-30): text
     return key.split("."), value
 
 
@@ -336,7 +352,7 @@ def apply_override(data: dict[str, Any], text: str) -> None:
 
 
 def _index(node: list, part: str, where: str, text: str) -> int:
-    if not part.isdigit():
+    if not (part.isascii() and part.isdigit()):  # "²".isdigit() is True but int("²") fails
         raise UserError(f"--set {text!r}: {where} indexes a list; use a number such as 0")
     i = int(part)
     if i >= len(node):

@@ -50,13 +50,14 @@ class TrainBatches:
     """Shuffled training batches; the last incomplete batch is dropped (as BN prefers)."""
 
     def __init__(self, data: Any, batch_size: int, seed: int, *, device: torch.device,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, channels_last: bool = False) -> None:
         self.data = data
         self.batch_size = max(1, min(batch_size, len(data)))
         self.seed = seed
         self.device = device
         self.num_workers = num_workers
         self.in_memory = isinstance(data, TensorSplit)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if self.in_memory and device.type != "cpu":
             self.data = TensorSplit(data.inputs.to(device), data.targets.to(device))
 
@@ -70,13 +71,18 @@ class TrainBatches:
         if self.in_memory:
             order = order.to(self.device)
             for chunk in order.split(self.batch_size):
-                yield Batch(self.data.inputs[chunk], self.data.targets[chunk], chunk)
+                yield Batch(self._format(self.data.inputs[chunk]), self.data.targets[chunk], chunk)
             return
         loader = DataLoader(_WithIndex(self.data), batch_size=self.batch_size,
                             sampler=_OrderSampler(order), num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda")
         for inputs, targets, indices in loader:
-            yield Batch(inputs, targets, indices).to(self.device)
+            yield Batch(self._format(inputs), targets, indices).to(self.device)
+
+    def _format(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.memory_format is torch.contiguous_format or inputs.dim() != 4:
+            return inputs
+        return inputs.contiguous(memory_format=self.memory_format)
 
 
 def eval_batches(data: Any, batch_size: int, device: torch.device) -> Iterator[tuple[Any, Any]]:

@@ -7,6 +7,7 @@ every epoch (evaluation, metrics, checkpoints live in :mod:`kdcore.engine.run`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -38,6 +39,13 @@ class Position:
     seconds: float = 0.0
 
 
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward passes (``trainer.amp``); losses upcast as they need."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
 def format_terms(terms: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in terms.items())
 
@@ -54,11 +62,15 @@ def train_epochs(
     grad_clip: float | None = None,
     progress: bool = True,
     label: str = "train",
+    amp: str = "none",
     on_step: Callable[[Position], None] | None = None,
     on_epoch_end: Callable[[Position, dict[str, float]], None] | None = None,
 ) -> Position:
     """Train from ``position`` until ``epochs`` are done; returns the final position."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    device = params[0].device if params else torch.device("cpu")
+    # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" and device.type == "cuda" else None
     while position.epoch < epochs:
         algorithm.train()
         epoch = position.epoch
@@ -66,7 +78,8 @@ def train_epochs(
         bar = tqdm(total=len(batches), initial=position.step_in_epoch, disable=not progress,
                    desc=f"{label} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
         for batch in batches.epoch(epoch, position.step_in_epoch):
-            terms = algorithm.training_step(batch, epoch=epoch, step=position.global_step)
+            with autocast(device, amp):
+                terms = algorithm.training_step(batch, epoch=epoch, step=position.global_step)
             loss = sum(terms.values())
             bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
             if bad:
@@ -77,10 +90,18 @@ def train_epochs(
                 position.skipped += 1
             else:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 n = len(batch.indices)
                 for name, value in terms.items():
                     position.sums[name] = position.sums.get(name, 0.0) + float(value.detach()) * n
