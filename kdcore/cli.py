@@ -119,9 +119,12 @@ def resolve_config(algo: str | None, config_file: str | None, overrides: tuple[s
 @click.option("--resume", "resume_dir", type=click.Path(), help="continue the run in this directory")
 @click.option("--output-dir", help="where run directories are created (config: output_dir)")
 @click.option("--name", help="run name prefix (config: name)")
+@click.option("--teacher-cache", is_flag=True,
+              help="compute teacher outputs once and read them back (trainer.teacher_cache)")
 @user_errors
 def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
-        resume_dir: str | None, output_dir: str | None, name: str | None) -> None:
+        resume_dir: str | None, output_dir: str | None, name: str | None,
+        teacher_cache: bool) -> None:
     """Train (and distill) as configured; prints the run directory last."""
     from .config import load_config, read_yaml
     from .engine.run import run as run_training
@@ -136,9 +139,13 @@ def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
         notes: list[str] = []
     else:
         config, notes = resolve_config(algo, config_file, overrides, output_dir, name)
+    if teacher_cache:
+        config.trainer.teacher_cache = True
     for note in notes:
         click.echo(f"note: {note}", err=True)
     run_dir = run_training(config, resume_dir=resume_dir, log=click.echo)
+    if not run_dir:  # another rank of a torchrun job; rank 0 reports
+        return
     with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     if "teacher" in summary:
@@ -246,6 +253,23 @@ def inspect(model: str, params: tuple[str, ...], dataset: str, input_shape: str 
     for path, out in shapes.items():
         kind = "(model output)" if path == "output" else type(modules[path]).__name__
         click.echo(f"  {path:<{width}}  {str(out):<16} {kind}")
+
+
+@main.command(name="new-plugin")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["loss", "connector", "head", "distiller", "algorithm",
+                                           "model", "dataset"]), default="loss", show_default=True,
+              help="kind of the component the plugin starts with")
+@click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="folder in which kdcore-plugin-NAME/ is created")
+@user_errors
+def new_plugin(name: str, kind: str, directory: str) -> None:
+    """Create kdcore-plugin-NAME/: an installable plugin with one working KIND component."""
+    from .scaffold import new_plugin as create, next_steps
+
+    target = create(name, kind, directory)
+    for line in next_steps(target, name, kind):
+        click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,12 +50,14 @@ class TrainBatches:
     """Shuffled training batches; the last incomplete batch is dropped (as BN prefers)."""
 
     def __init__(self, data: Any, batch_size: int, seed: int, *, device: torch.device,
-                 num_workers: int = 0, channels_last: bool = False) -> None:
+                 num_workers: int = 0, channels_last: bool = False, rank: int = 0,
+                 world: int = 1) -> None:
         self.data = data
         self.batch_size = max(1, min(batch_size, len(data)))
         self.seed = seed
         self.device = device
         self.num_workers = num_workers
+        self.rank, self.world = rank, world
         self.in_memory = isinstance(data, TensorSplit)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if self.in_memory and device.type != "cpu":
@@ -68,12 +70,16 @@ class TrainBatches:
         """The batches of ``epoch``, starting at ``start_step``."""
         order = epoch_order(len(self.data), self.seed, epoch)[: len(self) * self.batch_size]
         order = order[start_step * self.batch_size:]
+        if self.world > 1:  # this rank's slice of every global batch
+            per = self.batch_size // self.world
+            order = order.view(-1, self.batch_size)[:, self.rank * per:(self.rank + 1) * per].reshape(-1)
+        step = self.batch_size // self.world
         if self.in_memory:
             order = order.to(self.device)
-            for chunk in order.split(self.batch_size):
+            for chunk in order.split(step):
                 yield Batch(self._format(self.data.inputs[chunk]), self.data.targets[chunk], chunk)
             return
-        loader = DataLoader(_WithIndex(self.data), batch_size=self.batch_size,
+        loader = DataLoader(_WithIndex(self.data), batch_size=step,
                             sampler=_OrderSampler(order), num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda")
         for inputs, targets, indices in loader:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..components import Algorithm, Stage
 from ..errors import UserError
 from .batches import TrainBatches
+from .distributed import average_gradients
 
 
 class NonFiniteLoss(Exception):
@@ -63,10 +64,15 @@ def train_epochs(
     progress: bool = True,
     label: str = "train",
     amp: str = "none",
+    step_module: Callable[..., dict[str, torch.Tensor]] | None = None,
+    reduce: Callable[..., tuple[dict[str, float], int, int]] | None = None,
     on_step: Callable[[Position], None] | None = None,
     on_epoch_end: Callable[[Position, dict[str, float]], None] | None = None,
 ) -> Position:
-    """Train from ``position`` until ``epochs`` are done; returns the final position."""
+    """Train from ``position`` until ``epochs`` are done; returns the final position.
+
+    ``step_module`` replaces ``algorithm.training_step`` (a DDP wrapper of it); ``reduce``
+    combines the epoch's loss sums across processes."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     device = params[0].device if params else torch.device("cpu")
     # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not
@@ -79,7 +85,10 @@ def train_epochs(
                    desc=f"{label} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
         for batch in batches.epoch(epoch, position.step_in_epoch):
             with autocast(device, amp):
-                terms = algorithm.training_step(batch, epoch=epoch, step=position.global_step)
+                if step_module is not None:
+                    terms = step_module(batch, epoch, position.global_step)
+                else:
+                    terms = algorithm.training_step(batch, epoch=epoch, step=position.global_step)
             loss = sum(terms.values())
             bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
             if bad:
@@ -117,6 +126,8 @@ def train_epochs(
             if on_step is not None:
                 on_step(position)
         bar.close()
+        if reduce is not None:
+            position.sums, position.seen, position.skipped = reduce(position.sums, position.seen, position.skipped)
         summary = {k: v / max(position.seen, 1) for k, v in position.sums.items()}
         summary["loss"] = sum(summary.values())
         summary["images_per_second"] = position.seen / max(position.seconds, 1e-9)
@@ -174,6 +185,7 @@ def run_stage(
                 raise NonFiniteLoss(f"stage {stage.name!r}: loss is {float(loss.detach())} at epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(params)
             optimizer.step()
             total += float(loss.detach()) * len(batch.indices)
             count += len(batch.indices)

@@ -27,6 +27,7 @@ from ..config import RunConfig, dump_yaml
 from ..errors import UserError
 from .batches import TrainBatches
 from .checkpoint import load_checkpoint, load_weights, save_atomic
+from . import distributed
 from .cpu import tune_cpu
 from .evaluate import evaluate
 from .loop import Position, describe_epoch, run_stage, train_epochs
@@ -122,15 +123,27 @@ def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def run(config: RunConfig, *, resume_dir: str | None = None,
         log: Callable[[str], None] = print) -> str:
-    """Train as configured; returns the run directory."""
+    """Train as configured; returns the run directory ("" on ranks other than 0 under torchrun)."""
+    try:
+        return _run(config, resume_dir, log)
+    finally:
+        distributed.teardown()
+
+
+def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) -> str:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    device = pick_device(config.trainer.device)
+    device = distributed.setup(config.trainer.device) or pick_device(config.trainer.device)
+    main = distributed.is_main()
+    if not main:
+        log = lambda message: None  # noqa: E731 - rank 0 speaks for all
+        config.trainer.progress = False
     if device.type == "cpu" and config.trainer.cpu_tuning:
         tune_cpu(config.trainer.threads)
     splits = load_data(config.data)
-    run_dir = resume_dir or new_run_dir(config)
-    if resume_dir is None:
+    distributed.check_batch(config.data.batch_size)
+    run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
+    if resume_dir is None and main:
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(dump_yaml(config))
     log(f"run dir: {run_dir}")
@@ -149,7 +162,8 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
 
     batches = algorithm.train_batches(
         TrainBatches(splits.student_train, config.data.batch_size, config.seed, device=device,
-                     channels_last=config.trainer.channels_last))
+                     channels_last=config.trainer.channels_last, rank=distributed.rank(),
+                     world=distributed.world_size()))
     if len(batches) == 0:
         raise UserError(f"config key data.batch_size: {config.data.batch_size} leaves no batch")
     if config.trainer.teacher_cache and algorithm.distiller is not None:
@@ -175,12 +189,15 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
         position = Position(**state["position"])
         stages_done = state["stages_done"]
         _set_rng_state(state["rng"])
-        rows = _metrics_rows(metrics_path)[: state["metrics_rows"]]
-        with open(metrics_path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        if main:
+            rows = _metrics_rows(metrics_path)[: state["metrics_rows"]]
+            with open(metrics_path, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
         log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
 
     def save(stages: bool) -> None:
+        if not main:
+            return
         save_atomic({"format": 1, "algorithm": trainable_state(algorithm),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "position": attrs.asdict(position), "rng": _rng_state(), "stages_done": stages,
@@ -205,6 +222,8 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
                     for name, model in algorithm.evaluation_models().items()}
 
         def on_epoch_end(pos: Position, train: dict[str, float]) -> None:
+            if not main:  # the others move on and wait for rank 0 at the next step's all-reduce
+                return
             scores = score()
             row = {"epoch": pos.epoch, "lr": optimizer.param_groups[0]["lr"], "train": train, **scores}
             with open(metrics_path, "a", encoding="utf-8") as f:
@@ -222,9 +241,14 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
         train_epochs(algorithm, batches, optimizer, scheduler, epochs=config.trainer.epochs,
                      position=position, on_nonfinite=config.trainer.on_nonfinite,
                      grad_clip=config.trainer.grad_clip, progress=config.trainer.progress,
-                     amp=config.trainer.amp, on_step=on_step, on_epoch_end=on_epoch_end)
+                     amp=config.trainer.amp, step_module=distributed.wrap(algorithm, device),
+                     reduce=distributed.reduce_sums, on_step=on_step, on_epoch_end=on_epoch_end)
     finally:
         algorithm.remove_taps()
+
+    distributed.barrier()
+    if not main:
+        return ""
 
     summary = summarize(config, algorithm, splits, teachers, checksums, metrics_path, device,
                         time.perf_counter() - started, run_dir)

@@ -1,0 +1,120 @@
+"""Many processes with PyTorch's DistributedDataParallel, launched by ``torchrun``.
+
+    torchrun --nproc-per-node 2 -m kdcore run --config ...
+
+``data.batch_size`` is the global batch: every rank takes its slice of each global batch of the
+one seeded order, so N processes see the batches one process would (and a checkpoint resumes
+under any process count). Gradients are averaged by DDP; loss terms are reduced across ranks;
+rank 0 alone logs, shows progress and writes checkpoints and metrics. Teachers are frozen and
+left out of DDP's synchronisation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import UserError
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def setup(device_name: str) -> torch.device | None:
+    """Join the process group when launched by torchrun; returns this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return None
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return torch.device("cuda", local) if use_cuda else torch.device("cpu")
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def reduce_sums(sums: dict[str, float], seen: int, skipped: int) -> tuple[dict[str, float], int, int]:
+    """Sum per-rank loss sums and counts, so epoch metrics cover every rank's samples."""
+    if world_size() == 1:
+        return sums, seen, skipped
+    names = list(sums)  # the same insertion order on every rank
+    values = torch.tensor([sums[n] for n in names] + [float(seen), float(skipped)], dtype=torch.float64)
+    dist.all_reduce(values)
+    return ({n: float(v) for n, v in zip(names, values[:-2])}, int(values[-2]), int(values[-1]))
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Average gradients across ranks by hand, for the short pre-training stages that run
+    outside DDP."""
+    if world_size() == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size()
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+class _StepModule(nn.Module):
+    """Makes the algorithm's training step DDP's forward, so DDP sees every trainable
+    parameter: student, connectors and losses' own modules."""
+
+    def __init__(self, algorithm: nn.Module) -> None:
+        super().__init__()
+        self.algorithm = algorithm
+
+    def forward(self, batch: Any, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        return self.algorithm.training_step(batch, epoch=epoch, step=step)
+
+
+def wrap(algorithm: nn.Module, device: torch.device) -> nn.Module | None:
+    """A DDP module whose forward is the training step, or ``None`` in a single process."""
+    if world_size() == 1:
+        return None
+    step = _StepModule(algorithm)
+    frozen = [f"algorithm.{n}" for n, _ in algorithm.named_parameters() if n.startswith("distiller.teachers.")]
+    frozen += [f"algorithm.{n}" for n, _ in algorithm.named_buffers() if n.startswith("distiller.teachers.")]
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, frozen)
+    # parameters trained only in a pre-training stage get no gradient in the main steps
+    unused = any(True for _ in algorithm.stages())
+    return nn.parallel.DistributedDataParallel(
+        step, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=unused)
+
+
+def check_batch(batch_size: int) -> int:
+    n = world_size()
+    if batch_size % n:
+        raise UserError(f"config key data.batch_size: {batch_size} (the global batch) must be "
+                        f"divisible by the {n} processes")
+    return batch_size // n

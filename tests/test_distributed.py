@@ -1,0 +1,47 @@
+"""DDP through torchrun: 2 CPU processes (gloo) match one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.fashion, pytest.mark.e2e]
+
+SETS = ["data.train_limit=512", "data.test_limit=256", "teachers.0.train.epochs=1",
+        "trainer.progress=false", "data.batch_size=64", "trainer.threads=1"]
+
+
+def launch(prefix: list[str], out: str, *extra: str) -> str:
+    cmd = [*prefix, "run", "--output-dir", out]
+    for item in [*SETS, *extra]:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1][len("run dir: "):]
+
+
+def rows(run_dir: str) -> list[dict]:
+    return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def test_two_processes_match_one_and_resume_under_one(tmp_path) -> None:
+    one = launch([sys.executable, "-m", "kdcore"], str(tmp_path / "one"), "trainer.epochs=2")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "kdcore"]
+    two = launch(torchrun, str(tmp_path / "two"), "trainer.epochs=2")
+    assert os.listdir(tmp_path / "two") == [os.path.basename(two)], "only rank 0 creates a run dir"
+    a, b = rows(one), rows(two)
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        # same global batches; only BatchNorm's batch statistics differ (per rank)
+        assert rb["train"]["loss"] == pytest.approx(ra["train"]["loss"], rel=0.03)
+        assert rb["student"]["test"]["top1"] == pytest.approx(ra["student"]["test"]["top1"], abs=4.0)
+
+    # a checkpoint written by 2 processes resumes in 1 for another epoch
+    proc = subprocess.run([sys.executable, "-m", "kdcore", "run", "--resume", two,
+                           "--set", "trainer.epochs=3"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(rows(two)) == 3
