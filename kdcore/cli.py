@@ -170,7 +170,8 @@ def plugins(as_json: bool) -> None:
         for reg in components(kind, loaded):
             by_plugin.setdefault(reg.plugin, {}).setdefault(kind, []).append(reg.component.name)
     rows = [{"name": "kdcore", "distribution": "kdcore", "version": _version(), "state": "ok",
-             "requires_kdcore": "", "error": "", "components": by_plugin.get("kdcore", {})}]
+             "requires_kdcore": "", "error": "", "warnings": [],
+             "components": by_plugin.get("kdcore", {})}]
     for status in sorted(loaded.status.values(), key=lambda s: s.name):
         rows.append({"name": status.name, "distribution": status.distribution,
                      "version": status.version, "state": status.state,
@@ -185,7 +186,7 @@ def plugins(as_json: bool) -> None:
         for kind, names in row["components"].items():
             click.echo(f"    {kind}: {', '.join(names)}")
         if row["error"]:
-            click.echo(f"    error: {row['error']}")
+            click.echo(f"    {'note' if row['state'] == 'disabled' else 'error'}: {row['error']}")
         for warning in row.get("warnings", []):
             click.echo(f"    warning: {warning}")
 
