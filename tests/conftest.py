@@ -1,4 +1,4 @@
-"""Shared fixtures: a private cache dir per test session and tiny-run overrides."""
+"""Core test fixtures: tiny-run overrides, one thread, and a skip when the data is missing."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ def tiny() -> list[str]:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    os.environ["KDCORE_CACHE_DIR"] = str(tmp_path_factory.mktemp("kdcore-cache"))
+def _one_thread() -> None:
     torch.set_num_threads(1)
 
 

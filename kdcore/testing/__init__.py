@@ -21,6 +21,7 @@ The classes are plain pytest classes (no fixtures, no conftest needed); ``tests_
 from ._base import ContractBase, OptOut, seeded
 from .algorithms import AlgorithmContract
 from .connectors import ConnectorContract
+from .e2e import run_preset
 from .heads import DistillerContract, HeadContract
 from .install import install_dist_info
 from .losses import LossContract
@@ -32,5 +33,5 @@ __all__ = [
     "AlgorithmContract", "ConnectorContract", "ContractBase", "DatasetContract",
     "DistillerContract", "FrozenSource", "HeadContract", "LossContract", "MeanSquared",
     "ModelContract", "OptOut", "PluginContract", "install_dist_info", "isolated_plugins",
-    "random_split", "seeded", "tiny_cnn", "using_plugins",
+    "random_split", "run_preset", "seeded", "tiny_cnn", "using_plugins",
 ]

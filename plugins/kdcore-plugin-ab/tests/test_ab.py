@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +11,7 @@ import yaml
 from torch import nn
 
 import kdcore
+from kdcore.testing import run_preset
 from kdcore.builtin.connectors import Conv1x1BN
 from kdcore.models.cnn import cnn_student, cnn_teacher
 from kdcore.taps import Tap, FeatureTaps
@@ -237,33 +232,10 @@ def test_preset_heads_build_on_the_default_models():
 # ---------------------------------------------------------------- end to end
 
 
-def _kdcore_command() -> list[str]:
-    exe = shutil.which("kdcore", path=os.path.dirname(sys.executable)) or shutil.which("kdcore")
-    return [exe] if exe else [sys.executable, "-m", "kdcore"]
-
-
 @pytest.mark.e2e
-def test_cli_runs_the_preset(tmp_path):
-    if importlib.util.find_spec("kdcore.cli") is None:
-        pytest.skip("the kdcore CLI (kdcore.cli) is not implemented yet")
-    out = tmp_path / "runs"
-    cmd = _kdcore_command() + [
-        "run", "--algo", "teacher_student", "--config", str(PRESET),
-        "--set", "data.train_limit=256", "--set", "data.test_limit=256",
-        "--set", "trainer.epochs=1", "--set", "teachers.0.train.epochs=1",
-        "--output-dir", str(out), "--set", "trainer.progress=false",
-    ]
-    env = dict(os.environ, KDCORE_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    lines = proc.stdout.strip().splitlines()
-    assert lines[-1].startswith("run dir: "), proc.stdout[-2000:]
-    assert sum("stage ab_init" in line for line in lines) >= 3  # one init stage per layer ran
-    run_dir = Path(lines[-1][len("run dir: "):].strip())
-    run_dir = run_dir if run_dir.is_absolute() else tmp_path / run_dir
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["algo"] == "teacher_student"
-    assert summary["epochs"] == 1
-    assert 0.0 <= summary["student"]["top1"] <= 100.0
-    assert 0.0 <= summary["teacher"]["top1"] <= 100.0
-    assert summary["seconds"] > 0
+def test_preset_runs_end_to_end(tmp_path):
+    summary = run_preset("kdcore_plugin_ab", "fashion_mnist.yaml", tmp_path)
+    assert summary["algo"] == "teacher_student" and summary["epochs"] == 1
+    assert 0.0 <= summary["student"]["top1"] <= 100.0 and 0.0 <= summary["teacher"]["top1"] <= 100.0
+    assert any(term.startswith("ab") for term in summary["last_train"]), summary["last_train"]
+    assert sum("stage ab_init" in line for line in summary["stdout"].splitlines()) >= 3  # one init stage per layer

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-from importlib import resources
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import kdcore
-from kdcore.testing import LossContract, PluginContract
+from kdcore.testing import LossContract, PluginContract, run_preset
 from kdcore_plugin_dkd.losses import DKDLoss, decoupled_terms, warmup_factor
 
 
@@ -257,27 +250,10 @@ class TestDKDLossContract(LossContract):
 
 # --- end to end ---------------------------------------------------------------------------
 
-def _kdcore_command() -> list[str]:
-    exe = shutil.which("kdcore")
-    return [exe] if exe else [sys.executable, "-m", "kdcore"]
-
 
 @pytest.mark.e2e
 def test_preset_runs_end_to_end(tmp_path):
-    preset = resources.files("kdcore_plugin_dkd") / "presets" / "fashion_mnist.yaml"
-    cmd = _kdcore_command() + [
-        "run", "--algo", "teacher_student", "--config", str(preset),
-        "--set", "data.train_limit=256", "--set", "data.test_limit=256",
-        "--set", "trainer.epochs=1", "--set", "teachers.0.train.epochs=1",
-        "--output-dir", str(tmp_path), "--set", "trainer.progress=false"]
-    env = {**os.environ, "KDCORE_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("run dir: ")
-    summary = json.loads((Path(last[len("run dir: "):]) / "summary.json").read_text())
-    assert summary["algo"] == "teacher_student"
-    assert summary["epochs"] == 1
-    assert 0.0 <= summary["student"]["top1"] <= 100.0
-    assert 0.0 <= summary["teacher"]["top1"] <= 100.0
-    assert summary["seconds"] > 0
+    summary = run_preset("kdcore_plugin_dkd", "fashion_mnist.yaml", tmp_path)
+    assert summary["algo"] == "teacher_student" and summary["epochs"] == 1
+    assert 0.0 <= summary["student"]["top1"] <= 100.0 and 0.0 <= summary["teacher"]["top1"] <= 100.0
+    assert any(term.startswith("dkd") for term in summary["last_train"]), summary["last_train"]
