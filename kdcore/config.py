@@ -240,7 +240,8 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
     kwargs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in data.items():
-        key_path = f"{path}.{key}" if path else str(key)
+        shown = key if isinstance(key, str) and key.isprintable() else repr(key)
+        key_path = f"{path}.{shown}" if path else shown
         if not isinstance(key, str):
             raise UserError(f"config key {key_path}: keys must be strings")
         if key in known:
@@ -298,10 +299,10 @@ def read_yaml(path: str) -> dict[str, Any]:
         raise UserError(f"config file {path}: {problem}{where}") from None
     except UnicodeDecodeError:
         raise UserError(f"config file {path} is not UTF-8 text") from None
-    except (ValueError, TypeError, OverflowError) as exc:  # the YAML constructor's own, e.g. 2001-02-30
-        raise UserError(f"config file {path}: invalid value ({_one_line(exc)})") from None
     except RecursionError:
         raise UserError(f"config file {path}: nested too deeply") from None
+    except Exception as exc:  # PyYAML's constructors raise plain errors too, e.g. for 2001-02-30
+        raise UserError(f"config file {path}: invalid value ({_one_line(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -323,8 +324,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set trainer.epochs=3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
-        value = raw  # not YAML (or a YAML value its constructor refuses, e.g. 2001-02-30): text
+    except Exception:  # not YAML, or a value PyYAML's constructors refuse (2001-02-30): text
+        value = raw
     return key.split("."), value
 
 

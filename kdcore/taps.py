@@ -82,15 +82,21 @@ class FeatureTaps:
         self.features: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         hooked = [t for t in self.taps if t.path != OUTPUT]
+        if any(t.path == OUTPUT and t.io != "output" for t in self.taps):
+            raise UserError(
+                f"{where} 'output' is the model's return value, which has no input: use io "
+                "'output' with it, or tap the input of the module that computes the output"
+            )
         if any(t.path == OUTPUT for t in self.taps) and OUTPUT in dict(model.named_modules()):
             raise UserError(
                 f"{where} 'output' is ambiguous: {type(model).__name__} has a submodule named "
                 "'output'; kdcore reserves 'output' for the model's return value"
             )
+        # resolve every path before hooking any: a bad path must not leave hooks behind
+        modules = [resolve_module(model, tap.path, where=where) for tap in hooked]
         if hooked:
             disable_inplace(model)
-        for tap in hooked:
-            module = resolve_module(model, tap.path, where=where)
+        for tap, module in zip(hooked, modules):
             self._handles.append(module.register_forward_hook(self._hook_for(tap)))
 
     def _hook_for(self, tap: Tap):

@@ -18,6 +18,8 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check"
   $PIP install -q torch==2.14.1 torchvision==0.29.1
 $PIP install -q "setuptools>=64" wheel
 editables=(-e ".[test,bench]")
-for plugin in plugins/*/; do [ -f "$plugin/pyproject.toml" ] && editables+=(-e "$plugin"); done
+for plugin in plugins/*/; do
+  if [ -f "$plugin/pyproject.toml" ]; then editables+=(-e "$plugin"); fi
+done
 $PIP install -q --no-build-isolation "${editables[@]}"
 echo "kdcore installed in .venv: $(.venv/bin/kdcore --version)"

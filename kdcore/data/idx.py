@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+import zlib
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ def read_idx(path: str) -> torch.Tensor:
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: damaged deflate data
         raise UserError(f"data file {path} is corrupted or truncated ({exc}); reinstall it") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise UserError(f"data file {path} is not an IDX file (bad header); reinstall it")
@@ -35,7 +37,7 @@ def read_idx(path: str) -> torch.Tensor:
         raise UserError(f"data file {path} is truncated (incomplete header); reinstall it")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # exact; np.prod wraps around on a bad header
     if len(raw) - header != expected:
         raise UserError(f"data file {path} has {len(raw) - header} data bytes, expected {expected} "
                         f"for shape {shape}: truncated or corrupted; reinstall it")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
+import zlib
 from typing import Any
 
 import torch
@@ -45,17 +47,42 @@ def load_checkpoint(path: str, *, what: str = "checkpoint") -> Any:
         raise UserError(f"{what} {path} does not exist")
     if os.path.isdir(path):
         raise UserError(f"{what} {path} is a directory, expected a .pt file")
+    _check_crc(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text:
+        blocked = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text)
+        if blocked:
             raise UserError(f"{what} {path} contains Python objects that would run code when "
-                            f"loaded; kdcore refuses it (re-save it as a plain state_dict)") from None
-        raise UserError(f"{what} {path} is corrupted or truncated ({text.splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{what} {path} is corrupted or truncated ({first})") from None
+                            f"loaded ({blocked.group(1) or blocked.group(2)}); kdcore refuses it "
+                            f"(re-save it as a plain state_dict)") from None
+        detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+        raise UserError(f"{what} {path} is not a checkpoint of tensors that can be loaded safely"
+                        f" ({detail.group(1).strip() if detail else _first(exc)}); re-save it "
+                        f"with torch.save(model.state_dict(), path)") from None
+    except Exception as exc:  # damaged bytes can fail anywhere in the unpickler (KeyError, ...)
+        raise UserError(f"{what} {path} is corrupted or truncated ({_first(exc)})") from None
+
+
+def _first(exc: BaseException) -> str:
+    """The first sentence of an error (torch's zip errors run on for a paragraph)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+
+
+def _check_crc(path: str, what: str) -> None:
+    """torch.load does not check the CRC32 each zip member carries: a flipped bit in tensor
+    data would load as silently wrong weights. Read every member once and compare."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # truncated (no central directory) or legacy format: torch.load reports it
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
+        raise UserError(f"{what} {path} is corrupted or truncated ({_first(exc)})") from None
+    if bad is not None:
+        raise UserError(f"{what} {path} is corrupted: {bad} fails its CRC check")
 
 
 def state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:
