@@ -58,7 +58,7 @@ def run_one(tag: str, args: list[str], runs_dir: str, threads: int, env: dict[st
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     curve = [r["student"]["test"]["top1"] for r in rows]
     val = [r["student"]["val"]["top1"] for r in rows if "val" in r["student"]]
-    best = max(range(len(val)), key=lambda i: val[i]) if val else len(curve) - 1
+    best = max(range(len(val)), key=lambda i: val[i]) if val else len(curve) - 1  # no val: last
     return {"tag": tag, "summary": summary, "curve": curve, "val": val,
             "last": curve[-1], "best_by_val": curve[best], "best_epoch": best + 1,
             "wall": time.time() - started, "cmd": cmd}
@@ -90,7 +90,11 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
                       "--set", f"data.labelled={args.labelled}", "--set", "data.drop_unlabelled=true"]))
         for method in chosen:
             extra = list(base)
-            if method != "datafree":
+            if method == "datafree":
+                # no training images at all: the teacher comes from the others' cache (filled
+                # in by main() once they ran), and there is no split to hold a validation set from
+                extra += ["--set", "data.val_split=0", "--set", "teachers.0.checkpoint=@TEACHER"]
+            else:
                 extra += ["--set", f"data.labelled={args.labelled}"]
             if method == "kd" and args.kd_temperature:
                 extra += ["--set", f"teachers.0.distill.0.head.losses.0.temperature={args.kd_temperature}"]
@@ -206,13 +210,21 @@ def main() -> None:
         args.kd_temperature, tuned = tune_kd(args, args.runs_dir, threads, env)
         print(f"KD temperature chosen on val: {args.kd_temperature} ({tuned})", flush=True)
     results = []
-    with futures.ThreadPoolExecutor(args.parallel) as pool:
-        jobs = {pool.submit(run_one, tag, a, args.runs_dir, threads, env): method
-                for method, tag, a in plan(args)}
-        for job in futures.as_completed(jobs):
-            r = job.result()
-            results.append((jobs[job], r))
-            print(r["tag"], r.get("last", r.get("error")), flush=True)
+    jobs_planned = plan(args)
+    first = [j for j in jobs_planned if not any("@TEACHER" in a for a in j[2])]
+    later = [j for j in jobs_planned if j not in first]
+    for phase in (first, later):
+        if phase is later and later:
+            teacher = next((r["summary"]["teachers"]["teacher"]["checkpoint"] for m, r in results
+                            if "summary" in r and "teacher" in r["summary"].get("teachers", {})), None)
+            phase = [(m, t, [x.replace("@TEACHER", str(teacher)) for x in a]) for m, t, a in phase]
+        with futures.ThreadPoolExecutor(args.parallel) as pool:
+            jobs = {pool.submit(run_one, tag, a, args.runs_dir, threads, env): method
+                    for method, tag, a in phase}
+            for job in futures.as_completed(jobs):
+                r = job.result()
+                results.append((jobs[job], r))
+                print(r["tag"], r.get("last", r.get("error")), flush=True)
     png = os.path.join(os.path.dirname(args.json), "method_curves.png")
     plot(results, png)
     report = write_report(args, results, tuned, png, time.time() - started)

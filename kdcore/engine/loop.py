@@ -172,17 +172,20 @@ def run_stage(
     for epoch in range(stage.epochs):
         algorithm.train()
         total, count = 0.0, 0
-        for batch in tqdm(batches.epoch(epoch), total=len(batches), disable=not progress,
-                          desc=f"stage {stage.name} {epoch + 1}/{stage.epochs}", leave=False):
+        for i, batch in enumerate(tqdm(batches.epoch(epoch), total=len(batches), disable=not progress,
+                                       desc=f"stage {stage.name} {epoch + 1}/{stage.epochs}", leave=False)):
+            step = epoch * len(batches) + i
             student_feature = None
             if stage.needs_student:
                 _, features = algorithm.student_forward(batch.inputs)
                 student_feature = features[dp.student_tap.key]
             teacher_feature = algorithm.distiller.teacher_features(batch.inputs, indices=batch.indices)[dp.teacher][dp.teacher_tap.key]
             loss = stage.loss(student_feature, teacher_feature, targets=batch.targets,
-                              indices=batch.indices, epoch=epoch, step=0)
+                              indices=batch.indices, epoch=epoch, step=step)
             if not math.isfinite(float(loss.detach())):
-                raise NonFiniteLoss(f"stage {stage.name!r}: loss is {float(loss.detach())} at epoch {epoch + 1}")
+                raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: loss is "
+                                    f"{float(loss.detach())} at epoch {epoch + 1}, step {step}; "
+                                    f"stopped before training, no checkpoint is written")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(params)

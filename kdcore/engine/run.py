@@ -61,21 +61,32 @@ def new_run_dir(config: RunConfig) -> str:
     return path
 
 
-def write_json_atomic(obj: Any, path: str) -> None:
+def write_text_atomic(text: str, path: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+def write_json_atomic(obj: Any, path: str) -> None:
+    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
+
+
 def _metrics_rows(path: str) -> list[dict[str, Any]]:
+    """The complete rows; a torn last line (power loss mid-append) is never covered by a
+    checkpoint, so it is dropped rather than parsed."""
     if not os.path.exists(path):
         return []
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
 
 
 def _rng_state() -> dict[str, Any]:
@@ -144,8 +155,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     distributed.check_batch(config.data.batch_size)
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
     if resume_dir is None and main:
-        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(dump_yaml(config))
+        write_text_atomic(dump_yaml(config), os.path.join(run_dir, "config.yaml"))
     log(f"run dir: {run_dir}")
     started = time.perf_counter()
 
@@ -180,6 +190,14 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
 
     if resume_dir is not None and os.path.exists(checkpoint_path):
         state = load_checkpoint(checkpoint_path, what="resume checkpoint")
+        if not isinstance(state, dict) or state.get("format") != 1:
+            raise UserError(f"resume checkpoint {checkpoint_path} is not a kdcore run checkpoint")
+        for name, digest in state.get("teachers_sha256", {}).items():
+            if checksums.get(name) != digest:
+                raise UserError(f"resume checkpoint {checkpoint_path}: teacher {name!r} is not the one "
+                                f"this run started with (its weights' sha256 was {digest[:12]}..., "
+                                f"now {str(checksums.get(name))[:12]}...); resume with the same "
+                                f"teacher or start a new run")
         missing = algorithm.load_state_dict(state["algorithm"], strict=False)
         if missing.unexpected_keys:
             raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: unexpected "
@@ -201,7 +219,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
         save_atomic({"format": 1, "algorithm": trainable_state(algorithm),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "position": attrs.asdict(position), "rng": _rng_state(), "stages_done": stages,
-                     "metrics_rows": len(_metrics_rows(metrics_path))}, checkpoint_path)
+                     "metrics_rows": len(_metrics_rows(metrics_path)),
+                     "teachers_sha256": checksums}, checkpoint_path)
 
     try:
         if not stages_done:

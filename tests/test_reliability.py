@@ -1,0 +1,443 @@
+"""Faults a run meets and what kdcore does about them (docs/reliability.md lists them all):
+
+* a NaN or Inf loss term: stop with the term, epoch and step named, exit 3, the last good
+  checkpoint kept; ``trainer.on_nonfinite: skip`` skips such batches and counts them;
+* checkpoints that would run code when unpickled, that are truncated or have flipped bits, or
+  that do not fit the teacher model; a teacher below its ``expect_top1``;
+* teacher weights changed during a run (the sha256 in summary.json is that of the file);
+* truncated or corrupted IDX data files;
+* a kill while a checkpoint is being written (in-process; real SIGKILLs: tests/test_resume.py).
+
+Runs use a 256-image slice of Fashion-MNIST and a randomly initialised teacher checkpoint, so
+none trains a teacher. The faulty losses are a test-only plugin (this module) registered
+in-process.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import kdcore
+from kdcore.cli import main
+from kdcore.data.fashion_mnist import FASHION_MNIST_ROOT, FILES, fashion_mnist
+from kdcore.data.idx import read_idx
+from kdcore.engine.checkpoint import load_checkpoint, load_weights, save_atomic
+from kdcore.errors import UserError
+from kdcore.models.cnn import cnn_student, cnn_teacher
+from kdcore.plugins import Plugins
+from kdcore.testing import using_plugins
+
+# --- the test-only plugin ----------------------------------------------------------------------
+
+
+class Faulty(kdcore.Loss):
+    """0 normally; ``bad[step]`` ("nan" or "inf") at those global steps."""
+
+    def __init__(self, bad: dict[int, str] | None = None) -> None:
+        super().__init__()
+        self.bad = {int(k): float(v) for k, v in (bad or {}).items()}
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
+        value = self.bad.get(extra["step"], 0.0)
+        return (student * 0).sum() + value
+
+
+class FaultyStage(kdcore.Loss):
+    """0 in training; a pre-training stage whose loss is NaN from its second batch on."""
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
+        return (student * 0).sum()
+
+    def stages(self, head: Any) -> list[kdcore.Stage]:
+        calls = [0]
+
+        def loss(student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
+            calls[0] += 1
+            return (student * 0).sum() + (float("nan") if calls[0] >= 2 else 0.0)
+
+        return [kdcore.Stage("kdrel_nan_stage", 1, loss)]
+
+
+class TeacherTamper(kdcore.Loss):
+    """A buggy loss that writes into the teacher's weights (which must be caught)."""
+
+    same_shape = False
+
+    def __init__(self, teacher_module: torch.nn.Module) -> None:
+        super().__init__()
+        self._teacher = [teacher_module]  # a list: not registered as a submodule
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
+        with torch.no_grad():
+            next(self._teacher[0].parameters()).add_(1e-3)
+        return (student * 0).sum()
+
+
+@kdcore.hookimpl
+def kdcore_losses() -> list[kdcore.Component]:
+    return [kdcore.Component("kdrel_faulty", Faulty, "test-only: NaN/Inf at chosen steps"),
+            kdcore.Component("kdrel_faulty_stage", FaultyStage, "test-only: NaN in a stage"),
+            kdcore.Component("kdrel_tamper", TeacherTamper, "test-only: edits the teacher")]
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def write_idx(path: Path, array: torch.Tensor, compress: bool = True) -> bytes:
+    """An IDX file of unsigned bytes (the MNIST layout); returns the bytes written."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = header + array.to(torch.uint8).numpy().tobytes()
+    data = gzip.compress(raw, mtime=0) if compress else raw
+    path.write_bytes(data)
+    return data
+
+
+def small_fashion(folder: Path, n: dict[str, int]) -> Path:
+    """The first images of each Fashion-MNIST split as a data.root (decoding 60k images costs
+    more than these tiny runs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in n.items():
+        for stem in FILES[split]:
+            write_idx(folder / (stem + ".gz"), read_idx(os.path.join(FASHION_MNIST_ROOT, stem + ".gz"))[:count])
+    return folder
+
+
+def sha256_of_state(state: dict[str, torch.Tensor]) -> str:
+    """The teacher checksum as docs/reliability.md defines it: names in sorted order, each
+    followed by its tensor's raw bytes (C order)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode("utf-8"))
+        digest.update(state[name].reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def tensor_offset(path: Path, member_suffix: str) -> int:
+    """Where a zip member's bytes start in a torch checkpoint (to flip one of them)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(member_suffix))
+    raw = path.read_bytes()
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small data root and a randomly initialised teacher checkpoint."""
+    folder = tmp_path_factory.mktemp("reliability")
+    root = small_fashion(folder / "fashion", {"train": 256, "test": 256})
+    torch.manual_seed(0)
+    teacher = folder / "teacher.pt"
+    torch.save(cnn_teacher().state_dict(), teacher)
+    return {"root": root, "teacher": teacher, "folder": folder}
+
+
+def sets(files: dict[str, Path], *extra: str) -> list[str]:
+    items = [f"data.root={files['root']}", "data.train_limit=256", "data.test_limit=256",
+             "data.batch_size=64", "trainer.epochs=2", "trainer.progress=false", "trainer.threads=1",
+             f"teachers.0.checkpoint={files['teacher']}", *extra]
+    return [a for s in items for a in ("--set", s)]
+
+
+def losses(*extra: str) -> str:
+    return ("teachers.0.distill.0.head.losses=[{type: kd, weight: 0.5, temperature: 4.0}"
+            + "".join(f", {e}" for e in extra) + "]")
+
+
+def invoke(cli_args: list[str]) -> Any:
+    """``kdcore CLI_ARGS`` in-process, with the installed plugins plus this module's losses."""
+    loaded = Plugins()
+    loaded.register(sys.modules[__name__], "kdrel_faults")
+    with using_plugins(loaded):
+        return CliRunner().invoke(main, cli_args)
+
+
+def error_line(result: Any, code: int) -> str:
+    """The one-line error of a failed command (and no traceback)."""
+    assert result.exit_code == code, (result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("kdcore: error: "), lines
+    return lines[-1]
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    (run_dir,) = [p for p in output_dir.iterdir() if p.is_dir()]
+    return run_dir
+
+
+# --- NaN / Inf ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stopped_run(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """4 steps an epoch; Inf at step 5 and NaN at step 7 (both in epoch 2); a checkpoint every
+    2 steps. The run stops at step 5; it is only ever copied by the tests."""
+    out = tmp_path_factory.mktemp("stopped")
+    result = invoke(["run", "--output-dir", str(out), *sets(
+        files, "trainer.checkpoint_every=2",
+        losses("{type: kdrel_faulty, name: boom, weight: 1.0, bad: {5: inf, 7: nan}}"))])
+    return only_run_dir(out), result
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / run_dir.name
+    shutil.copytree(run_dir, target)
+    return target
+
+
+@pytest.mark.fashion
+def test_nonfinite_term_stops_naming_term_epoch_and_step_and_keeps_checkpoint(stopped_run) -> None:
+    run_dir, result = stopped_run
+    line = error_line(result, 3)
+    assert "loss term 'boom' is inf at epoch 2, step 5" in line
+    assert "the last good checkpoint is kept" in line and "trainer.on_nonfinite=skip" in line
+    assert not (run_dir / "summary.json").exists()
+    # the last good checkpoint: end of epoch 1 (step 4), before the bad step; finite weights
+    state = load_checkpoint(str(run_dir / "checkpoints" / "last.pt"))
+    assert state["position"]["global_step"] == 4 and state["position"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["algorithm"].values() if v.is_floating_point())
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.fashion
+def test_resume_with_skip_counts_skipped_batches_and_teacher_checksum_matches_file(
+        stopped_run, files, tmp_path) -> None:
+    run_dir = copy_run(stopped_run[0], tmp_path)
+    result = invoke(["run", "--resume", str(run_dir), "--set", "trainer.on_nonfinite=skip"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "resumed at epoch 2, step 0" in result.output
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert "skipped_batches" not in rows[0]["train"] and rows[1]["train"]["skipped_batches"] == 2
+    assert all(math.isfinite(v) for v in rows[1]["train"].values())
+    # the teacher was not touched: the summary's sha256 is the checksum of the file's weights
+    summary = json.loads((run_dir / "summary.json").read_text())
+    expected = sha256_of_state(torch.load(files["teacher"], weights_only=True))
+    assert summary["teacher"]["sha256"] == expected
+    assert summary["teacher"]["checkpoint"] == str(files["teacher"])
+
+
+@pytest.mark.fashion
+def test_nonfinite_stage_loss_stops_naming_stage_epoch_and_step(files, tmp_path) -> None:
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(
+        files, losses("{type: kdrel_faulty_stage, weight: 1.0}"))])
+    line = error_line(result, 3)
+    assert "stage 'kdrel_nan_stage'" in line and "epoch 1, step 1" in line
+
+
+@pytest.mark.fashion
+def test_teacher_weights_changed_during_run_is_caught(files, tmp_path) -> None:
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(
+        files, "trainer.epochs=1", "data.train_limit=128",
+        "teachers.0.distill=[{student_module: stage3, teacher_module: stage3, "
+        "head: {losses: [{type: kdrel_tamper}]}}]")])
+    assert isinstance(result.exception, RuntimeError), result.output
+    assert "teacher 'teacher' weights changed during the run" in str(result.exception)
+    assert not (only_run_dir(tmp_path) / "summary.json").exists()
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+class Evil:
+    """Unpickling this runs code (it would create ``marker``)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.fashion
+def test_teacher_checkpoint_that_would_run_code_is_refused(files, tmp_path) -> None:
+    evil, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    torch.save({"state_dict": cnn_teacher().state_dict(), "extra": Evil(str(marker))}, evil)
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(
+        files, f"teachers.0.checkpoint={evil}")])
+    line = error_line(result, 2)
+    assert f"teachers[0].checkpoint {evil} contains Python objects that would run code" in line
+    assert "(io.open)" in line
+    assert not marker.exists()
+
+
+@pytest.mark.fashion
+def test_teacher_checkpoint_that_does_not_fit_names_missing_and_unexpected_keys(files, tmp_path) -> None:
+    state = torch.load(files["teacher"], weights_only=True)
+    state["head.weight"] = state.pop("fc.weight")
+    wrong = tmp_path / "renamed.pt"
+    torch.save({"state_dict": state}, wrong)
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(files, f"teachers.0.checkpoint={wrong}")])
+    line = error_line(result, 2)
+    assert f"teachers[0].checkpoint {wrong} does not fit SmallCNN" in line
+    assert "missing keys [fc.weight] (1)" in line and "unexpected keys [head.weight] (1)" in line
+
+
+def test_checkpoint_with_wrong_shapes_names_them(tmp_path) -> None:
+    path = tmp_path / "student.pt"
+    torch.save(cnn_student().state_dict(), path)
+    with pytest.raises(UserError, match=r"shape mismatches \[stage1\.conv\.weight \(8, 1, 3, 3\) "
+                                        r"vs \(24, 1, 3, 3\)"):
+        load_weights(cnn_teacher(), str(path), what="teachers[0].checkpoint")
+
+
+@pytest.mark.fashion
+def test_expect_top1_is_checked_before_training(files, tmp_path) -> None:
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(files, "teachers.0.expect_top1=99")])
+    line = error_line(result, 2)
+    assert "teachers[0].expect_top1: the teacher scores" in line and "expected 99.00 (+/- 1.0)" in line
+    assert sorted(p.name for p in only_run_dir(tmp_path).iterdir()) == ["config.yaml"]
+
+
+@pytest.mark.fashion
+def test_corrupted_resume_checkpoint_is_named(stopped_run, tmp_path) -> None:
+    run_dir = copy_run(stopped_run[0], tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    flip_byte(last, tensor_offset(last, "data/0") + 3)
+    line = error_line(invoke(["run", "--resume", str(run_dir)]), 2)
+    assert f"resume checkpoint {last} is corrupted: " in line and "fails its CRC check" in line
+
+
+@pytest.mark.fashion
+def test_torn_metrics_line_is_dropped_on_resume(stopped_run, tmp_path) -> None:
+    run_dir = copy_run(stopped_run[0], tmp_path)
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"epoch": 2, "lr": 0.0')
+    result = invoke(["run", "--resume", str(run_dir), "--set", "trainer.on_nonfinite=skip"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.fashion
+def test_resume_refuses_a_teacher_that_changed(stopped_run, files, tmp_path) -> None:
+    run_dir = copy_run(stopped_run[0], tmp_path)
+    other = tmp_path / "other-teacher.pt"
+    torch.manual_seed(1)
+    torch.save(cnn_teacher().state_dict(), other)
+    line = error_line(invoke(["run", "--resume", str(run_dir), "--set",
+                              f"teachers.0.checkpoint={other}"]), 2)
+    assert "teacher 'teacher' is not the one this run started with" in line
+
+
+def test_damaged_checkpoints_are_named(tmp_path) -> None:
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.arange(1000.0), "b": torch.ones(3)}, good)
+    raw = good.read_bytes()
+    cases = {"empty": b"", "truncated-head": raw[:40], "truncated-half": raw[: len(raw) // 2],
+             "truncated-tail": raw[:-5], "not-a-checkpoint": b"hello\n" * 20}
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(data)
+        with pytest.raises(UserError, match=f"checkpoint {path} is corrupted or truncated") as info:
+            load_checkpoint(str(path))
+        assert "\n" not in str(info.value)
+    flipped = tmp_path / "flipped.pt"
+    shutil.copy(good, flipped)
+    flip_byte(flipped, tensor_offset(flipped, "data/0") + 100)
+    with pytest.raises(UserError, match=f"checkpoint {flipped} is corrupted: .*data/0 fails its CRC"):
+        load_checkpoint(str(flipped))
+    with pytest.raises(UserError, match="is a directory"):
+        load_checkpoint(str(tmp_path))
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "nope.pt"))
+    assert torch.equal(load_checkpoint(str(good))["w"], torch.arange(1000.0))
+
+
+def test_checkpoints_holding_objects_are_refused_without_running_them(tmp_path) -> None:
+    import numpy as np
+
+    marker = tmp_path / "pwned"
+    for name, obj in {"evil": Evil(str(marker)), "numpy": np.zeros(3)}.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save({"w": torch.zeros(2), "x": obj}, path)
+        with pytest.raises(UserError, match=f"checkpoint {path} contains Python objects that would "
+                                            f"run code when loaded"):
+            load_checkpoint(str(path))
+    assert not marker.exists()
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch) -> None:
+    """save_atomic writes a temp file and renames it: dying mid-write leaves the old one."""
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_atomic({"step": torch.tensor(1)}, str(path))
+
+    def dies_halfway(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # what a Ctrl-C in the middle of torch.save looks like
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"step": torch.tensor(2)}, str(path))
+    monkeypatch.undo()
+    assert load_checkpoint(str(path))["step"].item() == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+# --- data files --------------------------------------------------------------------------------
+
+def test_damaged_idx_files_are_named(tmp_path) -> None:
+    images = torch.arange(2 * 4 * 4, dtype=torch.uint8).reshape(2, 4, 4)
+    plain = write_idx(tmp_path / "plain-idx3-ubyte", images, compress=False)
+    assert torch.equal(read_idx(str(tmp_path / "plain-idx3-ubyte")), images)
+    packed = gzip.compress(plain + bytes(range(256)) * 40, mtime=0)  # long enough to damage inside
+    cases = {
+        "short-raw": (plain[:-3], "has 29 data bytes, expected 32 for shape (2, 4, 4): truncated or corrupted"),
+        "header-only": (plain[:6], "is truncated (incomplete header)"),
+        "not-idx": (b"\x50\x4b\x03\x04" + plain[4:], "is not an IDX file (bad header)"),
+        "huge-shape": (bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**31, 2**31, 2**31) + plain[16:],
+                       "expected 9903520314283042199192993792 for shape"),
+    }
+    for name, (data, expected) in cases.items():
+        path = tmp_path / f"{name}-idx3-ubyte"
+        path.write_bytes(data)
+        with pytest.raises(UserError, match="data file " + str(path)) as info:
+            read_idx(str(path))
+        assert expected in str(info.value), name
+    damaged = bytearray(packed)
+    damaged[len(damaged) // 2] ^= 0x55  # inside the deflate stream: zlib.error, not OSError
+    gz_cases = {"truncated.gz": packed[: len(packed) // 2], "bitflip.gz": bytes(damaged),
+                "crc.gz": packed[:-8] + bytes(8)}
+    for name, data in gz_cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(UserError, match=f"data file {path} is corrupted or truncated") as info:
+            read_idx(str(path))
+        assert "\n" not in str(info.value)
+    with pytest.raises(zlib.error):  # the bit flip really is the zlib.error case
+        gzip.decompress(bytes(damaged))
+
+
+def test_truncated_fashion_mnist_file_is_named(files, tmp_path) -> None:
+    root = tmp_path / "fashion"
+    shutil.copytree(files["root"], root)
+    labels = root / (FILES["test"][1] + ".gz")
+    labels.write_bytes(labels.read_bytes()[:-20])
+    with pytest.raises(UserError, match=f"data file {labels} is corrupted or truncated"):
+        fashion_mnist(str(root))
+    # files that disagree on the number of samples
+    write_idx(labels, torch.zeros(5, dtype=torch.uint8))
+    with pytest.raises(UserError, match="do not match: \\(256, 28, 28\\) images, \\(5,\\) labels"):
+        fashion_mnist(str(root))
+    line = error_line(CliRunner().invoke(main, ["run", "--output-dir", str(tmp_path), "--set",
+                                                f"data.root={root}"]), 2)
+    assert "do not match" in line
