@@ -200,6 +200,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     parser.add_argument("--json", default=os.path.join(ROOT, "docs", "benchmarks", "method_table.json"))
     args = parser.parse_args()
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
     env = dict(os.environ)
     env.setdefault("KDCORE_CACHE_DIR", os.path.join(args.runs_dir, "cache"))
     threads = max(1, (os.cpu_count() or 2) // args.parallel)
@@ -225,6 +226,9 @@ def main() -> None:
                 r = job.result()
                 results.append((jobs[job], r))
                 print(r["tag"], r.get("last", r.get("error")), flush=True)
+                with open(args.json + "l", "a") as partial:  # survives a timeout of the whole table
+                    partial.write(json.dumps({"method": jobs[job], **{k: v for k, v in r.items()
+                                                                       if k != "cmd"}}, default=str) + "\n")
     png = os.path.join(os.path.dirname(args.json), "method_curves.png")
     plot(results, png)
     report = write_report(args, results, tuned, png, time.time() - started)

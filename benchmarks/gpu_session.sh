@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU measurements in docs/benchmarks.md, as one script for a lent GPU machine whose image
+# has torch but no network: the Fashion-MNIST files travel in .bench-data/ (git-ignored).
+#   cp -r /usr/share/datasets/fashion-mnist .bench-data/   # once, on the development machine
+#   bash benchmarks/gpu_session.sh "$OUT"
+set -u
+OUT=${1:-/tmp/out}
+mkdir -p "$OUT" /usr/share/datasets
+cp -r .bench-data/fashion-mnist /usr/share/datasets/
+editables=(-e .)
+for p in plugins/*/; do if [ -f "$p/pyproject.toml" ]; then editables+=(-e "$p"); fi; done
+python3 -m pip install -q --no-deps --no-build-isolation "${editables[@]}" > "$OUT/pip.txt" 2>&1 || tail -5 "$OUT/pip.txt"
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+python3 -c "import torch, kdcore; print('torch', torch.__version__, torch.cuda.get_device_name(), 'kdcore', kdcore.__version__)"
+python3 -m kdcore plugins | grep -c "  ok" || true
+export KDCORE_CACHE_DIR=/tmp/kdcache PYTHONUNBUFFERED=1
+timeout "${TABLE_S:-330}" python3 benchmarks/method_table.py --seeds 3 --epochs 5 --labelled 2000 \
+  --val-split 5000 --parallel 8 --device cuda --device-label "$GPU" --runs-dir /tmp/runs \
+  --out "$OUT/benchmarks.md" --json "$OUT/method_table.json" > "$OUT/method_table.txt" 2>&1
+echo "method table rc=$?"; tail -25 "$OUT/method_table.txt"
+timeout "${OVERHEAD_S:-60}" python3 benchmarks/overhead.py --device cuda --steps 300 --json "$OUT/overhead.json" > "$OUT/overhead.txt" 2>&1
+echo "overhead rc=$?"; tail -12 "$OUT/overhead.txt"
+timeout "${SPEED_S:-150}" python3 benchmarks/speed_switches.py --device cuda --epochs 3 --repeats 1 \
+  --out /tmp/speed --json "$OUT/speed.json" > "$OUT/speed.txt" 2>&1
+echo "speed rc=$?"; tail -12 "$OUT/speed.txt"
