@@ -113,6 +113,8 @@ def tune_kd(args: argparse.Namespace, runs_dir: str, threads: int, env: dict[str
         for job in futures.as_completed(jobs):
             results[jobs[job]] = job.result()
     scores = {t: max(r["val"]) for t, r in results.items() if "val" in r and r["val"]}
+    if not scores:
+        raise SystemExit(f"every tuning run failed, e.g.: {next(iter(results.values())).get('error')}")
     return max(scores, key=scores.get), scores
 
 
@@ -140,16 +142,19 @@ def write_report(args: argparse.Namespace, results: list[dict], tuned: dict, png
              if teacher else "Teacher: (no run succeeded)",
              f"Student: cnn_student, {student_params:,} parameters; labels on {args.labelled} of the "
              f"training images; {args.epochs} epochs for the distillation runs." if student_params else "",
-             "", "| method | seeds | test top-1, last epoch | test top-1 at best val epoch | train time / run (s) |",
-             "|---|---|---|---|---|"]
+             "", "| method | seeds | test top-1, last epoch | vs vanilla | test top-1 at best val epoch | train time / run (s) |",
+             "|---|---|---|---|---|---|"]
     order = ["vanilla"] + [m for m in by_method if m != "vanilla"]
+    base_runs = [r["last"] for r in by_method.get("vanilla", []) if "summary" in r]
+    base = statistics.mean(base_runs) if base_runs else None
     for method in order:
         rs = [r for r in by_method.get(method, []) if "summary" in r]
         failed = [r for r in by_method.get(method, []) if "error" in r]
         if not rs:
-            lines.append(f"| {method} | 0 | failed: {failed[0]['error'] if failed else '?'} | | |")
+            lines.append(f"| {method} | 0 | failed: {failed[0]['error'] if failed else '?'} | | | |")
             continue
-        lines.append(f"| {method} | {len(rs)} | {mean_std([r['last'] for r in rs])} | "
+        delta = "" if base is None or method == "vanilla" else f"{statistics.mean(r['last'] for r in rs) - base:+.2f}"
+        lines.append(f"| {method} | {len(rs)} | {mean_std([r['last'] for r in rs])} | {delta} | "
                      f"{mean_std([r['best_by_val'] for r in rs])} | "
                      f"{statistics.mean(r['summary']['seconds'] for r in rs):.0f} |")
     if tuned:
@@ -170,11 +175,14 @@ def plot(results: list, png: str) -> None:
         if "curve" in r:
             by_method.setdefault(method, []).append(r["curve"])
     fig, ax = plt.subplots(figsize=(8, 5))
-    for method, curves in by_method.items():
+    colors = plt.cm.tab20.colors
+    for i, (method, curves) in enumerate(sorted(by_method.items())):
         n = min(len(c) for c in curves)
         mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
         xs = [(i + 1) / n for i in range(n)]
-        ax.plot(xs, mean, label=method, linewidth=2.5 if method in ("vanilla", "kd") else 1.2)
+        ax.plot(xs, mean, label=method, color=colors[(2 * i) % 20 + (i >= 10)],
+                linewidth=2.5 if method in ("vanilla", "kd") else 1.3,
+                linestyle="-" if i % 2 == 0 else "--")
     ax.set_xlabel("fraction of training (optimizer steps)")
     ax.set_ylabel("test top-1 (%), mean over seeds")
     ax.grid(alpha=0.3)
@@ -199,8 +207,18 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "bench"))
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     parser.add_argument("--json", default=os.path.join(ROOT, "docs", "benchmarks", "method_table.json"))
+    parser.add_argument("--from-results", default="",
+                        help="rebuild the report from a saved method_table.jsonl instead of running")
+    parser.add_argument("--tuned", default="", help='with --from-results: the sweep, e.g. "1:84.2,4:86.7"')
+    parser.add_argument("--wall", type=float, default=0.0, help="with --from-results: wall seconds")
     args = parser.parse_args()
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    if args.from_results:
+        rows = [json.loads(line) for line in open(args.from_results) if line.strip()]
+        results = [(r.pop("method"), r) for r in rows]
+        tuned = {float(t): float(v) for t, v in (x.split(":") for x in args.tuned.split(",") if x)}
+        finish(args, results, tuned, args.wall)
+        return
     env = dict(os.environ)
     env.setdefault("KDCORE_CACHE_DIR", os.path.join(args.runs_dir, "cache"))
     threads = max(1, (os.cpu_count() or 2) // args.parallel)
@@ -229,9 +247,13 @@ def main() -> None:
                 with open(args.json + "l", "a") as partial:  # survives a timeout of the whole table
                     partial.write(json.dumps({"method": jobs[job], **{k: v for k, v in r.items()
                                                                        if k != "cmd"}}, default=str) + "\n")
+    finish(args, results, tuned, time.time() - started)
+
+
+def finish(args: argparse.Namespace, results: list, tuned: dict, seconds: float) -> None:
     png = os.path.join(os.path.dirname(args.json), "method_curves.png")
     plot(results, png)
-    report = write_report(args, results, tuned, png, time.time() - started)
+    report = write_report(args, results, tuned, png, seconds)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     json.dump([{"method": m, **{k: v for k, v in r.items() if k != "cmd"}} for m, r in results],
               open(args.json, "w"), indent=1, default=str)

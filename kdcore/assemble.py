@@ -128,12 +128,15 @@ def probe(model: nn.Module, taps: list[Tap], inputs: torch.Tensor, where: str) -
     recorder = FeatureTaps(model, taps, where=where)
     was_training = model.training
     model.eval()
+    device = next((p.device for p in model.parameters()), inputs.device)
     try:
-        recorder.record_output(model(inputs))
+        recorder.record_output(model(inputs.to(device)))
     finally:
         recorder.remove()
         model.train(was_training)
-    return {tap.key: recorder.features[tap.key] for tap in taps}
+    # on the CPU, where the connectors are built (teachers may already sit on the GPU)
+    return {tap.key: (v.detach().cpu() if torch.is_tensor(v) else v)
+            for tap in taps for v in [recorder.features[tap.key]]}
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
