@@ -58,13 +58,11 @@ class ClassificationTask:
         self.label_smoothing = label_smoothing
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the labelled samples (target -1 = unlabelled)."""
-        if bool((targets < 0).any()):
-            known = targets >= 0
-            if not bool(known.any()):
-                return outputs.sum() * 0.0
-            outputs, targets = outputs[known], targets[known]
-        return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
+        """Mean cross-entropy over the labelled samples (target -1 = unlabelled; 0 when a batch
+        has none). Written without a host sync: no ``.any()`` on a GPU tensor."""
+        total = F.cross_entropy(outputs, targets, ignore_index=-1, reduction="sum",
+                                label_smoothing=self.label_smoothing)
+        return total / (targets >= 0).sum().clamp_min(1)
 
     def new_metric(self) -> TopK:
         return TopK()

@@ -54,7 +54,8 @@ class Algorithm(nn.Module):
         self.student_taps.clear()
         outputs = self.student(inputs)
         self.student_taps.record_output(outputs)
-        return outputs, dict(self.student_taps.features)
+        features, self.student_taps.features = self.student_taps.features, {}  # no copy kept alive
+        return outputs, features
 
     def evaluation_models(self) -> dict[str, nn.Module]:
         """The networks scored after each epoch, by name. The first is the one exported."""

@@ -88,7 +88,7 @@ class Distiller(nn.Module):
             taps = self._taps[name]
             taps.clear()
             taps.record_output(teacher(inputs))
-            features[name] = dict(taps.features)
+            features[name], taps.features = taps.features, {}
         return features
 
     def losses(

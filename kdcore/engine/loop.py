@@ -47,6 +47,13 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def fold(position: Position, running: dict[str, torch.Tensor]) -> None:
+    """Move the device-side running sums of loss terms into ``position.sums`` (one sync)."""
+    for name, value in running.items():
+        position.sums[name] = position.sums.get(name, 0.0) + float(value)
+    running.clear()
+
+
 def format_terms(terms: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in terms.items())
 
@@ -83,16 +90,20 @@ def train_epochs(
         started = time.perf_counter() - position.seconds
         bar = tqdm(total=len(batches), initial=position.step_in_epoch, disable=not progress,
                    desc=f"{label} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+        running: dict[str, torch.Tensor] = {}
+        shown_at = 0.0
         for batch in batches.epoch(epoch, position.step_in_epoch):
             with autocast(device, amp):
                 if step_module is not None:
                     terms = step_module(batch, epoch, position.global_step)
                 else:
                     terms = algorithm.training_step(batch, epoch=epoch, step=position.global_step)
-            loss = sum(terms.values())
-            bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-            if bad:
-                where = f"term {bad[0]!r} is {float(terms[bad[0]].detach())} at epoch {epoch + 1}, step {position.global_step}"
+            loss = torch.stack([v.float() for v in terms.values()]).sum()
+            # one host sync a step: the sum is finite only if every term is
+            if not bool(torch.isfinite(loss)):
+                bad = next(k for k, v in terms.items() if not bool(torch.isfinite(v).all()))
+                where = (f"term {bad!r} is {float(terms[bad].detach())} at epoch {epoch + 1}, "
+                         f"step {position.global_step}")
                 if on_nonfinite == "stop":
                     raise NonFiniteLoss(f"loss {where}; stopped, the last good checkpoint is kept "
                                         f"(set trainer.on_nonfinite=skip to skip such batches)")
@@ -112,8 +123,8 @@ def train_epochs(
                 else:
                     optimizer.step()
                 n = len(batch.indices)
-                for name, value in terms.items():
-                    position.sums[name] = position.sums.get(name, 0.0) + float(value.detach()) * n
+                for name, value in terms.items():  # stays on the device until it is shown
+                    running[name] = running.get(name, 0.0) + value.detach().float() * n
                 position.seen += n
             scheduler.step()
             position.step_in_epoch += 1
@@ -121,11 +132,17 @@ def train_epochs(
             position.seconds = time.perf_counter() - started
             if progress:
                 bar.update(1)
-                shown = {k: v / max(position.seen, 1) for k, v in position.sums.items()}
-                bar.set_postfix_str(f"{format_terms(shown)} | {position.seen / max(position.seconds, 1e-9):.0f} img/s")
+                if time.perf_counter() - shown_at > 0.5:  # reading the sums syncs: not every step
+                    shown_at = time.perf_counter()
+                    fold(position, running)
+                    means = {k: v / max(position.seen, 1) for k, v in position.sums.items()}
+                    bar.set_postfix_str(f"{format_terms(means)} | "
+                                        f"{position.seen / max(position.seconds, 1e-9):.0f} img/s", refresh=False)
             if on_step is not None:
+                fold(position, running)
                 on_step(position)
         bar.close()
+        fold(position, running)
         if reduce is not None:
             position.sums, position.seen, position.skipped = reduce(position.sums, position.seen, position.skipped)
         summary = {k: v / max(position.seen, 1) for k, v in position.sums.items()}
