@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .init import kaiming_init
+
 
 class ConvStage(nn.Sequential):
     """``depth`` x (3x3 conv, BN, ReLU), then optional 2x2 max pooling."""
@@ -51,9 +53,7 @@ class SmallCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embedding = nn.Flatten()
         self.fc = nn.Linear(widths[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(self.num_stages):
