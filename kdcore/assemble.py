@@ -208,7 +208,7 @@ def build_point(pcfg: DistillPointConfig, where: str, teacher_name: str, point_n
 
 
 def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
-                    teachers: dict[str, nn.Module]) -> Algorithm:
+                    teachers: dict[str, nn.Module], run_dir: str | None = None) -> Algorithm:
     """Wire student, teachers, heads and distiller into the configured algorithm."""
     sample = sample_inputs(splits)
     names = term_names(config)
@@ -241,7 +241,7 @@ def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
     context = {"student": student, "task": source.task, "distiller": distiller,
                "num_classes": source.num_classes, "input_shape": source.input_shape,
                "num_samples": len(splits.train), "batch_size": config.data.batch_size,
-               "seed": config.seed, "test_data": splits.test}
+               "seed": config.seed, "test_data": splits.test, "run_dir": run_dir}
     algorithm = build("algorithm", config.algorithm.type, where="algorithm", context=context,
                       **config.algorithm.params)
     if not isinstance(algorithm, Algorithm):

@@ -29,7 +29,7 @@ CONTEXT_KEYS = frozenset({
     "in_shape", "out_shape", "student_shape", "teacher_shape", "num_samples", "num_classes",
     "in_channels", "student_module", "teacher_module", "student", "task", "distiller", "teachers",
     "points", "losses", "student_connector", "teacher_connector", "label", "input_shape",
-    "batch_size", "seed", "test_data",
+    "batch_size", "seed", "test_data", "run_dir",
 })
 
 

@@ -166,7 +166,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     student = build_model(config.student, splits.source, "student")
     if config.student.checkpoint:
         load_weights(student, os.path.expanduser(config.student.checkpoint), what="student.checkpoint")
-    algorithm = build_algorithm(config, splits, student, {n: t["model"] for n, t in teachers.items()})
+    algorithm = build_algorithm(config, splits, student, {n: t["model"] for n, t in teachers.items()},
+                                run_dir=run_dir)
     algorithm.to(device)
     speed_up(algorithm, config)
 

@@ -94,7 +94,9 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
             load_weights(model, path, what=f"{where}.checkpoint")
         elif len(splits.train) == 0:
             raise UserError(f"{where}.checkpoint: this run has no training images to train the "
-                            f"teacher on; give the teacher's checkpoint file")
+                            f"teacher on; give the teacher's checkpoint file, e.g. --set "
+                            f"teachers.{i}.checkpoint=PATH (the default job prints its cached "
+                            f"teacher's path)")
         else:
             path = os.path.join(cache_dir(), "teachers",
                                 f"{tcfg.type}-{teacher_key(tcfg, config, splits)}.pt")

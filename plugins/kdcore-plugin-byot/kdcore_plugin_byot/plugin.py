@@ -1,0 +1,15 @@
+"""Entry-point module: kept light, the algorithm is imported on first use."""
+
+import os
+
+import kdcore
+
+PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets", "fashion_mnist.yaml")
+
+
+@kdcore.hookimpl
+def kdcore_algorithms():
+    return [kdcore.Component(
+        "self_distillation", "kdcore_plugin_byot.algorithm:SelfDistillation",
+        "BYOT: shallow exit classifiers learn from the network's own deepest output and feature",
+        presets={"default": PRESET})]

@@ -1,0 +1,15 @@
+"""Entry-point module: kept light, the algorithm is imported on first use."""
+
+import os
+
+import kdcore
+
+PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets", "fashion_mnist.yaml")
+
+
+@kdcore.hookimpl
+def kdcore_algorithms():
+    return [kdcore.Component(
+        "data_free", "kdcore_plugin_datafree.algorithm:DataFree",
+        "DeepInversion: synthesise images from the teacher's BN statistics, then distil on them",
+        presets={"default": PRESET})]
