@@ -116,6 +116,7 @@ class DataConfig:
     val_split: int = 0
     labelled: int | None = None
     drop_unlabelled: bool = False
+    augment: list[ComponentConfig] = attrs.field(factory=list)
     params: dict[str, Any] = _params_field()
 
 

@@ -150,8 +150,9 @@ def _check_meta(kind: str, folder: str) -> None:
 
 def _cifar(kind: str, root: str, augment: bool, in_memory: bool) -> DataSource:
     if augment and in_memory:
-        raise UserError(f"data ({kind}): augment: true needs the per-sample path; "
-                        "set in_memory: false (or augment: false)")
+        raise UserError(f"data ({kind}): augment: true is the per-sample path's augmentation; in "
+                        "memory, use the batch augmentations instead: data.augment: [{type: "
+                        "random_crop, padding: 4}, {type: hflip}] (or set in_memory: false)")
     folder = _cifar_folder(kind, root)
     _check_meta(kind, folder)
     stats = _CIFAR[kind]["stats"]

@@ -51,13 +51,14 @@ class TrainBatches:
 
     def __init__(self, data: Any, batch_size: int, seed: int, *, device: torch.device,
                  num_workers: int = 0, channels_last: bool = False, rank: int = 0,
-                 world: int = 1) -> None:
+                 world: int = 1, augment: Any = None) -> None:
         self.data = data
         self.batch_size = max(1, min(batch_size, len(data)))
         self.seed = seed
         self.device = device
         self.num_workers = num_workers
         self.rank, self.world = rank, world
+        self.augment = augment  # kdcore.data.augment.BatchAugment, seeded per (epoch, step)
         self.in_memory = isinstance(data, TensorSplit)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if self.in_memory and device.type != "cpu":
@@ -76,13 +77,18 @@ class TrainBatches:
         step = self.batch_size // self.world
         if self.in_memory:
             order = order.to(self.device)
-            for chunk in order.split(step):
-                yield Batch(self._format(self.data.inputs[chunk]), self.data.targets[chunk], chunk)
+            for i, chunk in enumerate(order.split(step), start=start_step):
+                inputs = self.data.inputs[chunk]
+                if self.augment is not None:
+                    inputs = self.augment(inputs, self.seed, epoch, i * self.world + self.rank)
+                yield Batch(self._format(inputs), self.data.targets[chunk], chunk)
             return
         loader = DataLoader(_WithIndex(self.data), batch_size=step,
                             sampler=_OrderSampler(order), num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda")
-        for inputs, targets, indices in loader:
+        for i, (inputs, targets, indices) in enumerate(loader, start=start_step):
+            if self.augment is not None:
+                inputs = self.augment(inputs, self.seed, epoch, i * self.world + self.rank)
             yield Batch(self._format(inputs), targets, indices).to(self.device)
 
     def _format(self, inputs: torch.Tensor) -> torch.Tensor:

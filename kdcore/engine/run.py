@@ -24,6 +24,7 @@ import torch
 
 from ..assemble import build_algorithm, build_model, load_data
 from ..config import RunConfig, dump_yaml
+from ..data.augment import build_augment
 from ..errors import UserError
 from .batches import TrainBatches
 from .checkpoint import load_checkpoint, load_weights, save_atomic
@@ -152,6 +153,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     if device.type == "cpu" and config.trainer.cpu_tuning:
         tune_cpu(config.trainer.threads)
     splits = load_data(config.data)
+    augment = build_augment(config.data.augment)  # checked now, before any teacher trains
     distributed.check_batch(config.data.batch_size)
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
     if resume_dir is None and main:
@@ -174,9 +176,13 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     batches = algorithm.train_batches(
         TrainBatches(splits.student_train, config.data.batch_size, config.seed, device=device,
                      channels_last=config.trainer.channels_last, rank=distributed.rank(),
-                     world=distributed.world_size()))
+                     world=distributed.world_size(), augment=augment))
     if len(batches) == 0:
         raise UserError(f"config key data.batch_size: {config.data.batch_size} leaves no batch")
+    if config.trainer.teacher_cache and augment is not None:
+        raise UserError("trainer.teacher_cache: data.augment draws new random crops and flips every "
+                        "epoch, so the teacher's outputs change with them and cannot be cached; drop "
+                        "one of the two")
     if config.trainer.teacher_cache and algorithm.distiller is not None:
         attach_teacher_cache(algorithm.distiller, batches.data if hasattr(batches, "data") else None,
                              {n: t["checkpoint"] for n, t in teachers.items()}, device,
