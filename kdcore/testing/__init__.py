@@ -21,7 +21,7 @@ The classes are plain pytest classes (no fixtures, no conftest needed); ``tests_
 from ._base import ContractBase, OptOut, seeded
 from .algorithms import AlgorithmContract
 from .connectors import ConnectorContract
-from .e2e import run_preset
+from .e2e import default_job_differences, run_preset
 from .heads import DistillerContract, HeadContract
 from .install import install_dist_info
 from .losses import LossContract
@@ -30,7 +30,7 @@ from .plugin import PluginContract, isolated_plugins, using_plugins
 from .tiny import FrozenSource, MeanSquared, random_split, tiny_cnn
 
 __all__ = [
-    "AlgorithmContract", "ConnectorContract", "ContractBase", "DatasetContract",
+    "AlgorithmContract", "ConnectorContract", "ContractBase", "DatasetContract", "default_job_differences",
     "DistillerContract", "FrozenSource", "HeadContract", "LossContract", "MeanSquared",
     "ModelContract", "OptOut", "PluginContract", "install_dist_info", "isolated_plugins",
     "random_split", "run_preset", "seeded", "tiny_cnn", "using_plugins",

@@ -26,6 +26,23 @@ TINY_SETS = ("data.train_limit=256", "data.test_limit=256", "trainer.epochs=1",
              "teachers.0.train.epochs=1", "trainer.progress=false")
 
 
+def default_job_differences(preset: Path | str) -> list[str]:
+    """The keys in which a preset differs from the default job outside its distill points.
+
+    Presets that keep the default job's data, student, schedule, trainer and teacher blocks share
+    its cached teacher (the cache is keyed by the teacher's recipe) and compare cleanly with it.
+    """
+    import yaml
+
+    default = yaml.safe_load((resources.files("kdcore") / "presets" / "teacher_student.yaml").read_text())
+    mine = yaml.safe_load(Path(preset).read_text())
+    keys = [k for k in ("data", "student", "optimizer", "schedule", "trainer", "seed")
+            if mine.get(k) != default.get(k)]
+    keys += [f"teachers[0].{k}" for k in ("name", "type", "checkpoint", "train")
+             if mine["teachers"][0].get(k) != default["teachers"][0].get(k)]
+    return keys
+
+
 def kdcore_command() -> list[str]:
     exe = shutil.which("kdcore")
     return [exe] if exe else [sys.executable, "-m", "kdcore"]

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +14,7 @@ from kdcore_plugin_byot.exits import ExitClassifier, ExitModel
 from torch import nn
 
 import kdcore
+from kdcore.testing import run_preset
 from kdcore.models.cnn import cnn_student
 
 TASK = kdcore.ClassificationTask(10)
@@ -185,28 +182,12 @@ def test_user_errors():
 
 # --- end to end ------------------------------------------------------------------------------
 
-def _kdcore_command() -> list[str]:
-    exe = shutil.which("kdcore") or str(Path(sys.executable).with_name("kdcore"))
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "kdcore"]
-
-
 @pytest.mark.e2e
 def test_cli_runs_default_preset(tmp_path):
-    if importlib.util.find_spec("kdcore.cli") is None:
-        pytest.skip("kdcore CLI (kdcore.cli) is not available yet")
-    cmd = _kdcore_command() + [
-        "run", "--algo", "self_distillation",
-        "--set", "data.train_limit=256", "--set", "data.test_limit=256",
-        "--set", "trainer.epochs=1", "--set", "trainer.progress=false", "--output-dir", str(tmp_path),
-        "--set", "trainer.threads=1",
-    ]
-    env = dict(os.environ, KDCORE_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("run dir: "), proc.stdout
-    run_dir = Path(last[len("run dir: "):].strip())
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = run_preset("kdcore_plugin_byot", "fashion_mnist.yaml", tmp_path, algo="self_distillation",
+                         sets=("data.train_limit=256", "data.test_limit=256", "trainer.epochs=1",
+                               "trainer.progress=false", "trainer.threads=1"))
+    run_dir = Path(summary["run_dir"])
     assert summary["algo"] == "self_distillation" and summary["epochs"] == 1
     assert 0.0 <= summary["student"]["top1"] <= 100.0
     assert set(summary["exits"]) == {"exit_stage1", "exit_stage2"}

@@ -3,13 +3,9 @@ end-to-end run on a data root that holds only the test files."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +27,7 @@ from kdcore_plugin_datafree.inversion import (
 from torch import nn
 
 import kdcore
+from kdcore.testing import run_preset
 from kdcore.models.cnn import cnn_student, cnn_teacher
 
 TASK = kdcore.ClassificationTask(10)
@@ -226,11 +223,6 @@ def test_kd_term_matches_loop_arithmetic():
 
 # --- end to end ------------------------------------------------------------------------------
 
-def _kdcore_command() -> list[str]:
-    exe = shutil.which("kdcore") or str(Path(sys.executable).with_name("kdcore"))
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "kdcore"]
-
-
 @pytest.fixture
 def test_only_root(tmp_path):
     """A data root holding only the t10k (test) files: opening the training split would fail."""
@@ -245,27 +237,15 @@ def test_only_root(tmp_path):
 
 @pytest.mark.e2e
 def test_cli_run_without_training_files(tmp_path, test_only_root):
-    if importlib.util.find_spec("kdcore.cli") is None:
-        pytest.skip("kdcore CLI (kdcore.cli) is not available yet")
     teacher = tmp_path / "teacher.pt"
     torch.save(calibrated(cnn_teacher()).state_dict(), teacher)
     grid = tmp_path / "grid.png"
-    cmd = _kdcore_command() + [
-        "run", "--algo", "data_free", "--set", f"data.root={test_only_root}",
-        "--set", f"teachers.0.checkpoint={teacher}", "--set", "data.test_limit=256",
-        "--set", "data.batch_size=32", "--set", "algorithm.iterations=3",
-        "--set", "algorithm.batches_per_epoch=2", "--set", "algorithm.pool_size=2",
-        "--set", f"algorithm.grid_path={grid}", "--set", "trainer.epochs=1",
-        "--set", "trainer.progress=false", "--output-dir", str(tmp_path / "runs"),
-        "--set", "trainer.threads=1",
-    ]
-    env = dict(os.environ, KDCORE_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("run dir: "), proc.stdout
-    run_dir = Path(last[len("run dir: "):].strip())
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = run_preset("kdcore_plugin_datafree", "fashion_mnist.yaml", tmp_path, algo="data_free", sets=(
+        f"data.root={test_only_root}", f"teachers.0.checkpoint={teacher}", "data.test_limit=256",
+        "data.batch_size=32", "algorithm.iterations=3", "algorithm.batches_per_epoch=2",
+        "algorithm.pool_size=2", f"algorithm.grid_path={grid}", "trainer.epochs=1",
+        "trainer.progress=false", "trainer.threads=1"))
+    run_dir = Path(summary["run_dir"])
     assert summary["algo"] == "data_free" and summary["train_images"] == 0
     assert 0.0 <= summary["student"]["top1"] <= 100.0
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])

@@ -3,13 +3,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +14,7 @@ from kdcore_plugin_meal.algorithm import MealV2, ensemble_kl
 from kdcore_plugin_meal.discriminator import Discriminator
 
 import kdcore
+from kdcore.testing import run_preset
 from kdcore.models.cnn import SmallCNN, cnn_student
 
 TASK = kdcore.ClassificationTask(10)
@@ -168,11 +165,6 @@ def test_teachers_stay_frozen_and_discriminator_is_trained():
 
 # --- end to end ------------------------------------------------------------------------------
 
-def _kdcore_command() -> list[str]:
-    exe = shutil.which("kdcore") or str(Path(sys.executable).with_name("kdcore"))
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "kdcore"]
-
-
 TINY = ["--set", "data.train_limit=128", "--set", "data.test_limit=128", "--set", "trainer.epochs=1",
         "--set", "teachers.0.train.epochs=1", "--set", "teachers.1.train.epochs=1",
         "--set", "trainer.progress=false", "--set", "trainer.threads=1"]
@@ -193,14 +185,9 @@ def _run_dir(stdout: str) -> Path:
 
 @pytest.mark.e2e
 def test_cli_runs_default_preset(tmp_path, cache_dir):
-    if importlib.util.find_spec("kdcore.cli") is None:
-        pytest.skip("kdcore CLI (kdcore.cli) is not available yet")
-    cmd = _kdcore_command() + ["run", "--algo", "meal_v2", *TINY, "--output-dir", str(tmp_path)]
-    env = dict(os.environ, KDCORE_CACHE_DIR=str(cache_dir))
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    run_dir = _run_dir(proc.stdout)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = run_preset("kdcore_plugin_meal", "fashion_mnist.yaml", tmp_path, algo="meal_v2",
+                         sets=tuple(TINY[1::2]))
+    run_dir = Path(summary["run_dir"])
     assert summary["algo"] == "meal_v2" and summary["epochs"] == 1
     assert 0.0 <= summary["student"]["top1"] <= 100.0
     assert set(summary["teachers"]) == {"teacher", "cnn_deep"}
