@@ -1,2 +1,3 @@
-def pytest_configure(config):
-    config.addinivalue_line("markers", "e2e: runs the kdcore CLI end to end in a subprocess")
+"""The kit's test set-up: the ``e2e`` marker."""
+
+from kdcore.testing.pytest_setup import pytest_configure  # noqa: F401

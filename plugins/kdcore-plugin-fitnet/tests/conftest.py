@@ -1,5 +1,3 @@
-"""Registers the ``e2e`` marker used by this plugin's end-to-end CLI test."""
+"""The kit's test set-up: the ``e2e`` marker."""
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "e2e: end-to-end test that runs the kdcore CLI (slow)")
+from kdcore.testing.pytest_setup import pytest_configure  # noqa: F401

@@ -1,17 +1,3 @@
-"""Test set-up: the ``e2e`` marker, and one intra-op thread for these tiny tensors (more threads
-only add contention, badly so on a loaded 2-core machine)."""
+"""The kit's test set-up: the ``e2e`` marker, and one intra-op thread per test."""
 
-import pytest
-import torch
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "e2e: end-to-end test that runs the kdcore CLI (slow)")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from kdcore.testing.pytest_setup import one_thread, pytest_configure  # noqa: F401
