@@ -219,6 +219,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
             with open(metrics_path, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
+    rows_written = [len(_metrics_rows(metrics_path)) if main else 0]  # counted once, then in memory
 
     def save(stages: bool) -> None:
         if not main:
@@ -226,7 +227,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
         save_atomic({"format": 1, "algorithm": trainable_state(algorithm),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "position": attrs.asdict(position), "rng": _rng_state(), "stages_done": stages,
-                     "metrics_rows": len(_metrics_rows(metrics_path)),
+                     "metrics_rows": rows_written[0],
                      "teachers_sha256": checksums}, checkpoint_path)
 
     try:
@@ -254,6 +255,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
             row = {"epoch": pos.epoch, "lr": optimizer.param_groups[0]["lr"], "train": train, **scores}
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+            rows_written[0] += 1
             shown = {f"{m} {s} top1" if len(scores) > 1 else f"{s} top1": v["top1"]
                      for m, by_split in scores.items() for s, v in by_split.items() if "top1" in v}
             log(describe_epoch(pos.epoch, config.trainer.epochs, train, shown))
