@@ -71,8 +71,7 @@ def load_data(cfg: DataConfig) -> Splits:
                             f"{len(train)} training images")
         student_train = keep_labels(train, cfg.labelled)
         if cfg.drop_unlabelled:  # the baseline: the student alone on the labelled images only
-            labelled = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: cfg.labelled]
-            student_train = _take(train, labelled.sort().values)
+            student_train = _take(train, labelled_indices(len(train), cfg.labelled).sort().values)
     return Splits(source, train, val, test, student_train)
 
 
@@ -88,6 +87,11 @@ class _MaskedLabels(torch.utils.data.Dataset):
         return x, (y if bool(self.labelled[i]) else -1)
 
 
+def labelled_indices(total: int, n: int) -> torch.Tensor:
+    """The ``n`` training images that keep their label: a fixed random subset (seed 0)."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n]
+
+
 def keep_labels(train: Any, n: int) -> Any:
     """The student's view of the training split when only ``n`` images keep their label.
 
@@ -96,7 +100,7 @@ def keep_labels(train: Any, n: int) -> Any:
     images are a fixed random subset (seed 0); teachers are trained on every label.
     """
     labelled = torch.zeros(len(train), dtype=torch.bool)
-    labelled[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]] = True
+    labelled[labelled_indices(len(train), n)] = True
     if isinstance(train, TensorSplit):
         return TensorSplit(train.inputs, torch.where(labelled, train.targets, -1))
     return _MaskedLabels(train, labelled)
