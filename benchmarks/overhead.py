@@ -53,6 +53,7 @@ from kdcore.engine.batches import TrainBatches, epoch_order
 from kdcore.engine.cpu import tune_cpu
 from kdcore.engine.loop import Position, train_epochs
 from kdcore.engine.optim import make_optimizer, make_scheduler
+from kdcore.engine.run import speed_up
 
 GOAL = 1.03
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,6 +104,7 @@ class KdcoreSetup:
         student = build_model(config.student, splits.source, "student")
         self.algorithm: Algorithm = build_algorithm(config, splits, student, teachers)
         self.algorithm.to(device)
+        speed_up(self.algorithm, config, device)  # the teachers' layout, as ``kdcore run`` sets it
         self.batches = TrainBatches(splits.train, config.data.batch_size, config.seed, device=device)
         self.optimizer = make_optimizer(self.algorithm.trainable_parameters(), config.optimizer)
         self.scheduler = make_scheduler(self.optimizer, config.schedule, len(self.batches),

@@ -133,6 +133,7 @@ class TrainerConfig:
     teacher_cache: bool = False
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
+    teacher_memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
     compile: bool = False
     compile_backend: str = "inductor"
 

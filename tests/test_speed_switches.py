@@ -48,3 +48,51 @@ def test_compile_matches(tmp_path, tiny, baseline) -> None:
     # code generation on a 2-core test machine; inductor is the default for real runs
     row = last_row(tmp_path, tiny, "trainer.compile=true", "trainer.compile_backend=aot_eager")
     assert row["train"]["loss"] == pytest.approx(baseline["train"]["loss"], rel=1e-3)
+
+
+def test_teacher_layout_auto_is_channels_last_on_cpu_only() -> None:
+    import torch
+
+    from kdcore.engine.run import teacher_memory_format
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert teacher_memory_format("auto", cpu, False) is torch.channels_last
+    assert teacher_memory_format("auto", gpu, False) is torch.contiguous_format
+    assert teacher_memory_format("auto", gpu, True) is torch.channels_last
+    assert teacher_memory_format("contiguous", cpu, False) is torch.contiguous_format
+    assert teacher_memory_format("channels_last", gpu, False) is torch.channels_last
+
+
+def test_teacher_layout_changes_speed_not_results(tmp_path, tiny, baseline) -> None:
+    # the baseline ran with the default (auto: channels_last teachers on the CPU)
+    row = last_row(tmp_path, tiny, "trainer.teacher_memory_format=contiguous")
+    assert row["train"]["kd"] == pytest.approx(baseline["train"]["kd"], rel=1e-4)
+    assert row["train"]["loss"] == pytest.approx(baseline["train"]["loss"], rel=1e-4)
+
+
+def test_speed_up_puts_only_the_teachers_in_channels_last(tiny) -> None:
+    from importlib import resources
+
+    import torch
+
+    from kdcore.assemble import build_algorithm, load_data
+    from kdcore.config import load_config, read_yaml
+    from kdcore.engine.run import speed_up
+    from kdcore.models.cnn import cnn_student, cnn_teacher
+
+    preset = str(resources.files("kdcore") / "presets" / "teacher_student.yaml")
+    config = load_config(read_yaml(preset), tiny)
+    splits = load_data(config.data)
+    algorithm = build_algorithm(config, splits, cnn_student(), {config.teachers[0].name: cnn_teacher()})
+    x = torch.randn(4, 1, 28, 28)
+    teacher = next(iter(algorithm.distiller.teachers.values()))
+    with torch.no_grad():
+        before = teacher(x)
+    speed_up(algorithm, config, torch.device("cpu"))
+    assert teacher.stage1.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not teacher.stage2.conv.weight.is_contiguous()
+    assert algorithm.student.stage2.conv.weight.is_contiguous()
+    with torch.no_grad():
+        after = teacher(x)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+    algorithm.remove_taps()

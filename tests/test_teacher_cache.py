@@ -67,3 +67,12 @@ def test_feature_taps_are_cached_by_index() -> None:
         cached = distiller.teacher_features(data.inputs[idx], indices=idx)["t"]["stage2"]
         live = distiller.compute_teacher_features(data.inputs[idx])["t"]["stage2"]
         assert torch.allclose(cached, live, atol=1e-5)
+
+        # on an accelerator the cache is gathered where the rows are used; the same rows
+        from kdcore.engine.teacher_cache import TeacherOutputCache
+
+        memmapped = distiller.caches["t"]
+        resident = TeacherOutputCache(memmapped.path, list(memmapped.arrays), resident_on=torch.device("cpu"))
+        assert resident.resident and resident.nbytes == memmapped.nbytes
+        for key, rows in memmapped.rows(idx, torch.device("cpu")).items():
+            assert torch.equal(resident.rows(idx, torch.device("cpu"))[key], rows)

@@ -31,6 +31,7 @@ from ..errors import UserError
 from .teachers import cache_dir, weights_checksum
 
 VERSION = 1
+RESIDENT_BYTES = 4 << 30  # caches up to this size live on the accelerator
 
 
 def inputs_digest(data: TensorSplit) -> str:
@@ -53,14 +54,31 @@ def _folder_for(checkpoint: str) -> str:
 
 
 class TeacherOutputCache:
-    """The cached outputs of one teacher's taps over one training split."""
+    """The cached outputs of one teacher's taps over one training split.
 
-    def __init__(self, path: str, keys: list[str]) -> None:
+    On the CPU the rows are read from the memory-mapped files. On an accelerator, a cache that
+    fits (:data:`RESIDENT_BYTES`) is copied to the device once (``resident_on``), so a step
+    gathers its rows there: reading the files would move every batch's indices to the host and
+    wait for the device.
+    """
+
+    def __init__(self, path: str, keys: list[str], resident_on: torch.device | None = None) -> None:
         self.path = path
         self.arrays = {key: np.load(os.path.join(path, f"{i}.npy"), mmap_mode="r")
                        for i, key in enumerate(keys)}
+        self.resident: dict[str, torch.Tensor] = {}
+        if resident_on is not None:
+            self.resident = {key: torch.from_numpy(np.array(array)).to(resident_on)
+                             for key, array in self.arrays.items()}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self.arrays.values())
 
     def rows(self, indices: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        if self.resident:
+            return {key: table.index_select(0, indices.to(table.device, non_blocking=True))
+                    for key, table in self.resident.items()}
         idx = indices.detach().cpu().numpy()
         return {key: torch.from_numpy(np.ascontiguousarray(array[idx])).to(device, non_blocking=True)
                 for key, array in self.arrays.items()}
@@ -119,6 +137,9 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
         else:
             log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}")
             _fill(distiller, name, data, folder, keys, batch_size, device, progress)
-        distiller.caches[name] = TeacherOutputCache(folder, keys)
+        cache = TeacherOutputCache(folder, keys)
+        if device.type != "cpu" and cache.nbytes <= RESIDENT_BYTES:
+            cache = TeacherOutputCache(folder, keys, resident_on=device)
+        distiller.caches[name] = cache
         paths[name] = folder
     return paths
