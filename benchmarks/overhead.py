@@ -94,7 +94,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 class KdcoreSetup:
     """Everything ``kdcore run`` builds before training, minus teacher training and caching."""
 
-    def __init__(self, config: RunConfig, splits: Splits, device: torch.device) -> None:
+    def __init__(self, config: RunConfig, splits: Splits, device: torch.device,
+                 rewrite_teachers: bool = True) -> None:
         self.config = config
         self.device = device
         torch.manual_seed(config.seed)
@@ -104,7 +105,8 @@ class KdcoreSetup:
         student = build_model(config.student, splits.source, "student")
         self.algorithm: Algorithm = build_algorithm(config, splits, student, teachers)
         self.algorithm.to(device)
-        speed_up(self.algorithm, config, device)  # the teachers' layout, as ``kdcore run`` sets it
+        if rewrite_teachers:  # layout and BatchNorm folding, as ``kdcore run`` does
+            speed_up(self.algorithm, config, device)
         self.batches = TrainBatches(splits.train, config.data.batch_size, config.seed, device=device)
         self.optimizer = make_optimizer(self.algorithm.trainable_parameters(), config.optimizer)
         self.scheduler = make_scheduler(self.optimizer, config.schedule, len(self.batches),
@@ -124,7 +126,7 @@ class KdcoreSetup:
             self.algorithm, _Take(self._stream, n), self.optimizer, self.scheduler,
             epochs=self.position.epoch + 1, position=self.position,
             on_nonfinite=self.config.trainer.on_nonfinite, grad_clip=self.config.trainer.grad_clip,
-            progress=progress, on_step=lambda _pos: stamp())
+            progress=progress, on_step=lambda _pos, _settle: stamp())
 
 
 class _Take:

@@ -27,7 +27,8 @@ ROWS = {
 }
 
 
-def run(device: str, epochs: int, extra: list[str], out: str) -> float:
+def run(device: str, epochs: int, extra: list[str], out: str) -> float | None:
+    """Mean images/s of epochs 2.. of one ``kdcore run``; ``None`` (reason printed) if it failed."""
     cmd = [sys.executable, "-m", "kdcore", "run", "--output-dir", out,
            "--set", f"trainer.device={device}", "--set", f"trainer.epochs={epochs}",
            "--set", "trainer.progress=false"]
@@ -38,7 +39,8 @@ def run(device: str, epochs: int, extra: list[str], out: str) -> float:
             cmd += ["--set", item]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-1500:]}")
+        print(f"{' '.join(cmd)} failed:\n{proc.stderr[-1500:]}", file=sys.stderr, flush=True)
+        return None
     run_dir = proc.stdout.strip().splitlines()[-1][len("run dir: "):]
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     return statistics.mean(r["train"]["images_per_second"] for r in rows[1:] or rows)
@@ -54,15 +56,21 @@ def main() -> None:
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     rows = {k: v for k, v in ROWS.items() if not args.rows or k in args.rows.split(",")}
-    run(args.device, 1, ["trainer.epochs=1"], args.out)  # train and cache the teacher first
+    if run(args.device, 1, ["trainer.epochs=1"], args.out) is None:  # train and cache the teacher first
+        raise SystemExit("the default job does not run; see above")
     seen: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(args.repeats):
         for name, extra in rows.items():
-            seen[name].append(run(args.device, args.epochs, extra, args.out))
-            print(f"{name}: {seen[name][-1]:.0f} img/s", flush=True)
-    base = statistics.mean(seen.get("baseline (fp32)", [1.0]))
+            speed = run(args.device, args.epochs, extra, args.out)
+            if speed is not None:
+                seen[name].append(speed)
+            print(f"{name}: {'failed' if speed is None else f'{speed:.0f} img/s'}", flush=True)
+    base = statistics.mean(seen.get("baseline (fp32)") or [1.0])
     print("\n| switch | images/s | vs baseline |\n|---|---|---|")
     for name, values in seen.items():
+        if not values:
+            print(f"| {name} | failed | |")
+            continue
         print(f"| {name} | {statistics.mean(values):.0f} | {statistics.mean(values) / base:.2f}x |")
     if args.json:
         json.dump(seen, open(args.json, "w"), indent=1)

@@ -134,6 +134,7 @@ class TrainerConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     teacher_memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
+    teacher_fold_bn: bool = True
     compile: bool = False
     compile_backend: str = "inductor"
 

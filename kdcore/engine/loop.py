@@ -73,13 +73,15 @@ def train_epochs(
     amp: str = "none",
     step_module: Callable[..., dict[str, torch.Tensor]] | None = None,
     reduce: Callable[..., tuple[dict[str, float], int, int]] | None = None,
-    on_step: Callable[[Position], None] | None = None,
+    on_step: Callable[[Position, Callable[[], None]], None] | None = None,
     on_epoch_end: Callable[[Position, dict[str, float]], None] | None = None,
 ) -> Position:
     """Train from ``position`` until ``epochs`` are done; returns the final position.
 
     ``step_module`` replaces ``algorithm.training_step`` (a DDP wrapper of it); ``reduce``
-    combines the epoch's loss sums across processes."""
+    combines the epoch's loss sums across processes. ``on_step(position, settle)`` runs after
+    every step; it calls ``settle()`` before it reads ``position.sums`` (that waits for the
+    device, so a callback that does not read them must not)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     device = params[0].device if params else torch.device("cpu")
     # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not
@@ -139,8 +141,7 @@ def train_epochs(
                     bar.set_postfix_str(f"{format_terms(means)} | "
                                         f"{position.seen / max(position.seconds, 1e-9):.0f} img/s", refresh=False)
             if on_step is not None:
-                fold(position, running)
-                on_step(position)
+                on_step(position, lambda: fold(position, running))
         bar.close()
         fold(position, running)
         if reduce is not None:

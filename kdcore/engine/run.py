@@ -33,6 +33,7 @@ from .cpu import tune_cpu
 from .evaluate import evaluate
 from .loop import Position, describe_epoch, run_stage, train_epochs
 from .optim import make_optimizer, make_scheduler
+from .frozen import fold_batchnorm, teacher_memory_format
 from .teacher_cache import attach_teacher_cache
 from .teachers import prepare_teachers, weights_checksum
 
@@ -104,19 +105,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def teacher_memory_format(setting: str, device: torch.device, channels_last: bool) -> torch.memory_format:
-    """The layout frozen teachers run in. ``auto``: channels_last on the CPU, where oneDNN's
-    inference convolutions and pooling are 1.0-2.5x faster in it (docs/benchmarks.md); the
-    layout of the rest of the algorithm elsewhere. Values agree within float rounding."""
-    if setting == "channels_last" or (setting == "auto" and (device.type == "cpu" or channels_last)):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = None) -> None:
-    """``trainer.channels_last``, ``trainer.teacher_memory_format`` and ``trainer.compile``: same
-    results within float rounding, faster where the hardware allows. ``Module.compile`` compiles
-    in place, so module paths, taps and state_dict keys are unchanged."""
+    """``trainer.channels_last``, the teachers' inference rewrites (:mod:`.frozen`) and
+    ``trainer.compile``: same results within float rounding, faster where the hardware allows.
+    ``Module.compile`` compiles in place, so module paths, taps and state_dict keys are unchanged."""
     if config.trainer.channels_last:
         algorithm.to(memory_format=torch.channels_last)
     if algorithm.distiller is not None:
@@ -124,6 +116,8 @@ def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = No
                                        device or next(algorithm.student.parameters()).device,
                                        config.trainer.channels_last)
         for teacher in algorithm.distiller.teachers.values():
+            if config.trainer.teacher_fold_bn:
+                fold_batchnorm(teacher)
             teacher.to(memory_format=layout)
     if config.trainer.compile:
         backend = config.trainer.compile_backend
@@ -179,6 +173,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     check_assembly(config, splits)
     teachers = prepare_teachers(config, splits, device, log)
     checksums = {name: weights_checksum(t["model"]) for name, t in teachers.items()}
+    for t in teachers.values():  # as trained, before speed_up folds BatchNorms into convolutions
+        t["params"] = sum(p.numel() for p in t["model"].parameters())
     torch.manual_seed(config.seed)  # the student's init must not depend on teacher caching
     student = build_model(config.student, splits.source, "student")
     if config.student.checkpoint:
@@ -187,6 +183,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
                                 run_dir=run_dir)
     algorithm.to(device)
     speed_up(algorithm, config, device)
+    for t in teachers.values():  # the weights as they run: they must not change from here on
+        t["running_sha256"] = weights_checksum(t["model"])
 
     batches = algorithm.train_batches(
         TrainBatches(splits.student_train, config.data.batch_size, config.seed, device=device,
@@ -276,9 +274,10 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
             log(describe_epoch(pos.epoch, config.trainer.epochs, train, shown))
             save(True)
 
-        def on_step(pos: Position) -> None:
+        def on_step(pos: Position, settle: Callable[[], None]) -> None:
             every = config.trainer.checkpoint_every
             if every and pos.global_step % every == 0 and pos.step_in_epoch < len(batches):
+                settle()  # the checkpoint holds the epoch's loss sums so far
                 save(True)
 
         train_epochs(algorithm, batches, optimizer, scheduler, epochs=config.trainer.epochs,
@@ -329,13 +328,12 @@ def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str
     per_teacher = {}
     for name, info in teachers.items():
         model = info["model"]
-        after = weights_checksum(model)
-        if after != checksums[name]:
+        if weights_checksum(model) != info["running_sha256"]:
             raise RuntimeError(f"teacher {name!r} weights changed during the run; this is a bug")
         per_teacher[name] = {**evaluate(model, splits.test, task, batch_size=config.data.eval_batch_size,
                                         device=device),
-                             "params": sum(p.numel() for p in model.parameters()),
-                             "checkpoint": info["checkpoint"], "sha256": after}
+                             "params": info["params"], "checkpoint": info["checkpoint"],
+                             "sha256": checksums[name]}
     if per_teacher:
         summary["teacher"] = next(iter(per_teacher.values()))
         summary["teachers"] = per_teacher

@@ -1,0 +1,86 @@
+"""Frozen-teacher rewrites (kdcore/engine/frozen.py): less work, the same outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdcore.components.distiller import freeze
+from kdcore.engine.frozen import fold_batchnorm
+from kdcore.models.cnn import cnn_teacher
+from kdcore.taps import FeatureTaps, Tap
+
+
+def trained_like_teacher(seed: int = 0) -> nn.Module:
+    """A teacher whose BatchNorms hold non-trivial statistics and affine parameters."""
+    torch.manual_seed(seed)
+    model = cnn_teacher()
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(32, 1, 28, 28) * 2 + 0.5)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return freeze(model)
+
+
+def test_folding_keeps_outputs_and_paths() -> None:
+    model = trained_like_teacher()
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+        paths = [n for n, _ in model.named_modules()]
+    assert fold_batchnorm(model) == ["stage1.bn", "stage2.bn", "stage3.bn"]
+    assert [n for n, _ in model.named_modules()] == paths
+    assert isinstance(model.stage2.bn, nn.Identity)
+    assert model.stage2.conv.bias is not None and not model.stage2.conv.bias.requires_grad
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_value_is_the_batchnorm_formula() -> None:
+    # one conv + BN pair, checked against gamma * (conv(x) - mean) / sqrt(var + eps) + beta
+    conv, bn = nn.Conv2d(2, 3, 3, bias=True), nn.BatchNorm2d(3, eps=1e-3)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 0.25, 1.0]))
+        bn.weight.copy_(torch.tensor([2.0, -1.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+    pair = freeze(nn.Sequential(conv, bn))
+    x = torch.randn(2, 2, 5, 5)
+    with torch.no_grad():
+        c = conv(x)
+        expected = (torch.tensor([2.0, -1.0, 0.5]).view(1, 3, 1, 1)
+                    * (c - torch.tensor([0.5, -1.0, 2.0]).view(1, 3, 1, 1))
+                    / torch.sqrt(torch.tensor([4.0, 0.25, 1.0]) + 1e-3).view(1, 3, 1, 1)
+                    + torch.tensor([0.1, 0.2, -0.3]).view(1, 3, 1, 1))
+        assert fold_batchnorm(pair) == ["1"]
+        torch.testing.assert_close(pair(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tap", [Tap("stage2.conv"), Tap("stage2.bn"), Tap("stage2.bn", "input")])
+def test_tapped_pairs_are_left_alone(tap: Tap) -> None:
+    model = trained_like_teacher()
+    x = torch.randn(4, 1, 28, 28)
+    taps = FeatureTaps(model, [tap])
+    with torch.no_grad():
+        model(x)
+    seen = taps.features[tap.key].clone()
+    assert fold_batchnorm(model) == ["stage1.bn", "stage3.bn"]
+    assert isinstance(model.stage2.bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        model(x)
+    torch.testing.assert_close(taps.features[tap.key], seen, rtol=1e-5, atol=1e-5)
+    taps.remove()
+
+
+def test_trainable_or_training_models_are_not_folded() -> None:
+    trainable = cnn_teacher().eval()  # parameters still require gradients
+    assert fold_batchnorm(trainable) == []
+    assert isinstance(trainable.stage1.bn, nn.BatchNorm2d)
+    training = freeze(cnn_teacher()).train()  # BN would use batch statistics
+    assert fold_batchnorm(training) == []
