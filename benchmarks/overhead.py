@@ -126,7 +126,7 @@ class KdcoreSetup:
             self.algorithm, _Take(self._stream, n), self.optimizer, self.scheduler,
             epochs=self.position.epoch + 1, position=self.position,
             on_nonfinite=self.config.trainer.on_nonfinite, grad_clip=self.config.trainer.grad_clip,
-            progress=progress, on_step=lambda _pos, _settle: stamp())
+            progress=progress, on_step=lambda _pos: stamp())
 
 
 class _Take:

@@ -70,6 +70,8 @@ def load_data(cfg: DataConfig) -> Splits:
             raise UserError(f"config key data.labelled: {cfg.labelled} is more than the "
                             f"{len(train)} training images")
         student_train = keep_labels(train, cfg.labelled)
+        if hasattr(source.task, "partial_labels"):
+            source.task.partial_labels = True  # some batches may hold no label at all
         if cfg.drop_unlabelled:  # the baseline: the student alone on the labelled images only
             student_train = _take(train, labelled_indices(len(train), cfg.labelled).sort().values)
     return Splits(source, train, val, test, student_train)

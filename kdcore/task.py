@@ -53,13 +53,19 @@ class ClassificationTask:
 
     primary_metric = "top1"
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, partial_labels: bool = False) -> None:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+        # set by ``data.labelled``: a batch may then hold no label at all
+        self.partial_labels = partial_labels
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the labelled samples (target -1 = unlabelled; 0 when a batch
-        has none). Written without a host sync: no ``.any()`` on a GPU tensor."""
+        """Mean cross-entropy over the labelled samples (target -1 = unlabelled). With
+        ``partial_labels`` a batch without labels gives 0 rather than 0/0, computed without a
+        host sync (no ``.any()`` on a GPU tensor); otherwise it is the plain mean (that guard
+        costs four small kernels a step, which a launch-bound GPU step notices)."""
+        if not self.partial_labels:
+            return F.cross_entropy(outputs, targets, ignore_index=-1, label_smoothing=self.label_smoothing)
         total = F.cross_entropy(outputs, targets, ignore_index=-1, reduction="sum",
                                 label_smoothing=self.label_smoothing)
         return total / (targets >= 0).sum().clamp_min(1)

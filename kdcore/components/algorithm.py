@@ -36,7 +36,13 @@ class Algorithm(nn.Module):
     :param student: the network being trained.
     :param task: scores the student's outputs (its own loss and the metric).
     :param distiller: the teachers and distillation heads, or ``None`` for plain training.
+
+    ``fold_teacher_batchnorm``: the engine may fold the frozen teachers' BatchNorms into their
+    convolutions (``trainer.teacher_fold_bn``, kdcore/engine/frozen.py). An algorithm that reads
+    the teachers' BatchNorm layers while training (data-free inversion does) sets it to False.
     """
+
+    fold_teacher_batchnorm = True
 
     def __init__(self, student: nn.Module, task: Any, distiller: Distiller | None = None) -> None:
         super().__init__()

@@ -47,13 +47,6 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def fold(position: Position, running: dict[str, torch.Tensor]) -> None:
-    """Move the device-side running sums of loss terms into ``position.sums`` (one sync)."""
-    for name, value in running.items():
-        position.sums[name] = position.sums.get(name, 0.0) + float(value)
-    running.clear()
-
-
 def format_terms(terms: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in terms.items())
 
@@ -73,15 +66,13 @@ def train_epochs(
     amp: str = "none",
     step_module: Callable[..., dict[str, torch.Tensor]] | None = None,
     reduce: Callable[..., tuple[dict[str, float], int, int]] | None = None,
-    on_step: Callable[[Position, Callable[[], None]], None] | None = None,
+    on_step: Callable[[Position], None] | None = None,
     on_epoch_end: Callable[[Position, dict[str, float]], None] | None = None,
 ) -> Position:
     """Train from ``position`` until ``epochs`` are done; returns the final position.
 
     ``step_module`` replaces ``algorithm.training_step`` (a DDP wrapper of it); ``reduce``
-    combines the epoch's loss sums across processes. ``on_step(position, settle)`` runs after
-    every step; it calls ``settle()`` before it reads ``position.sums`` (that waits for the
-    device, so a callback that does not read them must not)."""
+    combines the epoch's loss sums across processes. ``on_step(position)`` runs after every step."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     device = params[0].device if params else torch.device("cpu")
     # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not
@@ -92,7 +83,6 @@ def train_epochs(
         started = time.perf_counter() - position.seconds
         bar = tqdm(total=len(batches), initial=position.step_in_epoch, disable=not progress,
                    desc=f"{label} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
-        running: dict[str, torch.Tensor] = {}
         shown_at = 0.0
         for batch in batches.epoch(epoch, position.step_in_epoch):
             with autocast(device, amp):
@@ -100,12 +90,13 @@ def train_epochs(
                     terms = step_module(batch, epoch, position.global_step)
                 else:
                     terms = algorithm.training_step(batch, epoch=epoch, step=position.global_step)
-            loss = torch.stack([v.float() for v in terms.values()]).sum()
-            # one host sync a step: the sum is finite only if every term is
-            if not bool(torch.isfinite(loss)):
-                bad = next(k for k, v in terms.items() if not bool(torch.isfinite(v).all()))
-                where = (f"term {bad!r} is {float(terms[bad].detach())} at epoch {epoch + 1}, "
-                         f"step {position.global_step}")
+            stacked = torch.stack([v.float() for v in terms.values()])
+            loss = stacked.sum()
+            # the step's one host sync: every term's value, for the finite check and the logs
+            values = dict(zip(terms, stacked.detach().tolist()))
+            if not math.isfinite(sum(values.values())):
+                bad = next(k for k, v in values.items() if not math.isfinite(v))
+                where = f"term {bad!r} is {values[bad]} at epoch {epoch + 1}, step {position.global_step}"
                 if on_nonfinite == "stop":
                     raise NonFiniteLoss(f"loss {where}; stopped, the last good checkpoint is kept "
                                         f"(set trainer.on_nonfinite=skip to skip such batches)")
@@ -125,8 +116,8 @@ def train_epochs(
                 else:
                     optimizer.step()
                 n = len(batch.indices)
-                for name, value in terms.items():  # stays on the device until it is shown
-                    running[name] = running.get(name, 0.0) + value.detach().float() * n
+                for name, value in values.items():
+                    position.sums[name] = position.sums.get(name, 0.0) + value * n
                 position.seen += n
             scheduler.step()
             position.step_in_epoch += 1
@@ -134,16 +125,14 @@ def train_epochs(
             position.seconds = time.perf_counter() - started
             if progress:
                 bar.update(1)
-                if time.perf_counter() - shown_at > 0.5:  # reading the sums syncs: not every step
+                if time.perf_counter() - shown_at > 0.5:
                     shown_at = time.perf_counter()
-                    fold(position, running)
                     means = {k: v / max(position.seen, 1) for k, v in position.sums.items()}
                     bar.set_postfix_str(f"{format_terms(means)} | "
                                         f"{position.seen / max(position.seconds, 1e-9):.0f} img/s", refresh=False)
             if on_step is not None:
-                on_step(position, lambda: fold(position, running))
+                on_step(position)
         bar.close()
-        fold(position, running)
         if reduce is not None:
             position.sums, position.seen, position.skipped = reduce(position.sums, position.seen, position.skipped)
         summary = {k: v / max(position.seen, 1) for k, v in position.sums.items()}

@@ -116,7 +116,7 @@ def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = No
                                        device or next(algorithm.student.parameters()).device,
                                        config.trainer.channels_last)
         for teacher in algorithm.distiller.teachers.values():
-            if config.trainer.teacher_fold_bn:
+            if config.trainer.teacher_fold_bn and getattr(algorithm, "fold_teacher_batchnorm", True):
                 fold_batchnorm(teacher)
             teacher.to(memory_format=layout)
     if config.trainer.compile:
@@ -274,10 +274,9 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
             log(describe_epoch(pos.epoch, config.trainer.epochs, train, shown))
             save(True)
 
-        def on_step(pos: Position, settle: Callable[[], None]) -> None:
+        def on_step(pos: Position) -> None:
             every = config.trainer.checkpoint_every
             if every and pos.global_step % every == 0 and pos.step_in_epoch < len(batches):
-                settle()  # the checkpoint holds the epoch's loss sums so far
                 save(True)
 
         train_epochs(algorithm, batches, optimizer, scheduler, epochs=config.trainer.epochs,

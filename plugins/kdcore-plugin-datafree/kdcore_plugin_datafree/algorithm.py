@@ -95,6 +95,8 @@ class DataFree(kdcore.Algorithm):
         directory; null disables it.
     """
 
+    fold_teacher_batchnorm = False  # the inversion matches the teacher's BatchNorm statistics
+
     def __init__(self, student: nn.Module, task: Any, distiller: kdcore.Distiller | None = None, *,
                  num_classes: int, input_shape: Sequence[int], batch_size: int, seed: int = 0,
                  run_dir: str | None = None,
