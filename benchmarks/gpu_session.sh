@@ -28,6 +28,11 @@ for part in $PARTS; do
     timeout "${OVERHEAD_S:-120}" python3 benchmarks/overhead.py --device cuda --steps 600 --progress \
       --json "$OUT/overhead.json" > "$OUT/overhead.txt" 2>&1
     echo "overhead rc=$?"; tail -14 "$OUT/overhead.txt" ;;
+  overhead_large)  # the same KD step on CIFAR-size ResNets, where the GPU step is not launch-bound
+    timeout "${OVERHEAD_S:-120}" python3 benchmarks/overhead.py --device cuda --methods kd --steps 300 \
+      --set student.type=resnet8x4 --set teachers.0.type=resnet32x4 \
+      --json "$OUT/overhead_large.json" > "$OUT/overhead_large.txt" 2>&1
+    echo "overhead_large rc=$?"; tail -6 "$OUT/overhead_large.txt" ;;
   throughput)
     timeout "${THROUGHPUT_S:-150}" python3 benchmarks/cpu_throughput.py --steps 200 --repeats 2 \
       --json "$OUT/throughput.json" > "$OUT/throughput.txt" 2>&1

@@ -90,7 +90,7 @@ def train_epochs(
                     terms = step_module(batch, epoch, position.global_step)
                 else:
                     terms = algorithm.training_step(batch, epoch=epoch, step=position.global_step)
-            stacked = torch.stack([v.float() for v in terms.values()])
+            stacked = torch.stack([v if v.dtype == torch.float32 else v.float() for v in terms.values()])
             loss = stacked.sum()
             # the step's one host sync: every term's value, for the finite check and the logs
             values = dict(zip(terms, stacked.detach().tolist()))

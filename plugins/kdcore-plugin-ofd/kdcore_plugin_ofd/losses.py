@@ -75,4 +75,4 @@ class OFDLoss(kdcore.Loss):
         margin = self.margin.view(1, -1, *([1] * (teacher.dim() - 2)))
         t = torch.maximum(teacher.detach().float(), margin)
         keep = ((s > t) | (t > 0)).to(s.dtype)
-        return ((s - t).pow(2) * keep).sum() / s.shape[0] / self.div_factor
+        return ((s - t).pow(2) * keep).sum() / (s.shape[0] * self.div_factor)
