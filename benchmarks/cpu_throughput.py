@@ -8,7 +8,7 @@ weights, the same images in the same order and the same number of steps:
 * **classic**: ``torchvision.datasets.FashionMNIST`` (per-sample ``PIL.Image`` + ``ToTensor`` +
   ``Normalize``) in a ``DataLoader``, torch's default thread count, glibc's default allocator
   settings, and a hand-written KD loop (the one of ``overhead.py``; the teacher as trained,
-  under ``no_grad``). torchvision's class wants its own folder layout
+  under ``no_grad``; ``torch.optim.SGD`` with its default implementation). torchvision's class wants its own folder layout
   (``<root>/FashionMNIST/raw/*-ubyte``, uncompressed), so the Debian files are decompressed
   into a temporary folder once, before timing.
 * **kdcore**: what ``kdcore run`` does: ``tune_cpu`` (threads = physical cores, glibc
@@ -143,7 +143,7 @@ def one_run(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     first = next(kd.batches.epoch(0))
     fill_s = None
     if arm == "classic":
-        hand = HandLoop("kd", kd)
+        hand = HandLoop("kd", kd, fused=False)  # torch's default SGD, as a hand-written script has it
         kd.algorithm.remove_taps()
         dataset = classic_dataset(args.torchvision_root)
         indices = index_stream(len(dataset), bs, config.seed)

@@ -171,7 +171,8 @@ def ofd_margin(bn: nn.BatchNorm2d) -> torch.Tensor:
 class HandLoop:
     """A plain PyTorch KD/OFD training loop over copies of the kdcore arm's modules."""
 
-    def __init__(self, method: str, kd: KdcoreSetup) -> None:
+    def __init__(self, method: str, kd: KdcoreSetup, fused: bool | None = None) -> None:
+        """``fused``: the optimizer's kernel; ``None`` = the same as the kdcore arm's."""
         cfg, alg, device = kd.config, kd.algorithm, kd.device
         self.method, self.device = method, device
         self.student = plain_copy(alg.student).train()
@@ -200,8 +201,11 @@ class HandLoop:
                 self.margins.append(ofd_margin(bn).view(1, -1, 1, 1).to(device))
         params = list(self.student.parameters()) + list(self.connectors.parameters())
         o = cfg.optimizer
+        if fused is None:
+            fused = bool(kd.optimizer.defaults.get("fused"))
         self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
-                                         weight_decay=o.weight_decay, nesterov=o.nesterov)
+                                         weight_decay=o.weight_decay, nesterov=o.nesterov,
+                                         **({"fused": True} if fused else {}))
         total = len(kd.batches) * cfg.trainer.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / total))))

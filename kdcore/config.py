@@ -68,6 +68,7 @@ class OptimizerConfig:
     weight_decay: float = 5e-4
     nesterov: bool = True
     betas: list[float] = attrs.field(factory=lambda: [0.9, 0.999])
+    fused: bool = True
 
 
 @attrs.define

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import sys
@@ -244,6 +245,17 @@ def test_nonfinite_stage_loss_stops_naming_stage_epoch_and_step(files, tmp_path)
         files, losses("{type: kdrel_faulty_stage, weight: 1.0}"))])
     line = error_line(result, 3)
     assert "stage 'kdrel_nan_stage'" in line and "epoch 1, step 1" in line
+
+
+@pytest.mark.fashion
+def test_nonfinite_stage_batches_are_skipped_and_counted_with_skip(files, tmp_path) -> None:
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(
+        files, losses("{type: kdrel_faulty_stage, weight: 1.0}"), "trainer.on_nonfinite=skip")])
+    assert result.exit_code == 0, result.output
+    stage_line = next(l for l in result.output.splitlines() if l.startswith("stage kdrel_nan_stage:"))
+    batches = int(re.search(r"kdrel_nan_stage_skipped_batches (\d+)", stage_line).group(1))
+    assert batches >= 1  # every batch from the second on
+    assert (only_run_dir(tmp_path) / "summary.json").exists()
 
 
 @pytest.mark.fashion

@@ -156,8 +156,10 @@ def run_stage(
     batches: TrainBatches,
     *,
     progress: bool = True,
+    on_nonfinite: str = "stop",
 ) -> dict[str, float]:
-    """Perform one pre-training stage declared by a head; returns its mean loss per epoch."""
+    """Perform one pre-training stage declared by a head; returns its mean loss per epoch (and
+    the number of batches skipped for a NaN/Inf loss under ``on_nonfinite="skip"``)."""
     assert algorithm.distiller is not None
     head = algorithm.distiller.heads[point]
     dp = next(p for p in algorithm.distiller.points if p.name == point)
@@ -176,6 +178,7 @@ def run_stage(
     else:
         optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=0.9)
     history: dict[str, float] = {}
+    skipped = 0
     for epoch in range(stage.epochs):
         algorithm.train()
         total, count = 0.0, 0
@@ -189,17 +192,24 @@ def run_stage(
             teacher_feature = algorithm.distiller.teacher_features(batch.inputs, indices=batch.indices)[dp.teacher][dp.teacher_tap.key]
             loss = stage.loss(student_feature, teacher_feature, targets=batch.targets,
                               indices=batch.indices, epoch=epoch, step=step)
-            if not math.isfinite(float(loss.detach())):
-                raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: loss is "
-                                    f"{float(loss.detach())} at epoch {epoch + 1}, step {step}; "
-                                    f"stopped before training, no checkpoint is written")
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                if on_nonfinite == "stop":
+                    raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: loss is "
+                                        f"{value} at epoch {epoch + 1}, step {step}; stopped before "
+                                        f"training, no checkpoint is written (set "
+                                        f"trainer.on_nonfinite=skip to skip such batches)")
+                skipped += 1
+                continue
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(params)
             optimizer.step()
-            total += float(loss.detach()) * len(batch.indices)
+            total += value * len(batch.indices)
             count += len(batch.indices)
         history[f"{stage.name}_epoch{epoch + 1}"] = total / max(count, 1)
+    if skipped:
+        history[f"{stage.name}_skipped_batches"] = skipped
     return history
 
 

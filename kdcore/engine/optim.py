@@ -11,14 +11,22 @@ from ..config import OptimizerConfig, ScheduleConfig
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD, Adam or AdamW as configured. ``fused`` (default on) asks PyTorch for its fused kernel,
+    one kernel per step instead of several per parameter (same update to float rounding); where
+    the parameters' device or dtype has none, the standard implementation is used."""
     params = list(params)
     if cfg.type == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.type == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        cls, options = torch.optim.SGD, dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                             nesterov=cfg.nesterov and cfg.momentum > 0)
+    else:
+        cls = torch.optim.Adam if cfg.type == "adam" else torch.optim.AdamW
+        options = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.fused and params:
+        try:
+            return cls(params, **options, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
+            pass
+    return cls(params, **options)
 
 
 def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:

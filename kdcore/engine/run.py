@@ -248,7 +248,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
             for point, stage in algorithm.stages():
                 if stage.epochs > 0:
                     log(f"stage {stage.name} ({point}): {stage.epochs} epochs")
-                    history = run_stage(algorithm, point, stage, batches, progress=config.trainer.progress)
+                    history = run_stage(algorithm, point, stage, batches, progress=config.trainer.progress,
+                                        on_nonfinite=config.trainer.on_nonfinite)
                     log(f"stage {stage.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in history.items()))
             stages_done = True
             save(True)
