@@ -47,7 +47,8 @@ class TeacherStudent(Algorithm):
         teacher_features = self.distiller.teacher_features(batch.inputs, indices=batch.indices)
         terms: dict[str, torch.Tensor] = {}
         if self.student_loss_weight:
-            terms["task"] = self.student_loss_weight * self.task.loss(outputs, batch.targets)
+            task = self.task.loss(outputs, batch.targets)
+            terms["task"] = task if self.student_loss_weight == 1.0 else self.student_loss_weight * task
         terms.update(self.distiller.losses(student_features, teacher_features,
                                            targets=batch.targets, indices=batch.indices,
                                            epoch=epoch, step=step))
