@@ -142,6 +142,34 @@ def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in algorithm.state_dict().items() if not k.startswith("distiller.teachers.")}
 
 
+def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+            checksums: dict[str, str], metrics_path: str | None) -> tuple[Position, bool]:
+    """Load a run checkpoint into the built run; returns (position, stages_done). The teachers
+    must be the ones the run started with. ``metrics.jsonl`` (rank 0 only: ``metrics_path``) is
+    cut back to the rows the checkpoint covers: later ones belong to an epoch to be replayed."""
+    state = load_checkpoint(checkpoint_path, what="resume checkpoint")
+    if not isinstance(state, dict) or state.get("format") != 1:
+        raise UserError(f"resume checkpoint {checkpoint_path} is not a kdcore run checkpoint")
+    for name, digest in state.get("teachers_sha256", {}).items():
+        if checksums.get(name) != digest:
+            raise UserError(f"resume checkpoint {checkpoint_path}: teacher {name!r} is not the one "
+                            f"this run started with (its weights' sha256 was {digest[:12]}..., "
+                            f"now {str(checksums.get(name))[:12]}...); resume with the same "
+                            f"teacher or start a new run")
+    missing = algorithm.load_state_dict(state["algorithm"], strict=False)
+    if missing.unexpected_keys:
+        raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: unexpected "
+                        f"keys {missing.unexpected_keys[:4]}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    if metrics_path is not None:
+        rows = _metrics_rows(metrics_path)[: state["metrics_rows"]]
+        with open(metrics_path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    return Position(**state["position"]), state["stages_done"]
+
+
 def run(config: RunConfig, *, resume_dir: str | None = None,
         log: Callable[[str], None] = print) -> str:
     """Train as configured; returns the run directory ("" on ranks other than 0 under torchrun)."""
@@ -209,28 +237,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     checkpoint_path = os.path.join(run_dir, CHECKPOINT)
 
     if resume_dir is not None and os.path.exists(checkpoint_path):
-        state = load_checkpoint(checkpoint_path, what="resume checkpoint")
-        if not isinstance(state, dict) or state.get("format") != 1:
-            raise UserError(f"resume checkpoint {checkpoint_path} is not a kdcore run checkpoint")
-        for name, digest in state.get("teachers_sha256", {}).items():
-            if checksums.get(name) != digest:
-                raise UserError(f"resume checkpoint {checkpoint_path}: teacher {name!r} is not the one "
-                                f"this run started with (its weights' sha256 was {digest[:12]}..., "
-                                f"now {str(checksums.get(name))[:12]}...); resume with the same "
-                                f"teacher or start a new run")
-        missing = algorithm.load_state_dict(state["algorithm"], strict=False)
-        if missing.unexpected_keys:
-            raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: unexpected "
-                            f"keys {missing.unexpected_keys[:4]}")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        position = Position(**state["position"])
-        stages_done = state["stages_done"]
-        _set_rng_state(state["rng"])
-        if main:
-            rows = _metrics_rows(metrics_path)[: state["metrics_rows"]]
-            with open(metrics_path, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
+        position, stages_done = restore(checkpoint_path, algorithm, optimizer, scheduler, checksums,
+                                        metrics_path if main else None)
         log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
     rows_written = [len(_metrics_rows(metrics_path)) if main else 0]  # counted once, then in memory
 
