@@ -228,6 +228,9 @@ def test_resume_with_skip_counts_skipped_batches_and_teacher_checksum_matches_fi
     result = invoke(["run", "--resume", str(run_dir), "--set", "trainer.on_nonfinite=skip"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert "resumed at epoch 2, step 0" in result.output
+    # the override is part of the run now; the config it replaced is kept beside it
+    assert "on_nonfinite: skip" in (run_dir / "config.yaml").read_text()
+    assert "on_nonfinite: stop" in (run_dir / "config.yaml.1").read_text()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert "skipped_batches" not in rows[0]["train"] and rows[1]["train"]["skipped_batches"] == 2
@@ -346,9 +349,11 @@ def test_resume_refuses_a_teacher_that_changed(stopped_run, files, tmp_path) -> 
     other = tmp_path / "other-teacher.pt"
     torch.manual_seed(1)
     torch.save(cnn_teacher().state_dict(), other)
+    before = (run_dir / "config.yaml").read_text()
     line = error_line(invoke(["run", "--resume", str(run_dir), "--set",
                               f"teachers.0.checkpoint={other}"]), 2)
     assert "teacher 'teacher' is not the one this run started with" in line
+    assert (run_dir / "config.yaml").read_text() == before and not (run_dir / "config.yaml.1").exists()
 
 
 def test_damaged_checkpoints_are_named(tmp_path) -> None:

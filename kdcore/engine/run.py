@@ -170,6 +170,24 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
     return Position(**state["position"]), state["stages_done"]
 
 
+def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], None]) -> None:
+    """Overrides given with ``--resume`` become part of the run: ``config.yaml`` is rewritten to
+    say how the run is trained (a later ``--resume`` keeps them), and the version it replaces is
+    kept as ``config.yaml.N``."""
+    path = os.path.join(run_dir, "config.yaml")
+    text = dump_yaml(config)
+    with open(path, encoding="utf-8") as f:
+        previous = f.read()
+    if previous == text:
+        return
+    n = 1
+    while os.path.exists(f"{path}.{n}"):
+        n += 1
+    write_text_atomic(previous, f"{path}.{n}")
+    write_text_atomic(text, path)
+    log(f"config.yaml now holds this resume's overrides; the one it replaces is config.yaml.{n}")
+
+
 def run(config: RunConfig, *, resume_dir: str | None = None,
         log: Callable[[str], None] = print) -> str:
     """Train as configured; returns the run directory ("" on ranks other than 0 under torchrun)."""
@@ -240,6 +258,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
         position, stages_done = restore(checkpoint_path, algorithm, optimizer, scheduler, checksums,
                                         metrics_path if main else None)
         log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
+    if resume_dir is not None and main:  # after the checks: a refused resume changes nothing
+        keep_resumed_config(config, run_dir, log)
     rows_written = [len(_metrics_rows(metrics_path)) if main else 0]  # counted once, then in memory
 
     def save(stages: bool) -> None:
