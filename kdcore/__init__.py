@@ -7,6 +7,7 @@ Plugins import :data:`hookimpl` and return :class:`Component` specs from the hoo
 
 from .components import Algorithm, Batch, Connector, Distiller, DistillationHead, Loss, Stage
 from .components.distiller import DistillPoint
+from .engine.distributed import gather_rows, mean_across_ranks
 from .errors import UserError
 from .hookspecs import hookimpl
 from .registry import build, components
@@ -17,5 +18,5 @@ from .version import PLUGIN_API_VERSION, __version__
 __all__ = [
     "Algorithm", "Batch", "ClassificationTask", "Component", "Connector", "DistillPoint",
     "Distiller", "DistillationHead", "KINDS", "Loss", "PLUGIN_API_VERSION", "Stage", "Task",
-    "UserError", "__version__", "build", "components", "hookimpl",
+    "UserError", "__version__", "build", "components", "gather_rows", "hookimpl", "mean_across_ranks",
 ]

@@ -59,6 +59,19 @@ def test_same_seed_epoch_step_same_batch_and_resume_exact() -> None:
     assert isinstance(full[0], Batch) and not torch.equal(full[0].inputs, other_epoch[0].inputs)
 
 
+def test_processes_augment_their_rows_as_one_process_would() -> None:
+    # under DDP rank r takes its slice of each global batch; the augmentation of a sample must
+    # not depend on the number of processes (so 2 processes match 1, and resume across counts)
+    augment = build_augment([ComponentConfig("random_crop", {"padding": 2}), ComponentConfig("hflip")])
+    one = list(TrainBatches(DATA, 8, seed=1, device=torch.device("cpu"), augment=augment).epoch(1))
+    ranks = [list(TrainBatches(DATA, 8, seed=1, device=torch.device("cpu"), augment=augment,
+                               rank=r, world=2).epoch(1)) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 5
+    for whole, first, second in zip(one, *ranks):
+        assert torch.equal(torch.cat([first.indices, second.indices]), whole.indices)
+        assert torch.equal(torch.cat([first.inputs, second.inputs]), whole.inputs)
+
+
 def test_unknown_augmentation_and_bad_parameter() -> None:
     with pytest.raises(UserError, match=r"data.augment\[0\].type: unknown augmentation 'hflipp' \(did you mean 'hflip'"):
         build_augment([ComponentConfig("hflipp")])

@@ -22,9 +22,14 @@ class Loss(nn.Module):
 
     * ``same_shape`` - the head checks that both sides have the same shape before calling
       (``False`` for relational losses such as RKD or CRD that compare within a side).
+    * ``synced_buffers`` - names of buffers the loss keeps identical on every process itself,
+      typically state over the whole data set updated from the global batch with
+      :func:`kdcore.gather_rows` (CRD's memory banks). Under DDP they are left out of the
+      per-step buffer broadcast, which would otherwise copy rank 0's over the others.
     """
 
     same_shape: bool = True
+    synced_buffers: tuple[str, ...] = ()
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
         raise NotImplementedError

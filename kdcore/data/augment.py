@@ -4,6 +4,8 @@ The per-sample path augments image by image in a DataLoader; an in-memory split 
 indexing one tensor, so its augmentations work on the batch: one random offset and flip per
 sample, drawn from a generator seeded by (run seed, epoch, step). The same step of the same run
 always gets the same augmentation, so a resumed run sees exactly the batches it would have seen.
+Under DDP every process draws the values of the whole global batch and keeps its own rows, so a
+sample is augmented alike whatever the number of processes.
 
 Config: ``data.augment: [{type: random_crop, padding: 4}, {type: hflip}]``.
 """
@@ -20,6 +22,11 @@ from ..errors import UserError, did_you_mean
 from ..registry import call_factory
 
 
+def _rows(values: torch.Tensor, b: int, part: tuple[int, int]) -> torch.Tensor:
+    """This process's ``b`` rows of values drawn for the global batch (``part`` = (rank, world))."""
+    return values[part[0] * b:(part[0] + 1) * b]
+
+
 class RandomCrop:
     """Pad by ``padding`` on every side with ``fill``, then crop back at a random offset.
 
@@ -31,14 +38,14 @@ class RandomCrop:
             raise UserError(f"random_crop: padding must be >= 0, got {padding}")
         self.padding, self.fill = int(padding), float(fill)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
         p = self.padding
         if p == 0:
             return x
         b, _, h, w = x.shape
         padded = F.pad(x, (p, p, p, p), value=self.fill)
-        oy = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
-        ox = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
+        oy = _rows(torch.randint(0, 2 * p + 1, (b * part[1],), generator=generator), b, part).to(x.device)
+        ox = _rows(torch.randint(0, 2 * p + 1, (b * part[1],), generator=generator), b, part).to(x.device)
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
         batch = torch.arange(b, device=x.device)[:, None, None]
@@ -53,8 +60,9 @@ class HorizontalFlip:
             raise UserError(f"hflip: p must lie in [0, 1], got {p}")
         self.p = float(p)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        flip = (torch.rand(x.shape[0], generator=generator) < self.p).to(x.device)
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        b = x.shape[0]
+        flip = (_rows(torch.rand(b * part[1], generator=generator), b, part) < self.p).to(x.device)
         return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -79,8 +87,10 @@ class BatchAugment:
     def __init__(self, steps: list[Callable[..., torch.Tensor]]) -> None:
         self.steps = steps
 
-    def __call__(self, x: torch.Tensor, seed: int, epoch: int, step: int) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, seed: int, epoch: int, step: int,
+                 part: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """Augment ``x``, this process's rows of the global batch ``step``; ``part`` = (rank, world)."""
         generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + step)
         for augment in self.steps:
-            x = augment(x, generator)
+            x = augment(x, generator, part)
         return x

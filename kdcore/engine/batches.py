@@ -80,7 +80,7 @@ class TrainBatches:
             for i, chunk in enumerate(order.split(step), start=start_step):
                 inputs = self.data.inputs[chunk]
                 if self.augment is not None:
-                    inputs = self.augment(inputs, self.seed, epoch, i * self.world + self.rank)
+                    inputs = self.augment(inputs, self.seed, epoch, i, (self.rank, self.world))
                 yield Batch(self._format(inputs), self.data.targets[chunk], chunk)
             return
         loader = DataLoader(_WithIndex(self.data), batch_size=step,
@@ -88,7 +88,7 @@ class TrainBatches:
                             pin_memory=self.device.type == "cuda")
         for i, (inputs, targets, indices) in enumerate(loader, start=start_step):
             if self.augment is not None:
-                inputs = self.augment(inputs, self.seed, epoch, i * self.world + self.rank)
+                inputs = self.augment(inputs, self.seed, epoch, i, (self.rank, self.world))
             yield Batch(self._format(inputs), targets, indices).to(self.device)
 
     def _format(self, inputs: torch.Tensor) -> torch.Tensor:

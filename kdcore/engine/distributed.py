@@ -80,6 +80,33 @@ def average_gradients(params: list[nn.Parameter]) -> None:
             p.grad /= world_size()
 
 
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's ``tensor`` concatenated along dim 0, in rank order, on every process;
+    ``tensor`` itself in a single process. For state a component keeps over the whole data set
+    (a memory bank): updated from the global batch, it stays identical on every rank. Not
+    differentiable; every rank must call it with the same shape (the global batch divides)."""
+    if world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    return torch.cat(parts)
+
+
+def mean_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over the processes (``tensor`` in a single process)."""
+    if world_size() == 1:
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total / world_size()
+
+
+def synced_buffer_names(algorithm: nn.Module) -> list[str]:
+    """Buffers a component keeps identical across processes itself (``synced_buffers``)."""
+    return [f"{name}.{buffer}" if name else buffer for name, module in algorithm.named_modules()
+            for buffer in getattr(module, "synced_buffers", ()) if buffer in module._buffers]
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
@@ -104,6 +131,8 @@ def wrap(algorithm: nn.Module, device: torch.device) -> nn.Module | None:
     step = _StepModule(algorithm)
     frozen = [f"algorithm.{n}" for n, _ in algorithm.named_parameters() if n.startswith("distiller.teachers.")]
     frozen += [f"algorithm.{n}" for n, _ in algorithm.named_buffers() if n.startswith("distiller.teachers.")]
+    # kept in sync by their owners (gather_rows): DDP need not broadcast them every step
+    frozen += [f"algorithm.{n}" for n in synced_buffer_names(algorithm)]
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, frozen)
     # parameters trained only in a pre-training stage get no gradient in the main steps
     unused = any(True for _ in algorithm.stages())

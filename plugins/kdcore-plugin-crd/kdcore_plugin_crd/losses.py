@@ -97,6 +97,9 @@ class CRDLoss(kdcore.Loss):
     """
 
     same_shape = False
+    # under DDP every rank updates them from the whole global batch (kdcore.gather_rows), so
+    # they stay identical without DDP broadcasting 2 x num_samples x feat_dim floats each step
+    synced_buffers = ("memory_student", "memory_teacher", "z_student_anchor", "z_teacher_anchor", "labels")
 
     def __init__(
         self,
@@ -187,7 +190,7 @@ class CRDLoss(kdcore.Loss):
             estimate = unnormalised.detach().mean() * self.num_samples
             if not self.training:
                 return unnormalised / estimate  # evaluation never fixes the normaliser
-            z.fill_(estimate.item())
+            z.fill_(kdcore.mean_across_ranks(estimate).item())  # one Z on every rank
         return unnormalised / z
 
     @torch.no_grad()
@@ -224,14 +227,16 @@ class CRDLoss(kdcore.Loss):
         indices, targets = self._check_extra(student.shape[0], extra)
         v_s = self.embed_student(student)
         v_t = self.embed_teacher(teacher.detach())
+        # the banks and labels follow the global batch (every rank's rows under DDP)
+        everyone = kdcore.gather_rows(indices) if self.training else indices
         if self.negatives == "other_classes" and self.training:
-            self.labels.index_copy_(0, indices, targets)
+            self.labels.index_copy_(0, everyone, kdcore.gather_rows(targets))
         columns = torch.cat([indices.unsqueeze(1), self.sample_negatives(indices, targets)], dim=1)
         p_s = self._probs(v_s, self.memory_teacher, columns, self.z_student_anchor)
         p_t = self._probs(v_t, self.memory_student, columns, self.z_teacher_anchor)
         if self.training:
-            self._update(self.memory_student, indices, v_s)
-            self._update(self.memory_teacher, indices, v_t)
+            self._update(self.memory_student, everyone, kdcore.gather_rows(v_s.detach()))
+            self._update(self.memory_teacher, everyone, kdcore.gather_rows(v_t.detach()))
         return nce_loss(p_s, self.num_samples) + nce_loss(p_t, self.num_samples)
 
 
