@@ -84,3 +84,21 @@ def test_trainable_or_training_models_are_not_folded() -> None:
     assert isinstance(trainable.stage1.bn, nn.BatchNorm2d)
     training = freeze(cnn_teacher()).train()  # BN would use batch statistics
     assert fold_batchnorm(training) == []
+
+
+def test_a_sequential_subclass_with_its_own_forward_is_left_alone() -> None:
+    class Residual(nn.Sequential):
+        def forward(self, x):  # reads the conv's output directly
+            conv_out = self[0](x)
+            return self[1](conv_out) + conv_out
+
+    block = Residual(nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2))
+    with torch.no_grad():
+        block[1].running_mean.fill_(0.3)
+    freeze(block)
+    x = torch.randn(2, 2, 5, 5)
+    with torch.no_grad():
+        before = block(x)
+    assert fold_batchnorm(block) == []
+    with torch.no_grad():
+        assert torch.equal(block(x), before)

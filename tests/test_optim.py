@@ -41,3 +41,54 @@ def test_no_fused_kernel_falls_back_to_the_standard_one(monkeypatch) -> None:
     monkeypatch.setattr(torch.optim, "SGD", NoFusedSGD)
     optimizer = make_optimizer([nn.Parameter(torch.zeros(2))], OptimizerConfig())
     assert isinstance(optimizer, NoFusedSGD) and not optimizer.defaults.get("fused")
+
+
+def _one_step(cfg: OptimizerConfig):
+    from kdcore.config import ScheduleConfig
+    from kdcore.engine.optim import make_scheduler
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    scheduler = make_scheduler(optimizer, ScheduleConfig(), 10, 4)
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return model, optimizer, scheduler
+
+
+def test_resume_keeps_the_configured_kernel_and_hyperparameters() -> None:
+    from kdcore.config import ScheduleConfig
+    from kdcore.engine.optim import make_scheduler, restore_optimizer
+
+    model, old, old_schedule = _one_step(OptimizerConfig(fused=False))  # a pre-`fused` checkpoint
+    saved, saved_schedule = old.state_dict(), old_schedule.state_dict()
+
+    # same config: the learning rate is exactly the saved one, the momentum buffer carried over
+    new = make_optimizer(model.parameters(), OptimizerConfig(fused=False))
+    schedule = make_scheduler(new, ScheduleConfig(), 10, 4)
+    restore_optimizer(new, schedule, saved, saved_schedule)
+    assert new.param_groups[0]["lr"] == old.param_groups[0]["lr"]
+    assert torch.equal(new.state[model.weight]["momentum_buffer"], old.state[model.weight]["momentum_buffer"])
+
+    # fused now (the default) and new hyperparameters: both take effect
+    new = make_optimizer(model.parameters(), OptimizerConfig(lr=0.01, weight_decay=0.0))
+    schedule = make_scheduler(new, ScheduleConfig(), 10, 4)
+    restore_optimizer(new, schedule, saved, saved_schedule)
+    group = new.param_groups[0]
+    assert group["fused"] is True and group["weight_decay"] == 0.0
+    assert schedule.base_lrs == [0.01] and schedule.last_epoch == 1
+    assert group["lr"] == 0.01 * schedule.lr_lambdas[0](1)
+    # a fused optimizer takes GradScaler's scale and inf flag: an overflowing step is skipped
+    scaler = torch.amp.GradScaler("cpu")
+    before = model.weight.detach().clone()
+    new.zero_grad()
+    scaler.scale(model(torch.randn(3, 4)).sum() * float("inf")).backward()
+    scaler.step(new)
+    scaler.update()
+    assert torch.equal(model.weight, before)
+
+
+def test_no_fused_kernel_for_complex_parameters_falls_back() -> None:
+    optimizer = make_optimizer([nn.Parameter(torch.zeros(2, dtype=torch.complex64))], OptimizerConfig())
+    assert not optimizer.defaults.get("fused")

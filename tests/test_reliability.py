@@ -344,6 +344,29 @@ def test_torn_metrics_line_is_dropped_on_resume(stopped_run, tmp_path) -> None:
 
 
 @pytest.mark.fashion
+def test_resume_refuses_another_optimizer_type(stopped_run, tmp_path) -> None:
+    run_dir = copy_run(stopped_run[0], tmp_path)
+    line = error_line(invoke(["run", "--resume", str(run_dir), "--set", "optimizer.type=adam",
+                              "--set", "trainer.on_nonfinite=skip"]), 2)
+    assert "optimizer.type cannot change on resume" in line and "SGD" in line and "Adam" in line
+    assert not (run_dir / "config.yaml.1").exists()
+
+
+@pytest.mark.fashion
+def test_a_config_from_an_older_kdcore_is_not_rewritten_for_new_default_keys(stopped_run, tmp_path) -> None:
+    run_dir = copy_run(stopped_run[0], tmp_path)
+    saved = (run_dir / "config.yaml").read_text()
+    older = "".join(l for l in saved.splitlines(keepends=True) if "teacher_fold_bn" not in l)
+    (run_dir / "config.yaml").write_text(older)
+    invoke(["run", "--resume", str(run_dir)])  # stops again at the bad batch; the config is decided first
+    assert "resumed at epoch 2" in invoke(["run", "--resume", str(run_dir)]).output
+    assert (run_dir / "config.yaml").read_text() == older and not (run_dir / "config.yaml.1").exists()
+    result = invoke(["run", "--resume", str(run_dir), "--set", "trainer.on_nonfinite=skip"])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "config.yaml.1").read_text() == older  # rewritten for the real override only
+
+
+@pytest.mark.fashion
 def test_resume_refuses_a_teacher_that_changed(stopped_run, files, tmp_path) -> None:
     run_dir = copy_run(stopped_run[0], tmp_path)
     other = tmp_path / "other-teacher.pt"

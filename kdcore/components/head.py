@@ -41,7 +41,6 @@ class DistillationHead(nn.Module):
         self.student_connector = student_connector
         self.teacher_connector = teacher_connector
         self.label = label
-        self._shapes_checked: set[str] = set()
 
     def connect(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[Any, Any]:
         if self.student_connector is not None:
@@ -54,9 +53,10 @@ class DistillationHead(nn.Module):
         student, teacher = self.connect(student, teacher)
         terms: dict[str, torch.Tensor] = {}
         for key, loss in self.losses.items():
-            if key not in self._shapes_checked and getattr(loss, "same_shape", True):
+            checked = self.__dict__.setdefault("_shapes_checked", set())
+            if key not in checked and getattr(loss, "same_shape", True):
                 self.check_shapes(self.terms[key], student, teacher)
-                self._shapes_checked.add(key)  # per-sample shapes do not change within a run
+                checked.add(key)  # per-sample shapes do not change within a run
             value = loss(student, teacher, **extra)
             weight = self.weights[key]
             terms[self.terms[key]] = value if weight == 1.0 else weight * value  # no kernel for 1.0

@@ -107,6 +107,16 @@ def synced_buffer_names(algorithm: nn.Module) -> list[str]:
             for buffer in getattr(module, "synced_buffers", ()) if buffer in module._buffers]
 
 
+def all_ranks(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on every process (``flag`` in a single process): for decisions
+    every rank must take together, like skipping a batch that DDP would otherwise wait for."""
+    if world_size() == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

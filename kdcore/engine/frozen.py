@@ -64,8 +64,8 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
         return []
     folded = []
     for parent_path, parent in list(model.named_modules()):
-        if not isinstance(parent, nn.Sequential):
-            continue
+        if not isinstance(parent, nn.Sequential) or type(parent).forward is not nn.Sequential.forward:
+            continue  # only a plain chain: a subclass's own forward may use the conv's output
         names = list(parent._modules)
         for first, second in zip(names, names[1:]):
             conv, bn = parent._modules[first], parent._modules[second]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..components import Algorithm, Stage
 from ..errors import UserError
 from .batches import TrainBatches
-from .distributed import average_gradients
+from .distributed import all_ranks, average_gradients
 
 
 class NonFiniteLoss(Exception):
@@ -45,6 +45,16 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _scalar(name: str, value: torch.Tensor) -> torch.Tensor:
+    """A loss term as a float32 scalar (a one-element term is accepted as one)."""
+    if value.dim():
+        if value.numel() != 1:
+            raise UserError(f"loss term {name!r} has shape {tuple(value.shape)}; a loss must return "
+                            f"a scalar (reduce over the batch, e.g. .mean())")
+        value = value.reshape(())
+    return value if value.dtype == torch.float32 else value.float()
 
 
 def format_terms(terms: dict[str, float]) -> str:
@@ -90,13 +100,16 @@ def train_epochs(
                     terms = step_module(batch, epoch, position.global_step)
                 else:
                     terms = algorithm.training_step(batch, epoch=epoch, step=position.global_step)
-            stacked = torch.stack([v if v.dtype == torch.float32 else v.float() for v in terms.values()])
+            stacked = torch.stack([_scalar(name, v) for name, v in terms.items()])
             loss = stacked.sum()
             # the step's one host sync: every term's value, for the finite check and the logs
             values = dict(zip(terms, stacked.detach().tolist()))
-            if not math.isfinite(sum(values.values())):
-                bad = next(k for k, v in values.items() if not math.isfinite(v))
-                where = f"term {bad!r} is {values[bad]} at epoch {epoch + 1}, step {position.global_step}"
+            finite = math.isfinite(sum(values.values()))
+            if on_nonfinite == "skip":  # under DDP every rank skips the batch, or none does
+                finite = all_ranks(finite, device)
+            if not finite:
+                bad = next((k for k, v in values.items() if not math.isfinite(v)), "on another process")
+                where = f"term {bad!r} is {values.get(bad)} at epoch {epoch + 1}, step {position.global_step}"
                 if on_nonfinite == "stop":
                     raise NonFiniteLoss(f"loss {where}; stopped, the last good checkpoint is kept "
                                         f"(set trainer.on_nonfinite=skip to skip such batches)")
@@ -193,7 +206,10 @@ def run_stage(
             loss = stage.loss(student_feature, teacher_feature, targets=batch.targets,
                               indices=batch.indices, epoch=epoch, step=step)
             value = float(loss.detach())
-            if not math.isfinite(value):
+            finite = math.isfinite(value)
+            if on_nonfinite == "skip":  # under DDP every rank skips the batch, or none does
+                finite = all_ranks(finite, loss.device)
+            if not finite:
                 if on_nonfinite == "stop":
                     raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: loss is "
                                         f"{value} at epoch {epoch + 1}, step {step}; stopped before "

@@ -21,12 +21,41 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -
     else:
         cls = torch.optim.Adam if cfg.type == "adam" else torch.optim.AdamW
         options = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.fused and params:
+    if cfg.fused and params and all(_fused_kernel_exists(p) for p in params):
         try:
             return cls(params, **options, fused=True)
-        except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
+        except (RuntimeError, TypeError, ValueError):  # this torch has no fused kernel for it
             pass
     return cls(params, **options)
+
+
+def _fused_kernel_exists(param: torch.Tensor) -> bool:
+    """Whether PyTorch has fused optimizer kernels for this parameter (checked by torch only
+    at the first step, too late to fall back)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        devices = _get_fused_kernels_supported_devices()
+    except ImportError:  # pragma: no cover - older torch
+        devices = ["cpu", "cuda"]
+    return param.is_floating_point() and param.device.type in devices
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                      optimizer_state: dict, scheduler_state: dict) -> None:
+    """Load a checkpoint's optimizer and schedule state (momentum buffers, step counts, the
+    position in the schedule) while keeping what this run is configured with: the kernel
+    (``fused``/``foreach``), learning rate, weight decay, momentum, betas. So ``--resume --set
+    optimizer.lr=0.01`` takes effect, and a checkpoint from before ``optimizer.fused`` existed
+    loads into a fused optimizer (whose flag must match its amp-scaling contract)."""
+    configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    for group, mine in zip(optimizer.param_groups, configured):
+        group.update(mine)
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, factor, base in zip(optimizer.param_groups, scheduler.lr_lambdas, scheduler.base_lrs):
+        group["lr"] = base * factor(scheduler.last_epoch)  # what LambdaLR.step sets
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:

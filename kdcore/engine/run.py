@@ -23,7 +23,7 @@ import attrs
 import torch
 
 from ..assemble import build_algorithm, build_model, load_data
-from ..config import RunConfig, dump_yaml
+from ..config import RunConfig, dump_yaml, load_config, read_yaml
 from ..data.augment import build_augment
 from ..errors import UserError
 from .batches import TrainBatches
@@ -32,7 +32,7 @@ from . import distributed
 from .cpu import tune_cpu
 from .evaluate import evaluate
 from .loop import Position, describe_epoch, run_stage, train_epochs
-from .optim import make_optimizer, make_scheduler
+from .optim import make_optimizer, make_scheduler, restore_optimizer
 from .frozen import fold_batchnorm, teacher_memory_format
 from .teacher_cache import attach_teacher_cache
 from .teachers import prepare_teachers, weights_checksum
@@ -160,8 +160,12 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
     if missing.unexpected_keys:
         raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: unexpected "
                         f"keys {missing.unexpected_keys[:4]}")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    saved_type = state.get("optimizer_type")
+    if saved_type is not None and saved_type != type(optimizer).__name__:
+        raise UserError(f"resume checkpoint {checkpoint_path}: the run started with optimizer "
+                        f"{saved_type}, the config now says {type(optimizer).__name__}; its state "
+                        f"does not carry over, so optimizer.type cannot change on resume")
+    restore_optimizer(optimizer, scheduler, state["optimizer"], state["scheduler"])
     _set_rng_state(state["rng"])
     if metrics_path is not None:
         rows = _metrics_rows(metrics_path)[: state["metrics_rows"]]
@@ -176,9 +180,13 @@ def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], No
     kept as ``config.yaml.N``."""
     path = os.path.join(run_dir, "config.yaml")
     text = dump_yaml(config)
+    if not os.path.exists(path):  # resumed through the Python API from a bare folder
+        write_text_atomic(text, path)
+        return
     with open(path, encoding="utf-8") as f:
         previous = f.read()
-    if previous == text:
+    # compared as loaded: keys a newer kdcore added with their defaults are not overrides
+    if dump_yaml(load_config(read_yaml(path), [])) == text:
         return
     n = 1
     while os.path.exists(f"{path}.{n}"):
@@ -267,6 +275,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
             return
         save_atomic({"format": 1, "algorithm": trainable_state(algorithm),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "optimizer_type": type(optimizer).__name__,
                      "position": attrs.asdict(position), "rng": _rng_state(), "stages_done": stages,
                      "metrics_rows": rows_written[0],
                      "teachers_sha256": checksums}, checkpoint_path)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ..components import Distiller
 from ..data import TensorSplit
 from ..errors import UserError
+from . import distributed
 from .teachers import cache_dir, weights_checksum
 
 VERSION = 1
@@ -53,6 +54,15 @@ def _folder_for(checkpoint: str) -> str:
     return os.path.join(cache_dir(), "teacher-outputs")
 
 
+def _to_device(array: np.ndarray, device: torch.device, chunk_bytes: int = 64 << 20) -> torch.Tensor:
+    """Copy a memory-mapped array to ``device`` in slices, never holding all of it in host RAM."""
+    table = torch.empty(array.shape, dtype=torch.float32, device=device)
+    rows = max(1, chunk_bytes // max(1, array[:1].nbytes))
+    for start in range(0, len(array), rows):
+        table[start:start + rows].copy_(torch.from_numpy(np.array(array[start:start + rows])))  # a writable copy
+    return table
+
+
 class TeacherOutputCache:
     """The cached outputs of one teacher's taps over one training split.
 
@@ -68,8 +78,7 @@ class TeacherOutputCache:
                        for i, key in enumerate(keys)}
         self.resident: dict[str, torch.Tensor] = {}
         if resident_on is not None:
-            self.resident = {key: torch.from_numpy(np.array(array)).to(resident_on)
-                             for key, array in self.arrays.items()}
+            self.resident = {key: _to_device(array, resident_on) for key, array in self.arrays.items()}
 
     @property
     def nbytes(self) -> int:
@@ -108,7 +117,12 @@ def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys:
             array.flush()
         with open(os.path.join(tmp, "keys.json"), "w") as f:
             json.dump(keys, f)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not os.path.isdir(folder):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another run filled the same cache first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -124,6 +138,7 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
                         "teacher outputs can change every epoch. Turn trainer.teacher_cache off")
     digest = inputs_digest(data)
     paths = {}
+    resident_budget = RESIDENT_BYTES  # for all teachers together
     for name, teacher in distiller.teachers.items():
         keys = sorted({p.teacher_tap.key for p in distiller.points if p.teacher == name})
         if not keys:
@@ -136,10 +151,13 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
             log(f"teacher {name}: reading cached outputs from {folder}")
         else:
             log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}")
-            _fill(distiller, name, data, folder, keys, batch_size, device, progress)
+            if distributed.is_main():  # under torchrun one process fills it, the others wait
+                _fill(distiller, name, data, folder, keys, batch_size, device, progress)
+        distributed.barrier()
         cache = TeacherOutputCache(folder, keys)
-        if device.type != "cpu" and cache.nbytes <= RESIDENT_BYTES:
+        if device.type != "cpu" and cache.nbytes <= resident_budget:
             cache = TeacherOutputCache(folder, keys, resident_on=device)
+            resident_budget -= cache.nbytes
         distiller.caches[name] = cache
         paths[name] = folder
     return paths

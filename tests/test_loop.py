@@ -1,0 +1,50 @@
+"""The training loop's contract with algorithms: scalar terms, one readout per step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdcore.components import Algorithm
+from kdcore.data import TensorSplit
+from kdcore.engine.batches import TrainBatches
+from kdcore.engine.loop import Position, train_epochs
+from kdcore.errors import UserError
+from kdcore.task import ClassificationTask
+
+
+class Shaped(Algorithm):
+    """Returns the task loss plus a term of the given shape."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__(nn.Linear(4, 3), ClassificationTask(3))
+        self.shape = shape
+
+    def training_step(self, batch, *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        out = self.student(batch.inputs)
+        return {"task": self.task.loss(out, batch.targets), "extra": out.abs().mean().expand(self.shape) * 1.0}
+
+
+def train(shape: tuple[int, ...]) -> Position:
+    torch.manual_seed(0)
+    algorithm = Shaped(shape)
+    data = TensorSplit(torch.randn(16, 4), torch.arange(16) % 3)
+    batches = TrainBatches(data, 4, seed=0, device=torch.device("cpu"))
+    optimizer = torch.optim.SGD(algorithm.trainable_parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    rows = []
+    train_epochs(algorithm, batches, optimizer, scheduler, epochs=1, position=Position(), progress=False,
+                 on_epoch_end=lambda pos, summary: rows.append(summary))
+    return rows[0]
+
+
+def test_scalar_and_one_element_terms_train_alike() -> None:
+    scalar, one = train(()), train((1,))
+    assert scalar["extra"] == pytest.approx(one["extra"]) and scalar["task"] == pytest.approx(one["task"])
+    assert scalar["extra"] > 0
+
+
+def test_a_term_that_is_not_a_scalar_is_named() -> None:
+    with pytest.raises(UserError, match=r"loss term 'extra' has shape \(3,\); a loss must return a scalar"):
+        train((3,))
