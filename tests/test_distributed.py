@@ -45,3 +45,14 @@ def test_two_processes_match_one_and_resume_under_one(tmp_path) -> None:
                            "--set", "trainer.epochs=3"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(rows(two)) == 3
+
+
+def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path) -> None:
+    worker = os.path.join(os.path.dirname(__file__), "fixtures", "ddp_skip_worker.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker,
+                           str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]  # no rank left waiting
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == 1  # counted once, not once per rank
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # the same steps were taken everywhere

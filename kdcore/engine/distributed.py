@@ -29,6 +29,12 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def is_local_main() -> bool:
+    """The first process on this machine (``LOCAL_RANK`` 0): machine-local work such as filling
+    a cache on a disk the other machines may not share."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -64,9 +70,10 @@ def reduce_sums(sums: dict[str, float], seen: int, skipped: int) -> tuple[dict[s
     if world_size() == 1:
         return sums, seen, skipped
     names = list(sums)  # the same insertion order on every rank
-    values = torch.tensor([sums[n] for n in names] + [float(seen), float(skipped)], dtype=torch.float64)
+    values = torch.tensor([sums[n] for n in names] + [float(seen)], dtype=torch.float64)
     dist.all_reduce(values)
-    return ({n: float(v) for n, v in zip(names, values[:-2])}, int(values[-2]), int(values[-1]))
+    # skips are decided by all ranks together (the loop's all_ranks), so every rank counts each once
+    return ({n: float(v) for n, v in zip(names, values[:-1])}, int(values[-1]), skipped)
 
 
 def average_gradients(params: list[nn.Parameter]) -> None:

@@ -108,8 +108,12 @@ def train_epochs(
             if on_nonfinite == "skip":  # under DDP every rank skips the batch, or none does
                 finite = all_ranks(finite, device)
             if not finite:
-                bad = next((k for k, v in values.items() if not math.isfinite(v)), "on another process")
-                where = f"term {bad!r} is {values.get(bad)} at epoch {epoch + 1}, step {position.global_step}"
+                bad = next((k for k, v in values.items() if not math.isfinite(v)), None)
+                total = sum(values.values())
+                what = (f"term {bad!r} is {values[bad]}" if bad is not None else
+                        f"terms sum to {total}" if not math.isfinite(total) else
+                        "term on another process is NaN/Inf")
+                where = f"{what} at epoch {epoch + 1}, step {position.global_step}"
                 if on_nonfinite == "stop":
                     raise NonFiniteLoss(f"loss {where}; stopped, the last good checkpoint is kept "
                                         f"(set trainer.on_nonfinite=skip to skip such batches)")

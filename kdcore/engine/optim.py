@@ -48,10 +48,14 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: torch.optim.l
     optimizer.lr=0.01`` takes effect, and a checkpoint from before ``optimizer.fused`` existed
     loads into a fused optimizer (whose flag must match its amp-scaling contract)."""
     configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(optimizer_state)
+    saved_groups = optimizer_state["param_groups"]
+    if len(saved_groups) == len(configured):
+        # loaded with the configured settings, so torch places each state tensor (Adam's step
+        # counts) as the configured kernel wants it: fused on CUDA needs them on the device
+        optimizer_state = {**optimizer_state, "param_groups": [
+            {**saved, **mine, "params": saved["params"]} for saved, mine in zip(saved_groups, configured)]}
+    optimizer.load_state_dict(optimizer_state)  # a different group count raises here
     scheduler.load_state_dict(scheduler_state)
-    for group, mine in zip(optimizer.param_groups, configured):
-        group.update(mine)
     scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     for group, factor, base in zip(optimizer.param_groups, scheduler.lr_lambdas, scheduler.base_lrs):
         group["lr"] = base * factor(scheduler.last_epoch)  # what LambdaLR.step sets

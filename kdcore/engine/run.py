@@ -186,7 +186,11 @@ def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], No
     with open(path, encoding="utf-8") as f:
         previous = f.read()
     # compared as loaded: keys a newer kdcore added with their defaults are not overrides
-    if dump_yaml(load_config(read_yaml(path), [])) == text:
+    try:
+        unchanged = dump_yaml(load_config(read_yaml(path), [])) == text
+    except UserError:  # the saved file alone no longer validates: the overrides fix it
+        unchanged = False
+    if unchanged:
         return
     n = 1
     while os.path.exists(f"{path}.{n}"):

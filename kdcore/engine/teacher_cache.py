@@ -151,9 +151,17 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
             log(f"teacher {name}: reading cached outputs from {folder}")
         else:
             log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}")
-            if distributed.is_main():  # under torchrun one process fills it, the others wait
+        filled, failure = True, None
+        if not os.path.isdir(folder) and distributed.is_local_main():
+            try:  # under torchrun one process per machine fills it, the others wait
                 _fill(distiller, name, data, folder, keys, batch_size, device, progress)
-        distributed.barrier()
+            except BaseException as error:  # noqa: BLE001 - reported below, after the others hear of it
+                filled, failure = False, error
+        if not distributed.all_ranks(filled, device):
+            if failure is not None:
+                raise failure
+            raise UserError(f"teacher {name}: filling its output cache failed on another process "
+                            f"(see its error above); turn trainer.teacher_cache off or fix that first")
         cache = TeacherOutputCache(folder, keys)
         if device.type != "cpu" and cache.nbytes <= resident_budget:
             cache = TeacherOutputCache(folder, keys, resident_on=device)

@@ -23,7 +23,7 @@ def run(out, *prefix: str) -> None:
 @pytest.mark.e2e
 def test_two_ranks_keep_the_banks_of_one_process(tmp_path) -> None:
     run(tmp_path / "one")
-    run(tmp_path / "two", "-m", "torch.distributed.run", "--nproc-per-node", "2")
+    run(tmp_path / "two", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
     single = torch.load(tmp_path / "one" / "rank0.pt")
     ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1)]
     for name in ("memory_student", "memory_teacher", "labels", "z_student_anchor", "z_teacher_anchor"):
