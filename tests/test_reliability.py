@@ -344,6 +344,18 @@ def test_torn_metrics_line_is_dropped_on_resume(stopped_run, tmp_path) -> None:
 
 
 @pytest.mark.fashion
+def test_resume_removes_the_partial_writes_a_kill_left(stopped_run, tmp_path) -> None:
+    run_dir = copy_run(stopped_run[0], tmp_path)
+    torn = [run_dir / "checkpoints" / ".tmp-abc123.pt", run_dir / "summary.json.tmp"]
+    for path in torn:
+        path.write_bytes(b"half a write")
+    result = invoke(["run", "--resume", str(run_dir), "--set", "trainer.on_nonfinite=skip"])
+    assert result.exit_code == 0, result.output
+    assert not any(path.exists() for path in torn)
+    assert (run_dir / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.fashion
 def test_resume_refuses_another_optimizer_type(stopped_run, tmp_path) -> None:
     run_dir = copy_run(stopped_run[0], tmp_path)
     line = error_line(invoke(["run", "--resume", str(run_dir), "--set", "optimizer.type=adam",

@@ -174,6 +174,21 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
     return Position(**state["position"]), state["stages_done"]
 
 
+def remove_partial_writes(run_dir: str) -> list[str]:
+    """Delete the temporary files a killed run left mid-write in its own directory (atomic writes
+    go through ``.tmp-*.pt`` and ``*.tmp`` files before their rename); returns their paths."""
+    removed = []
+    for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if (name.startswith(".tmp-") and name.endswith(".pt")) or name.endswith(".tmp"):
+                path = os.path.join(folder, name)
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
 def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], None]) -> None:
     """Overrides given with ``--resume`` become part of the run: ``config.yaml`` is rewritten to
     say how the run is trained (a later ``--resume`` keeps them), and the version it replaces is
@@ -272,6 +287,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
         log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
     if resume_dir is not None and main:  # after the checks: a refused resume changes nothing
         keep_resumed_config(config, run_dir, log)
+        remove_partial_writes(run_dir)
     rows_written = [len(_metrics_rows(metrics_path)) if main else 0]  # counted once, then in memory
 
     def save(stages: bool) -> None:
