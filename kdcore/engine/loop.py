@@ -87,6 +87,7 @@ def train_epochs(
     device = params[0].device if params else torch.device("cpu")
     # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" and device.type == "cuda" else None
+    precision = autocast(device, amp)  # re-entrant: one context for every step
     while position.epoch < epochs:
         algorithm.train()
         epoch = position.epoch
@@ -95,7 +96,7 @@ def train_epochs(
                    desc=f"{label} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
         shown_at = 0.0
         for batch in batches.epoch(epoch, position.step_in_epoch):
-            with autocast(device, amp):
+            with precision:
                 if step_module is not None:
                     terms = step_module(batch, epoch, position.global_step)
                 else:
