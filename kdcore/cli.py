@@ -121,12 +121,14 @@ def resolve_config(algo: str | None, config_file: str | None, overrides: tuple[s
 @click.option("--name", help="run name prefix (config: name)")
 @click.option("--teacher-cache", is_flag=True,
               help="compute teacher outputs once and read them back (trainer.teacher_cache)")
+@click.option("--print-config", is_flag=True,
+              help="print the resolved config (every key, defaults included) as YAML and stop")
 @user_errors
 def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
         resume_dir: str | None, output_dir: str | None, name: str | None,
-        teacher_cache: bool) -> None:
+        teacher_cache: bool, print_config: bool) -> None:
     """Train (and distill) as configured; prints the run directory last."""
-    from .config import load_config, read_yaml
+    from .config import dump_yaml, load_config, read_yaml
     from .engine.run import run as run_training
 
     if resume_dir:
@@ -143,6 +145,9 @@ def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
         config.trainer.teacher_cache = True
     for note in notes:
         click.echo(f"note: {note}", err=True)
+    if print_config:  # what the run would write to config.yaml
+        click.echo(dump_yaml(config), nl=False)
+        return
     run_dir = run_training(config, resume_dir=resume_dir, log=click.echo)
     if not run_dir:  # another rank of a torchrun job; rank 0 reports
         return

@@ -107,3 +107,19 @@ def test_list_and_plugins_show_builtins_and_kd() -> None:
 def test_console_script_is_installed() -> None:
     out = subprocess.run([sys.executable, "-m", "kdcore", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "version" in out.stdout
+
+
+def test_print_config_shows_every_key_resolved_and_runs_nothing(tmp_path) -> None:
+    import yaml
+
+    from kdcore.config import load_config
+
+    result = CliRunner().invoke(main, ["run", "--print-config", "--output-dir", str(tmp_path),
+                                       "--set", "trainer.epochs=3", "--teacher-cache"])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.output)
+    assert printed["trainer"]["epochs"] == 3 and printed["trainer"]["teacher_cache"] is True
+    assert printed["trainer"]["teacher_fold_bn"] is True  # defaults are spelt out
+    assert printed["teachers"][0]["distill"][0]["head"]["losses"][0]["type"] == "kd"
+    assert load_config(printed, []) is not None  # it is a config kdcore reads back
+    assert not any(tmp_path.iterdir())  # no run directory
