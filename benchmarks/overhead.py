@@ -108,7 +108,7 @@ class KdcoreSetup:
         if rewrite_teachers:  # layout and BatchNorm folding, as ``kdcore run`` does
             speed_up(self.algorithm, config, device)
         self.batches = TrainBatches(splits.train, config.data.batch_size, config.seed, device=device)
-        self.optimizer = make_optimizer(self.algorithm.trainable_parameters(), config.optimizer)
+        self.optimizer = make_optimizer(self.algorithm.parameter_groups(), config.optimizer)
         self.scheduler = make_scheduler(self.optimizer, config.schedule, len(self.batches),
                                         config.trainer.epochs)
         self.position = Position()

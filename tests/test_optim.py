@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -92,3 +93,42 @@ def test_resume_keeps_the_configured_kernel_and_hyperparameters() -> None:
 def test_no_fused_kernel_for_complex_parameters_falls_back() -> None:
     optimizer = make_optimizer([nn.Parameter(torch.zeros(2, dtype=torch.complex64))], OptimizerConfig())
     assert not optimizer.defaults.get("fused")
+
+
+def test_parameter_groups_scale_the_learning_rate_on_one_schedule() -> None:
+    from kdcore.config import ScheduleConfig
+    from kdcore.engine.optim import make_scheduler
+
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(3))
+    optimizer = make_optimizer([{"params": [a]}, {"params": [b], "lr_scale": 0.1}], OptimizerConfig(lr=0.5))
+    schedule = make_scheduler(optimizer, ScheduleConfig(type="cosine"), 10, 1)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.5, 0.05]
+    for _ in range(5):
+        optimizer.step()
+        schedule.step()
+    first, second = (g["lr"] for g in optimizer.param_groups)
+    assert second == pytest.approx(first * 0.1) and first < 0.5
+
+
+def test_groups_that_miss_or_repeat_a_parameter_are_refused() -> None:
+    from kdcore.engine.run import checked_groups
+    from kdcore.errors import UserError
+
+    class Groups(nn.Module):
+        def __init__(self, groups) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+            self.groups = groups
+
+        def trainable_parameters(self):
+            return [p for p in self.parameters() if p.requires_grad]
+
+        def parameter_groups(self):
+            return self.groups(self)
+
+    ok = Groups(lambda m: [{"params": list(m.a.parameters())}, {"params": list(m.b.parameters()), "lr_scale": 2}])
+    assert len(checked_groups(ok)) == 2
+    for bad in (lambda m: [{"params": list(m.a.parameters())}],
+                lambda m: [{"params": list(m.parameters())}, {"params": list(m.b.parameters())}]):
+        with pytest.raises(UserError, match=r"parameter_groups\(\) must hold every trainable parameter exactly once"):
+            checked_groups(Groups(bad))

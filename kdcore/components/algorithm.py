@@ -84,6 +84,13 @@ class Algorithm(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters as optimizer groups, ``{"params": [...], "lr_scale": s}``:
+        ``lr_scale`` (default 1) multiplies the configured learning rate and follows the same
+        schedule. Override to give part of the model its own rate (MEAL V2's discriminator);
+        every trainable parameter must be in exactly one group."""
+        return [{"params": self.trainable_parameters()}]
+
     def remove_taps(self) -> None:
         self.student_taps.remove()
         if self.distiller is not None:

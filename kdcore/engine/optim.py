@@ -4,29 +4,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
 from ..config import OptimizerConfig, ScheduleConfig
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """SGD, Adam or AdamW as configured. ``fused`` (default on) asks PyTorch for its fused kernel,
-    one kernel per step instead of several per parameter (same update to float rounding); where
-    the parameters' device or dtype has none, the standard implementation is used."""
-    params = list(params)
+def make_optimizer(params: Iterable[Any], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD, Adam or AdamW as configured, over parameters or parameter groups (dicts with
+    ``params`` and an optional ``lr_scale`` multiplying ``cfg.lr``). ``fused`` (default on) asks
+    PyTorch for its fused kernel, one kernel per step instead of several per parameter (same
+    update to float rounding); where the parameters' device or dtype has none, the standard one."""
+    items = list(params)
+    if items and isinstance(items[0], dict):
+        groups = [{"params": list(g["params"]), "lr": cfg.lr * float(g.get("lr_scale", 1.0))} for g in items]
+        groups = [g for g in groups if g["params"]]
+    else:
+        groups = [{"params": items}] if items else []
+    every = [p for g in groups for p in g["params"]]
     if cfg.type == "sgd":
         cls, options = torch.optim.SGD, dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                              nesterov=cfg.nesterov and cfg.momentum > 0)
     else:
         cls = torch.optim.Adam if cfg.type == "adam" else torch.optim.AdamW
         options = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.fused and params and all(_fused_kernel_exists(p) for p in params):
+    if cfg.fused and every and all(_fused_kernel_exists(p) for p in every):
         try:
-            return cls(params, **options, fused=True)
+            return cls(groups, **options, fused=True)
         except (RuntimeError, TypeError, ValueError):  # this torch has no fused kernel for it
             pass
-    return cls(params, **options)
+    return cls(groups, **options)
 
 
 def _fused_kernel_exists(param: torch.Tensor) -> bool:

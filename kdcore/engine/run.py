@@ -189,6 +189,18 @@ def remove_partial_writes(run_dir: str) -> list[str]:
     return removed
 
 
+def checked_groups(algorithm: Any) -> list[dict[str, Any]]:
+    """``algorithm.parameter_groups()``, checked to hold every trainable parameter once."""
+    groups = algorithm.parameter_groups()
+    seen = [id(p) for g in groups for p in g["params"]]
+    trainable = {id(p) for p in algorithm.trainable_parameters()}
+    if len(seen) != len(set(seen)) or set(seen) != trainable:
+        raise UserError(f"algorithm {type(algorithm).__name__}: parameter_groups() must hold every "
+                        f"trainable parameter exactly once ({len(set(seen))} distinct of "
+                        f"{len(trainable)} trainable, {len(seen) - len(set(seen))} repeated)")
+    return groups
+
+
 def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], None]) -> None:
     """Overrides given with ``--resume`` become part of the run: ``config.yaml`` is rewritten to
     say how the run is trained (a later ``--resume`` keeps them), and the version it replaces is
@@ -274,7 +286,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
                              {n: t["checkpoint"] for n, t in teachers.items()}, device,
                              batch_size=config.data.eval_batch_size,
                              progress=config.trainer.progress, log=log)
-    optimizer = make_optimizer(algorithm.trainable_parameters(), config.optimizer)
+    optimizer = make_optimizer(checked_groups(algorithm), config.optimizer)
     scheduler = make_scheduler(optimizer, config.schedule, len(batches), config.trainer.epochs)
     position = Position()
     stages_done = False

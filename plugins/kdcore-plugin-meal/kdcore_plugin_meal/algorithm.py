@@ -50,9 +50,9 @@ class MealV2(kdcore.Algorithm):
     :param kl_weight: weight of the KL to the ensemble's soft labels.
     :param disc_weight: weight of the discriminator's BCE (reference: 1).
     :param disc_hidden: hidden widths of the discriminator MLP (``num_classes -> ... -> 1``).
-    :param disc_lr_scale: the discriminator's gradient is multiplied by this, which under SGD
-        is its learning rate relative to the student's. Reference: 1 in effect (its nominal
-        discriminator lr 1e-4 is overwritten by the student's lr at every epoch start).
+    :param disc_lr_scale: the discriminator's learning rate relative to the student's (its own
+        optimizer parameter group, any optimizer, same schedule). Reference: 1 in effect (its
+        nominal discriminator lr 1e-4 is overwritten by the student's lr at every epoch start).
     :param student_disc_grad: ``same`` (reference), ``reverse`` or ``none``; see the module doc.
     """
 
@@ -76,12 +76,14 @@ class MealV2(kdcore.Algorithm):
         self.student_disc_grad = student_disc_grad
         self.disc_lr_scale = float(disc_lr_scale)
         self.discriminator = Discriminator(num_classes, list(disc_hidden))
-        if self.disc_lr_scale != 1.0:
-            for p in self.discriminator.parameters():
-                p.register_hook(self._scale_disc_grad)
 
-    def _scale_disc_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad * self.disc_lr_scale
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The discriminator trains at ``disc_lr_scale`` x the configured learning rate."""
+        disc = {id(p) for p in self.discriminator.parameters()}
+        rest = [p for p in self.trainable_parameters() if id(p) not in disc]
+        return [{"params": rest},
+                {"params": [p for p in self.discriminator.parameters() if p.requires_grad],
+                 "lr_scale": self.disc_lr_scale}]
 
     def disc_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """BCE-with-logits of ``D`` on student logits (target 0) and teacher logits (target 1),
