@@ -60,7 +60,7 @@ class SyntheticBatches:
         order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(algo.seed * 7919 + epoch))
         slots = [int(order[i % len(pool)]) for i in range(len(self))]
         for slot in slots[start_step:]:
-            inputs, labels = pool[slot]
+            inputs, labels = (t.to(self.device) for t in pool[slot])  # restored pools are on the CPU
             n = len(labels)
             indices = torch.arange(slot * n, (slot + 1) * n, device=inputs.device)
             yield kdcore.Batch(inputs, labels, indices)
@@ -144,6 +144,21 @@ class DataFree(kdcore.Algorithm):
         self.generator = torch.Generator().manual_seed(seed)
         self.synthesis_history: list[list[float]] = []
         self._oldest = 0
+        self._refreshed_epoch = -1  # the epoch whose pool refresh is done
+
+    # The pool, the synthesis generator and the refresh position are part of the run's state:
+    # kdcore checkpoints them with the algorithm's state_dict, so a resumed run trains on the
+    # images the uninterrupted run would have (and does not synthesise an epoch's batches twice).
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"pool_inputs": [x.detach().cpu() for x, _ in self.pool],
+                "pool_labels": [y.detach().cpu() for _, y in self.pool],
+                "generator": self.generator.get_state(), "oldest": self._oldest,
+                "refreshed_epoch": self._refreshed_epoch}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.pool = list(zip(state["pool_inputs"], state["pool_labels"]))
+        self.generator.set_state(state["generator"])
+        self._oldest, self._refreshed_epoch = int(state["oldest"]), int(state["refreshed_epoch"])
 
     @property
     def teacher(self) -> nn.Module:
@@ -163,7 +178,11 @@ class DataFree(kdcore.Algorithm):
         return images, labels
 
     def refresh_pool(self, epoch: int, device: torch.device) -> None:
-        """Grow the pool (up to ``batches_per_epoch`` new batches) or refresh its oldest batches."""
+        """Grow the pool (up to ``batches_per_epoch`` new batches) or refresh its oldest batches,
+        once per epoch (a run resumed mid-epoch finds its epoch's refresh done)."""
+        if epoch <= self._refreshed_epoch:
+            return
+        self._refreshed_epoch = epoch
         if len(self.pool) < self.pool_size:
             for _ in range(min(self.batches_per_epoch, self.pool_size - len(self.pool))):
                 self.pool.append(self.synthesize_batch(device))

@@ -205,6 +205,30 @@ def test_pool_grows_then_refreshes_and_never_reads_the_training_split(tmp_path):
     assert len(list(batches.epoch(3, start_step=1))) == 1
 
 
+def test_a_resumed_run_trains_on_the_pool_the_uninterrupted_run_had():
+    settings = dict(batches_per_epoch=2, pool_size=3, refresh_per_epoch=1, grid_path=None)
+    straight = make(**settings)
+    batches = straight.train_batches(_Untouchable())
+    expected = [[b.inputs for b in batches.epoch(e)] for e in range(3)]
+
+    first = make(**settings)
+    list(first.train_batches(_Untouchable()).epoch(0))
+    saved = {k: v for k, v in first.state_dict().items() if not k.startswith("distiller.teachers.")}
+    resumed = make(**settings)  # a new process: empty pool, fresh generator
+    resumed.load_state_dict(saved, strict=False)
+    again = resumed.train_batches(_Untouchable())
+    for epoch in (1, 2):
+        got = [b.inputs for b in again.epoch(epoch)]
+        assert all(torch.equal(a, b) for a, b in zip(got, expected[epoch])), epoch
+    # a checkpoint taken mid-epoch resumes without synthesising that epoch's batches again
+    mid = make(**settings)
+    mid.load_state_dict({k: v for k, v in resumed.state_dict().items()
+                         if not k.startswith("distiller.teachers.")}, strict=False)
+    synthesised = len(mid.synthesis_history)
+    assert len(list(mid.train_batches(_Untouchable()).epoch(2, start_step=1))) == 1
+    assert len(mid.synthesis_history) == synthesised
+
+
 def test_kd_term_matches_loop_arithmetic():
     s = [[0.5, -1.0, 2.0], [0.0, 0.3, -0.2]]
     t = [[1.0, 0.0, 0.5], [-1.0, 2.0, 0.1]]
