@@ -132,3 +132,44 @@ def test_groups_that_miss_or_repeat_a_parameter_are_refused() -> None:
                 lambda m: [{"params": list(m.parameters())}, {"params": list(m.b.parameters())}]):
         with pytest.raises(UserError, match=r"parameter_groups\(\) must hold every trainable parameter exactly once"):
             checked_groups(Groups(bad))
+
+
+def test_a_checkpoint_regroups_into_the_algorithms_new_groups() -> None:
+    from kdcore.config import ScheduleConfig
+    from kdcore.engine.optim import make_scheduler, restore_optimizer
+    from kdcore.errors import UserError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    one = make_optimizer(list(model.parameters()), OptimizerConfig())  # saved with one group
+    model(torch.randn(4, 3)).sum().backward()
+    one.step()
+    saved = one.state_dict()
+    two = make_optimizer([{"params": list(model[0].parameters())},
+                          {"params": list(model[1].parameters()), "lr_scale": 0.5}], OptimizerConfig())
+    schedule = make_scheduler(two, ScheduleConfig(), 10, 1)
+    restore_optimizer(two, schedule, saved, make_scheduler(one, ScheduleConfig(), 10, 1).state_dict())
+    assert [g["lr"] for g in two.param_groups] == [0.1, 0.05]
+    for p in model.parameters():  # every momentum buffer found its parameter
+        assert torch.equal(two.state[p]["momentum_buffer"], one.state[p]["momentum_buffer"])
+    fewer = make_optimizer(list(model[0].parameters()), OptimizerConfig())
+    with pytest.raises(UserError, match="saved with 4 parameters in 1 group"):
+        restore_optimizer(fewer, make_scheduler(fewer, ScheduleConfig(), 10, 1), saved, schedule.state_dict())
+
+
+def test_parameter_groups_may_be_generators() -> None:
+    from kdcore.engine.run import checked_groups
+
+    class Gen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def trainable_parameters(self):
+            return list(self.parameters())
+
+        def parameter_groups(self):
+            return [{"params": self.a.parameters()}, {"params": self.b.parameters(), "lr_scale": 2}]
+
+    optimizer = make_optimizer(checked_groups(Gen()), OptimizerConfig())
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..config import OptimizerConfig, ScheduleConfig
+from ..errors import UserError
 
 
 def make_optimizer(params: Iterable[Any], cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -30,11 +31,11 @@ def make_optimizer(params: Iterable[Any], cfg: OptimizerConfig) -> torch.optim.O
         cls = torch.optim.Adam if cfg.type == "adam" else torch.optim.AdamW
         options = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.fused and every and all(_fused_kernel_exists(p) for p in every):
-        try:
-            return cls(groups, **options, fused=True)
+        try:  # copies: torch writes its settings into the group dicts it is given
+            return cls([dict(g) for g in groups], **options, fused=True)
         except (RuntimeError, TypeError, ValueError):  # this torch has no fused kernel for it
             pass
-    return cls(groups, **options)
+    return cls([dict(g) for g in groups], **options)
 
 
 def _fused_kernel_exists(param: torch.Tensor) -> bool:
@@ -56,13 +57,21 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: torch.optim.l
     optimizer.lr=0.01`` takes effect, and a checkpoint from before ``optimizer.fused`` existed
     loads into a fused optimizer (whose flag must match its amp-scaling contract)."""
     configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    saved_groups = optimizer_state["param_groups"]
-    if len(saved_groups) == len(configured):
-        # loaded with the configured settings, so torch places each state tensor (Adam's step
-        # counts) as the configured kernel wants it: fused on CUDA needs them on the device
-        optimizer_state = {**optimizer_state, "param_groups": [
-            {**saved, **mine, "params": saved["params"]} for saved, mine in zip(saved_groups, configured)]}
-    optimizer.load_state_dict(optimizer_state)  # a different group count raises here
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    saved_ids = [i for group in optimizer_state["param_groups"] for i in group["params"]]
+    if len(saved_ids) != sum(sizes):
+        raise UserError(f"resume checkpoint: the optimizer was saved with {len(saved_ids)} parameters "
+                        f"in {len(optimizer_state['param_groups'])} group(s), the run now has "
+                        f"{sum(sizes)} in {len(sizes)}; the model or algorithm changed since")
+    # The saved state is keyed by each parameter's position over all groups, so a run whose
+    # algorithm now splits the same parameters into other groups (MEAL V2's discriminator got
+    # its own) regroups them. And it is loaded with the configured settings, so torch places each
+    # state tensor (Adam's step counts) as the configured kernel wants it (fused CUDA: on device).
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    optimizer_state = {**optimizer_state, "param_groups": [
+        {**mine, "params": saved_ids[start:start + size]}
+        for mine, start, size in zip(configured, starts, sizes)]}
+    optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(scheduler_state)
     scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     for group, factor, base in zip(optimizer.param_groups, scheduler.lr_lambdas, scheduler.base_lrs):

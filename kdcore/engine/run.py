@@ -191,13 +191,17 @@ def remove_partial_writes(run_dir: str) -> list[str]:
 
 def checked_groups(algorithm: Any) -> list[dict[str, Any]]:
     """``algorithm.parameter_groups()``, checked to hold every trainable parameter once."""
-    groups = algorithm.parameter_groups()
+    groups = [{**g, "params": list(g["params"])} for g in algorithm.parameter_groups()]  # generators once
     seen = [id(p) for g in groups for p in g["params"]]
     trainable = {id(p) for p in algorithm.trainable_parameters()}
     if len(seen) != len(set(seen)) or set(seen) != trainable:
+        names = {id(p): n for n, p in algorithm.named_parameters()}
+        missing = [names.get(i, "?") for i in trainable - set(seen)][:3]
+        extra = [names.get(i, "?") for i in set(seen) - trainable][:3]
+        repeated = sorted({names.get(i, "?") for i in seen if seen.count(i) > 1})[:3]
         raise UserError(f"algorithm {type(algorithm).__name__}: parameter_groups() must hold every "
-                        f"trainable parameter exactly once ({len(set(seen))} distinct of "
-                        f"{len(trainable)} trainable, {len(seen) - len(set(seen))} repeated)")
+                        f"trainable parameter exactly once (missing {missing}, not trainable "
+                        f"{extra}, repeated {repeated})")
     return groups
 
 

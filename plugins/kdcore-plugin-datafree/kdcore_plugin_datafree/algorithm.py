@@ -10,8 +10,8 @@ passes per batch), so synthesised batches are kept in a pool and reused across e
 * then it trains on ``batches_per_epoch`` batches drawn from the pool in a seeded random order
   (cycling through the pool when it holds fewer batches than that).
 
-The pool is not saved in checkpoints: a resumed run re-synthesises it (same seed, so the same
-images only if it resumes at an epoch boundary).
+The pool, its synthesis generator and its refresh position are saved in checkpoints (the
+algorithm's extra state), so a resumed run trains on the images the uninterrupted run had.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class SyntheticBatches:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[kdcore.Batch]:
         algo = self.algorithm
-        algo.refresh_pool(epoch, self.device)
+        if start_step == 0 or not algo.pool:  # mid-epoch, a restored pool already had this refresh
+            algo.refresh_pool(epoch, self.device)
         pool = algo.pool
         order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(algo.seed * 7919 + epoch))
         slots = [int(order[i % len(pool)]) for i in range(len(self))]
@@ -144,21 +145,19 @@ class DataFree(kdcore.Algorithm):
         self.generator = torch.Generator().manual_seed(seed)
         self.synthesis_history: list[list[float]] = []
         self._oldest = 0
-        self._refreshed_epoch = -1  # the epoch whose pool refresh is done
 
     # The pool, the synthesis generator and the refresh position are part of the run's state:
     # kdcore checkpoints them with the algorithm's state_dict, so a resumed run trains on the
-    # images the uninterrupted run would have (and does not synthesise an epoch's batches twice).
+    # images the uninterrupted run would have.
     def get_extra_state(self) -> dict[str, Any]:
         return {"pool_inputs": [x.detach().cpu() for x, _ in self.pool],
                 "pool_labels": [y.detach().cpu() for _, y in self.pool],
-                "generator": self.generator.get_state(), "oldest": self._oldest,
-                "refreshed_epoch": self._refreshed_epoch}
+                "generator": self.generator.get_state(), "oldest": self._oldest}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.pool = list(zip(state["pool_inputs"], state["pool_labels"]))
         self.generator.set_state(state["generator"])
-        self._oldest, self._refreshed_epoch = int(state["oldest"]), int(state["refreshed_epoch"])
+        self._oldest = int(state["oldest"])
 
     @property
     def teacher(self) -> nn.Module:
@@ -178,11 +177,7 @@ class DataFree(kdcore.Algorithm):
         return images, labels
 
     def refresh_pool(self, epoch: int, device: torch.device) -> None:
-        """Grow the pool (up to ``batches_per_epoch`` new batches) or refresh its oldest batches,
-        once per epoch (a run resumed mid-epoch finds its epoch's refresh done)."""
-        if epoch <= self._refreshed_epoch:
-            return
-        self._refreshed_epoch = epoch
+        """Grow the pool (up to ``batches_per_epoch`` new batches) or refresh its oldest batches."""
         if len(self.pool) < self.pool_size:
             for _ in range(min(self.batches_per_epoch, self.pool_size - len(self.pool))):
                 self.pool.append(self.synthesize_batch(device))

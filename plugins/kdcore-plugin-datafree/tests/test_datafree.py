@@ -227,6 +227,15 @@ def test_a_resumed_run_trains_on_the_pool_the_uninterrupted_run_had():
     synthesised = len(mid.synthesis_history)
     assert len(list(mid.train_batches(_Untouchable()).epoch(2, start_step=1))) == 1
     assert len(mid.synthesis_history) == synthesised
+    # a pre-training stage's epochs (run_stage iterates epochs 0.. too) do not use up the main
+    # training's refreshes: every epoch that starts at step 0 refreshes
+    staged = make(**settings)
+    batches = staged.train_batches(_Untouchable())
+    for epoch in range(3):  # the stage
+        list(batches.epoch(epoch))
+    before = len(staged.synthesis_history)
+    list(batches.epoch(0))  # main training, epoch 1
+    assert len(staged.synthesis_history) == before + 1
 
 
 def test_kd_term_matches_loop_arithmetic():
