@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..components import Algorithm, Batch, Distiller
+from ..components.head import weighted
 from ..errors import UserError
 from ..hookspecs import hookimpl
 from ..specs import Component
@@ -47,8 +48,7 @@ class TeacherStudent(Algorithm):
         teacher_features = self.distiller.teacher_features(batch.inputs, indices=batch.indices)
         terms: dict[str, torch.Tensor] = {}
         if self.student_loss_weight:
-            task = self.task.loss(outputs, batch.targets)
-            terms["task"] = task if self.student_loss_weight == 1.0 else self.student_loss_weight * task
+            terms["task"] = weighted(self.student_loss_weight, self.task.loss(outputs, batch.targets))
         terms.update(self.distiller.losses(student_features, teacher_features,
                                            targets=batch.targets, indices=batch.indices,
                                            epoch=epoch, step=step))

@@ -12,6 +12,11 @@ from ..errors import UserError
 from .stage import Stage
 
 
+def weighted(weight: float, value: torch.Tensor) -> torch.Tensor:
+    """``weight * value``, without a kernel launch when the weight is 1."""
+    return value if weight == 1.0 else weight * value
+
+
 def _key(term: str) -> str:
     return term.replace(".", "_")
 
@@ -57,9 +62,7 @@ class DistillationHead(nn.Module):
             if key not in checked and getattr(loss, "same_shape", True):
                 self.check_shapes(self.terms[key], student, teacher)
                 checked.add(key)  # per-sample shapes do not change within a run
-            value = loss(student, teacher, **extra)
-            weight = self.weights[key]
-            terms[self.terms[key]] = value if weight == 1.0 else weight * value  # no kernel for 1.0
+            terms[self.terms[key]] = weighted(self.weights[key], loss(student, teacher, **extra))
         return terms
 
     def check_shapes(self, name: str, student: Any, teacher: Any) -> None:

@@ -30,7 +30,7 @@ def make_optimizer(params: Iterable[Any], cfg: OptimizerConfig) -> torch.optim.O
     else:
         cls = torch.optim.Adam if cfg.type == "adam" else torch.optim.AdamW
         options = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.fused and every and all(_fused_kernel_exists(p) for p in every):
+    if cfg.fused and every and _fused_kernels_exist(every):
         try:  # copies: torch writes its settings into the group dicts it is given
             return cls([dict(g) for g in groups], **options, fused=True)
         except (RuntimeError, TypeError, ValueError):  # this torch has no fused kernel for it
@@ -38,15 +38,15 @@ def make_optimizer(params: Iterable[Any], cfg: OptimizerConfig) -> torch.optim.O
     return cls([dict(g) for g in groups], **options)
 
 
-def _fused_kernel_exists(param: torch.Tensor) -> bool:
-    """Whether PyTorch has fused optimizer kernels for this parameter (checked by torch only
-    at the first step, too late to fall back)."""
+def _fused_kernels_exist(params: list[torch.Tensor]) -> bool:
+    """Whether PyTorch has fused optimizer kernels for all of ``params`` (torch checks only at
+    the first step, too late to fall back)."""
     try:
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
         devices = _get_fused_kernels_supported_devices()
     except ImportError:  # pragma: no cover - older torch
         devices = ["cpu", "cuda"]
-    return param.is_floating_point() and param.device.type in devices
+    return all(p.is_floating_point() and p.device.type in devices for p in params)
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,

@@ -78,7 +78,11 @@ class TeacherOutputCache:
                        for i, key in enumerate(keys)}
         self.resident: dict[str, torch.Tensor] = {}
         if resident_on is not None:
-            self.resident = {key: _to_device(array, resident_on) for key, array in self.arrays.items()}
+            self.keep_on(resident_on)
+
+    def keep_on(self, device: torch.device) -> None:
+        """Copy the cache to ``device`` once; rows are then gathered there."""
+        self.resident = {key: _to_device(array, device) for key, array in self.arrays.items()}
 
     @property
     def nbytes(self) -> int:
@@ -164,7 +168,7 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
                             f"(see its error above); turn trainer.teacher_cache off or fix that first")
         cache = TeacherOutputCache(folder, keys)
         if device.type != "cpu" and cache.nbytes <= resident_budget:
-            cache = TeacherOutputCache(folder, keys, resident_on=device)
+            cache.keep_on(device)
             resident_budget -= cache.nbytes
         distiller.caches[name] = cache
         paths[name] = folder
