@@ -13,8 +13,8 @@ weights, the same images in the same order and the same number of steps:
   into a temporary folder once, before timing.
 * **kdcore**: what ``kdcore run`` does: ``tune_cpu`` (threads = physical cores, glibc
   ``mallopt``) first, the split decoded once into a normalised in-memory tensor
-  (``TensorSplit``), batches by indexing it (``TrainBatches``), the teacher's layout from
-  ``speed_up`` (``trainer.teacher_memory_format: auto``), the built algorithm stepped by
+  (``TensorSplit``), batches by indexing it (``TrainBatches``), ``speed_up``'s rewrites (the
+  teacher's layout and folded BatchNorms, kdcore's CPU max pooling), the built algorithm stepped by
   ``train_epochs`` (progress bar off, as in the classic arm).
 * **kdcore + cache**: the same with ``trainer.teacher_cache: true``: the teacher's logits are
   read from the memory-mapped cache by sample index. The first such run fills the cache (one
@@ -137,8 +137,8 @@ def one_run(arm: str, args: argparse.Namespace) -> dict[str, Any]:
         threads = tune_cpu(threads)  # first thing, as kdcore run does
     preset = str(resources.files("kdcore") / "presets" / "teacher_student.yaml")
     config = load_config(read_yaml(preset), [f"data.root={args.root}"])
-    # the classic arm's hand loop copies these modules: it gets the teacher as trained
-    kd = KdcoreSetup(config, load_data(config.data), device, rewrite_teachers=arm != "classic")
+    # the classic arm's hand loop copies these modules: it gets them as built (torch's pooling)
+    kd = KdcoreSetup(config, load_data(config.data), device, rewrites=arm != "classic")
     bs = kd.batches.batch_size
     first = next(kd.batches.epoch(0))
     fill_s = None

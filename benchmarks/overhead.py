@@ -95,7 +95,7 @@ class KdcoreSetup:
     """Everything ``kdcore run`` builds before training, minus teacher training and caching."""
 
     def __init__(self, config: RunConfig, splits: Splits, device: torch.device,
-                 rewrite_teachers: bool = True) -> None:
+                 rewrites: bool = True) -> None:
         self.config = config
         self.device = device
         torch.manual_seed(config.seed)
@@ -105,7 +105,7 @@ class KdcoreSetup:
         student = build_model(config.student, splits.source, "student")
         self.algorithm: Algorithm = build_algorithm(config, splits, student, teachers)
         self.algorithm.to(device)
-        if rewrite_teachers:  # layout and BatchNorm folding, as ``kdcore run`` does
+        if rewrites:  # teacher layout, BatchNorm folding, CPU max pooling, as ``kdcore run`` does
             speed_up(self.algorithm, config, device)
         self.batches = TrainBatches(splits.train, config.data.batch_size, config.seed, device=device)
         self.optimizer = make_optimizer(self.algorithm.parameter_groups(), config.optimizer)

@@ -136,6 +136,7 @@ class TrainerConfig:
     channels_last: bool = False
     teacher_memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
     teacher_fold_bn: bool = True
+    fast_max_pool: bool = True
     compile: bool = False
     compile_backend: str = "inductor"
 

@@ -33,6 +33,7 @@ from .cpu import tune_cpu
 from .evaluate import evaluate
 from .loop import Position, describe_epoch, run_stage, train_epochs
 from .optim import make_optimizer, make_scheduler, restore_optimizer
+from .fast_max_pool import use_fast_max_pool
 from .frozen import fold_batchnorm, teacher_memory_format
 from .teacher_cache import attach_teacher_cache
 from .teachers import prepare_teachers, weights_checksum
@@ -106,9 +107,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = None) -> None:
-    """``trainer.channels_last``, the teachers' inference rewrites (:mod:`.frozen`) and
-    ``trainer.compile``: same results within float rounding, faster where the hardware allows.
-    ``Module.compile`` compiles in place, so module paths, taps and state_dict keys are unchanged."""
+    """``trainer.channels_last``, the teachers' inference rewrites (:mod:`.frozen`), the CPU
+    max-pooling kernel (:mod:`.fast_max_pool`) and ``trainer.compile``: same results within float
+    rounding, faster where the hardware allows. ``Module.compile`` compiles in place, so module
+    paths, taps and state_dict keys are unchanged."""
+    if config.trainer.fast_max_pool:
+        use_fast_max_pool(algorithm)
     if config.trainer.channels_last:
         algorithm.to(memory_format=torch.channels_last)
     if algorithm.distiller is not None:

@@ -25,6 +25,7 @@ from ..assemble import Splits, build_model
 from .batches import TrainBatches
 from .checkpoint import load_weights, save_atomic
 from .evaluate import evaluate
+from .fast_max_pool import use_fast_max_pool
 from .loop import Position, describe_epoch, train_epochs
 from .optim import make_optimizer, make_scheduler
 
@@ -60,6 +61,8 @@ def weights_checksum(model: nn.Module) -> str:
 def train_teacher(model: nn.Module, tcfg: TeacherConfig, config: RunConfig, splits: Splits,
                   device: torch.device, log: Callable[[str], None]) -> dict[str, float]:
     torch.manual_seed(tcfg.train.seed)
+    if config.trainer.fast_max_pool:
+        use_fast_max_pool(model)
     algorithm = Vanilla(model.to(device), splits.source.task)
     batches = TrainBatches(splits.train, config.data.batch_size, tcfg.train.seed, device=device)
     optimizer = make_optimizer(model.parameters(), tcfg.train.optimizer)

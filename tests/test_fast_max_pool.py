@@ -1,0 +1,109 @@
+"""kdcore's CPU 2x2 max pooling gives torch's outputs and gradients, ties included."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdcore.engine.fast_max_pool import FastMaxPool2d, max_pool_2x2, use_fast_max_pool
+from kdcore.models.cnn import cnn_student
+
+
+def grad_of(pool, x: torch.Tensor, upstream: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_()
+    out = pool(x)
+    (grad,) = torch.autograd.grad(out, x, upstream)
+    return out, grad
+
+
+@pytest.mark.parametrize("window, winner", [
+    ([[1.0, 1.0], [1.0, 1.0]], (0, 0)),  # a four-way tie: the first element, as torch's kernel
+    ([[0.0, 2.0], [2.0, 1.0]], (0, 1)),  # top-right beats the equal bottom-left (scan order)
+    ([[0.0, 1.0], [3.0, 3.0]], (1, 0)),
+    ([[-1.0, -2.0], [-3.0, -0.5]], (1, 1)),
+])
+def test_the_gradient_goes_to_the_first_maximum(window, winner) -> None:
+    x = torch.tensor(window).view(1, 1, 2, 2)
+    out, grad = grad_of(max_pool_2x2, x, torch.full((1, 1, 1, 1), 5.0))
+    expected = torch.zeros(2, 2)
+    expected[winner] = 5.0
+    assert out.item() == max(v for row in window for v in row)
+    assert torch.equal(grad.view(2, 2), expected)
+
+
+@pytest.mark.parametrize("shape, channels_last", [
+    ((16, 8, 28, 28), False), ((16, 8, 28, 28), True), ((3, 5, 7, 9), False), ((3, 5, 7, 9), True),
+    ((2, 3, 2, 2), False), ((5, 4, 13, 12), True), ((4, 6, 6), False)])  # odd sizes, no batch dim
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_outputs_and_gradients_are_torchs_bit_for_bit(shape, channels_last, dtype) -> None:
+    generator = torch.Generator().manual_seed(0)
+    # rounded, ReLU'd values with a constant band: ties everywhere, as after a ReLU on a
+    # background of zeros
+    x = torch.randn(shape, generator=generator).relu().round().to(dtype)
+    x[..., :3, :] = 0.5
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(F.max_pool2d(x, 2).shape, generator=generator).to(dtype)
+    ours, our_grad = grad_of(max_pool_2x2, x, upstream)
+    theirs, their_grad = grad_of(lambda t: F.max_pool2d(t, 2), x, upstream)
+    assert ours.shape == theirs.shape
+    assert torch.equal(ours, theirs)
+    assert torch.equal(our_grad, their_grad)
+    with torch.no_grad():
+        assert torch.equal(max_pool_2x2(x), theirs)
+
+
+def test_training_steps_are_bit_identical() -> None:
+    torch.manual_seed(0)
+    reference = cnn_student()
+    fast = copy.deepcopy(reference)
+    assert use_fast_max_pool(fast) == 2
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    for model in (reference, fast):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(3):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    for (name, a), b in zip(reference.state_dict().items(), fast.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_only_plain_2x2_pools_are_swapped_and_hooks_stay() -> None:
+    class Custom(nn.MaxPool2d):
+        pass
+
+    model = nn.Sequential(nn.MaxPool2d(2), nn.MaxPool2d(2, stride=2), nn.MaxPool2d(3),
+                          nn.MaxPool2d(2, padding=1), nn.MaxPool2d(2, ceil_mode=True),
+                          nn.MaxPool2d(2, stride=1), Custom(2))
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    keys = list(model.state_dict())
+    assert use_fast_max_pool(model) == 2
+    assert [type(m) is FastMaxPool2d for m in model] == [True, True, False, False, False, False, False]
+    assert isinstance(model[0], nn.MaxPool2d) and list(model.state_dict()) == keys
+    model[0](torch.randn(1, 1, 4, 4))
+    assert seen == [torch.Size([1, 1, 2, 2])]
+
+
+def test_torchs_kernel_where_it_is_the_faster_one(monkeypatch) -> None:
+    import kdcore.engine.fast_max_pool as fmp
+
+    calls = []
+    monkeypatch.setattr(fmp, "max_pool_2x2", lambda x: calls.append(x) or F.max_pool2d(x, 2))
+    pool = nn.MaxPool2d(2)
+    use_fast_max_pool(pool)
+    pool(torch.randn(2, 3, 4, 4))  # contiguous: ours
+    assert len(calls) == 1
+    training_cl = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    pool(training_cl)  # training in channels_last: torch's
+    with pytest.raises(RuntimeError, match="too small"):  # one row: torch's kernel, torch's error
+        pool(torch.randn(2, 3, 1, 4))
+    assert len(calls) == 1
+    with torch.no_grad():
+        pool(training_cl)  # inference in channels_last: ours
+    assert len(calls) == 2
