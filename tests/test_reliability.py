@@ -493,3 +493,32 @@ def test_truncated_fashion_mnist_file_is_named(files, tmp_path) -> None:
     line = error_line(CliRunner().invoke(main, ["run", "--output-dir", str(tmp_path), "--set",
                                                 f"data.root={root}"]), 2)
     assert "do not match" in line
+
+
+@pytest.mark.fashion
+def test_fp16_loss_scale_is_checkpointed_and_resumed(files, tmp_path, monkeypatch) -> None:
+    import kdcore.engine.run as run_module
+
+    out = tmp_path / "fp16"
+    result = invoke(["run", "--output-dir", str(out), *sets(files, "trainer.amp=fp16", "trainer.epochs=1")])
+    assert result.exit_code == 0, result.output
+    run_dir = only_run_dir(out)
+    path = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(str(path))
+    assert state["grad_scaler"]["scale"] > 0 and "_growth_tracker" in state["grad_scaler"]
+    # a scale the run could not have reached on its own in 4 steps, so a fresh scaler would show
+    state["grad_scaler"].update(scale=1024.0, _growth_tracker=7)
+    torch.save(state, path)
+    scalers = []
+
+    def recording(amp: str, device: torch.device) -> Any:
+        scalers.append(real(amp, device))
+        return scalers[-1]
+
+    real = run_module.loss_scaler
+    monkeypatch.setattr(run_module, "loss_scaler", recording)
+    result = invoke(["run", "--resume", str(run_dir), "--set", "trainer.epochs=2"])
+    assert result.exit_code == 0, result.output
+    (scaler,) = scalers
+    # 4 more steps: the growth counter went on from 7 (it restarts at 0 without the checkpoint)
+    assert scaler.get_scale() == 1024.0 and scaler.state_dict()["_growth_tracker"] == 11

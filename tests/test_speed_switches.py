@@ -42,6 +42,12 @@ def test_bf16_autocast_matches_loosely(tmp_path, tiny, baseline) -> None:
     assert row["train"]["kd"] == pytest.approx(baseline["train"]["kd"], rel=0.1, abs=0.01)
 
 
+def test_fp16_autocast_with_loss_scaling_matches_loosely(tmp_path, tiny, baseline) -> None:
+    row = last_row(tmp_path, tiny, "trainer.amp=fp16")
+    assert row["train"]["loss"] == pytest.approx(baseline["train"]["loss"], rel=0.05)
+    assert row["train"].get("skipped_batches", 0) == 0  # an overflowing scaled step is not a NaN loss
+
+
 def test_compile_matches(tmp_path, tiny, baseline) -> None:
     pytest.importorskip("torch._dynamo")
     # aot_eager traces the models (taps included) as inductor does, without minutes of C++

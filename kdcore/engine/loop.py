@@ -47,6 +47,12 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def loss_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs loss scaling against gradient underflow; bf16 has fp32's range and does not.
+    Its scale adapts during training, so a run checkpoints it (``grad_scaler``)."""
+    return torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+
 def _scalar(name: str, value: torch.Tensor) -> torch.Tensor:
     """A loss term as a float32 scalar (a one-element term is accepted as one)."""
     if value.dim():
@@ -74,6 +80,7 @@ def train_epochs(
     progress: bool = True,
     label: str = "train",
     amp: str = "none",
+    scaler: torch.amp.GradScaler | None = None,
     step_module: Callable[..., dict[str, torch.Tensor]] | None = None,
     reduce: Callable[..., tuple[dict[str, float], int, int]] | None = None,
     on_step: Callable[[Position], None] | None = None,
@@ -82,11 +89,13 @@ def train_epochs(
     """Train from ``position`` until ``epochs`` are done; returns the final position.
 
     ``step_module`` replaces ``algorithm.training_step`` (a DDP wrapper of it); ``reduce``
-    combines the epoch's loss sums across processes. ``on_step(position)`` runs after every step."""
+    combines the epoch's loss sums across processes. ``on_step(position)`` runs after every step.
+    ``scaler``: the fp16 loss scaler to use (a caller that checkpoints it passes its own); by
+    default a fresh one for ``amp="fp16"``."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     device = params[0].device if params else torch.device("cpu")
-    # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" and device.type == "cuda" else None
+    if scaler is None:
+        scaler = loss_scaler(amp, device)
     precision = autocast(device, amp)  # re-entrant: one context for every step
     while position.epoch < epochs:
         algorithm.train()

@@ -31,7 +31,7 @@ from .checkpoint import load_checkpoint, load_weights, save_atomic
 from . import distributed
 from .cpu import tune_cpu
 from .evaluate import evaluate
-from .loop import Position, describe_epoch, run_stage, train_epochs
+from .loop import Position, describe_epoch, loss_scaler, run_stage, train_epochs
 from .optim import make_optimizer, make_scheduler, restore_optimizer
 from .fast_max_pool import use_fast_max_pool
 from .frozen import fold_batchnorm, teacher_memory_format
@@ -147,7 +147,8 @@ def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-            checksums: dict[str, str], metrics_path: str | None) -> tuple[Position, bool]:
+            checksums: dict[str, str], metrics_path: str | None,
+            scaler: torch.amp.GradScaler | None = None) -> tuple[Position, bool]:
     """Load a run checkpoint into the built run; returns (position, stages_done). The teachers
     must be the ones the run started with. ``metrics.jsonl`` (rank 0 only: ``metrics_path``) is
     cut back to the rows the checkpoint covers: later ones belong to an epoch to be replayed."""
@@ -170,6 +171,8 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
                         f"{saved_type}, the config now says {type(optimizer).__name__}; its state "
                         f"does not carry over, so optimizer.type cannot change on resume")
     restore_optimizer(optimizer, scheduler, state["optimizer"], state["scheduler"])
+    if scaler is not None and state.get("grad_scaler"):  # absent: an older or non-fp16 run
+        scaler.load_state_dict(state["grad_scaler"])
     _set_rng_state(state["rng"])
     if metrics_path is not None:
         rows = _metrics_rows(metrics_path)[: state["metrics_rows"]]
@@ -300,10 +303,11 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     stages_done = False
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     checkpoint_path = os.path.join(run_dir, CHECKPOINT)
+    scaler = loss_scaler(config.trainer.amp, device)
 
     if resume_dir is not None and os.path.exists(checkpoint_path):
         position, stages_done = restore(checkpoint_path, algorithm, optimizer, scheduler, checksums,
-                                        metrics_path if main else None)
+                                        metrics_path if main else None, scaler)
         log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
     if resume_dir is not None and main:  # after the checks: a refused resume changes nothing
         keep_resumed_config(config, run_dir, log)
@@ -316,6 +320,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
         save_atomic({"format": 1, "algorithm": trainable_state(algorithm),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "optimizer_type": type(optimizer).__name__,
+                     "grad_scaler": scaler.state_dict() if scaler is not None else None,
                      "position": attrs.asdict(position), "rng": _rng_state(), "stages_done": stages,
                      "metrics_rows": rows_written[0],
                      "teachers_sha256": checksums}, checkpoint_path)
@@ -360,7 +365,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
         train_epochs(algorithm, batches, optimizer, scheduler, epochs=config.trainer.epochs,
                      position=position, on_nonfinite=config.trainer.on_nonfinite,
                      grad_clip=config.trainer.grad_clip, progress=config.trainer.progress,
-                     amp=config.trainer.amp, step_module=distributed.wrap(algorithm, device),
+                     amp=config.trainer.amp, scaler=scaler, step_module=distributed.wrap(algorithm, device),
                      reduce=distributed.reduce_sums, on_step=on_step, on_epoch_end=on_epoch_end)
     finally:
         algorithm.remove_taps()
