@@ -349,6 +349,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
                 return
             scores = score()
             row = {"epoch": pos.epoch, "lr": optimizer.param_groups[0]["lr"], "train": train, **scores}
+            if len(optimizer.param_groups) > 1:  # Algorithm.parameter_groups() with lr_scale
+                row["lr_groups"] = [group["lr"] for group in optimizer.param_groups]
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             rows_written[0] += 1

@@ -204,13 +204,15 @@ def _run_dir(stdout: str) -> Path:
 @pytest.mark.e2e
 def test_cli_runs_default_preset(tmp_path, cache_dir):
     summary = run_preset("kdcore_plugin_meal", "fashion_mnist.yaml", tmp_path, algo="meal_v2",
-                         sets=tuple(TINY[1::2]))
+                         sets=(*TINY[1::2], "algorithm.disc_lr_scale=0.5"))
     run_dir = Path(summary["run_dir"])
     assert summary["algo"] == "meal_v2" and summary["epochs"] == 1
     assert 0.0 <= summary["student"]["top1"] <= 100.0
     assert set(summary["teachers"]) == {"teacher", "cnn_deep"}
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert set(row["train"]) >= {"kl", "disc"} and "task" not in row["train"]
+    student_lr, disc_lr = row["lr_groups"]  # the discriminator's own group is logged too
+    assert row["lr"] == student_lr and disc_lr == pytest.approx(0.5 * student_lr)
     cnn_student().load_state_dict(torch.load(run_dir / "student.pt", weights_only=True))
 
 
