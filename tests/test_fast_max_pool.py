@@ -97,13 +97,17 @@ def test_torchs_kernel_where_it_is_the_faster_one(monkeypatch) -> None:
     monkeypatch.setattr(fmp, "max_pool_2x2", lambda x: calls.append(x) or F.max_pool2d(x, 2))
     pool = nn.MaxPool2d(2)
     use_fast_max_pool(pool)
-    pool(torch.randn(2, 3, 4, 4))  # contiguous: ours
+    big = (8, 8, 64, 64)  # 262,144 elements: above both size thresholds
+    pool(torch.randn(big, requires_grad=True))  # training, contiguous: ours
     assert len(calls) == 1
-    training_cl = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    training_cl = torch.randn(big).contiguous(memory_format=torch.channels_last).requires_grad_()
     pool(training_cl)  # training in channels_last: torch's
+    pool(torch.randn(2, 8, 28, 28, requires_grad=True))  # training, small: torch's
+    pool(torch.randn(1, 8, 28, 28))  # inference, small: torch's
     with pytest.raises(RuntimeError, match="too small"):  # one row: torch's kernel, torch's error
-        pool(torch.randn(2, 3, 1, 4))
+        pool(torch.randn(1, 8, 1, 1 << 16))
     assert len(calls) == 1
     with torch.no_grad():
         pool(training_cl)  # inference in channels_last: ours
-    assert len(calls) == 2
+    pool(torch.randn(4, 8, 28, 28))  # inference, 25k elements: ours
+    assert len(calls) == 3
