@@ -111,3 +111,40 @@ def test_torchs_kernel_where_it_is_the_faster_one(monkeypatch) -> None:
         pool(training_cl)  # inference in channels_last: ours
     pool(torch.randn(4, 8, 28, 28))  # inference, 25k elements: ours
     assert len(calls) == 3
+
+
+def test_a_pool_whose_settings_are_not_2x2_is_torchs() -> None:
+    x = torch.randn(8, 8, 63, 63)
+    for pool in (FastMaxPool2d(3), FastMaxPool2d(2, stride=1), FastMaxPool2d(2, padding=1)):
+        assert torch.equal(pool(x), F.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding))
+    swapped = nn.MaxPool2d(2)
+    use_fast_max_pool(swapped)
+    swapped.ceil_mode = True  # changed after the swap
+    assert swapped(x).shape == (8, 8, 32, 32)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_func_transforms_forward_ad_and_tracing_get_torchs_kernel() -> None:
+    big = (8, 8, 64, 64)  # above the size thresholds
+    x = torch.randn(big).relu().round()  # ties, where maximum's forward-mode rule would differ
+    pool = FastMaxPool2d(2)
+
+    def total(fn):
+        return lambda t: fn(t).pow(2).sum()
+
+    grads = torch.func.grad(total(pool))(x)
+    assert torch.equal(grads, torch.func.grad(total(lambda t: F.max_pool2d(t, 2)))(x))
+    tangent = torch.randn(big)
+    _, ours = torch.func.jvp(pool, (x,), (tangent,))
+    _, theirs = torch.func.jvp(lambda t: F.max_pool2d(t, 2), (x,), (tangent,))
+    assert torch.equal(ours, theirs)
+    traced = torch.jit.trace(pool, (x,))  # its sanity check reruns it: a Python op would fail it
+    assert "max_pool2d" in str(traced.inlined_graph)
+
+
+def test_inference_on_an_odd_layout_keeps_torchs_output_layout() -> None:
+    x = torch.randn(8, 8, 64, 64).transpose(-1, -2)  # neither contiguous nor channels_last
+    with torch.no_grad():
+        out = FastMaxPool2d(2)(x)
+    expected = F.max_pool2d(x, 2)
+    assert torch.equal(out, expected) and out.stride() == expected.stride()

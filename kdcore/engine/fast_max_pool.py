@@ -15,8 +15,10 @@ either way; which element its gradient goes to may differ.
 
 The modules keep their class's identity for everything else: :func:`use_fast_max_pool` changes
 an eligible ``nn.MaxPool2d``'s class in place (a subclass), so its module path, its forward
-hooks (taps, plugins) and ``isinstance`` checks stay; on other devices, under ``torch.compile``
-or for windows it does not cover, the subclass calls torch's kernel.
+hooks (taps, plugins) and ``isinstance`` checks stay; on other devices, under ``torch.compile``,
+``torch.jit.trace``, ``torch.func`` transforms or forward-mode AD, and for windows it does not
+cover, the subclass calls torch's kernel. ``torch.jit.script`` cannot compile it: script a model
+before ``kdcore run``'s rewrites or from its saved ``student.pt`` weights.
 """
 
 from __future__ import annotations
@@ -105,23 +107,31 @@ MIN_ELEMENTS_TRAINING = 1 << 17
 
 def _faster_here(x: torch.Tensor) -> bool:
     """Where :func:`max_pool_2x2` beats torch's kernel: large enough floating-point CPU
-    tensors, except in training on a channels_last tensor (torch's channels_last kernel
-    vectorises already, and the strided index arithmetic would cost more than it saves; in
-    inference ours still wins)."""
+    tensors in the two standard layouts, except in training on a channels_last tensor
+    (torch's channels_last kernel vectorises already, and the strided index arithmetic would
+    cost more than it saves; in inference ours still wins). Tracing, compiling, ``torch.func``
+    transforms and forward-mode AD get torch's kernel: they need an op they know (forward-mode
+    AD of ``maximum`` would split a tie's tangent, torch's pool does not)."""
     if x.device.type != "cpu" or not x.is_floating_point() or x.dim() not in (3, 4):
         return False
-    if x.shape[-2] < 2 or x.shape[-1] < 2 or torch.compiler.is_compiling():
+    if x.shape[-2] < 2 or x.shape[-1] < 2:
+        return False
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._functorch.is_functorch_wrapped_tensor(x)
+            or torch.autograd.forward_ad._current_level >= 0):
         return False
     if torch.is_grad_enabled() and x.requires_grad:
         return x.is_contiguous() and x.numel() >= MIN_ELEMENTS_TRAINING
-    return x.numel() >= MIN_ELEMENTS_INFERENCE
+    standard = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+    return standard and x.numel() >= MIN_ELEMENTS_INFERENCE
 
 
 class FastMaxPool2d(nn.MaxPool2d):
     """An ``nn.MaxPool2d(2)`` that takes :func:`max_pool_2x2` where it is faster."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return max_pool_2x2(x) if _faster_here(x) else super().forward(x)
+        # covers(self) again: the settings are public attributes and may change after the swap
+        return max_pool_2x2(x) if _faster_here(x) and covers(self) else super().forward(x)
 
 
 def use_fast_max_pool(model: nn.Module) -> int:
