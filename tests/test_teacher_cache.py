@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -96,3 +97,42 @@ def test_two_runs_filling_one_cache_at_once_both_succeed(tmp_path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["t-key"]  # no temporary folder left behind
     rows = TeacherOutputCache(folder, ["output"]).rows(torch.tensor([5, 0]), torch.device("cpu"))["output"]
     assert torch.allclose(rows, distiller.compute_teacher_features(data.inputs[[5, 0]])["t"]["output"], atol=1e-5)
+
+
+def test_a_process_waits_for_a_fill_on_the_lock_and_never_in_a_collective(tmp_path, monkeypatch) -> None:
+    """Another process (here: the test) holds the cache's lock while it fills: the waiting
+    process must not enter ``all_ranks`` (a collective with NCCL's timeout) before the lock is
+    released, and must then read that cache rather than fill its own."""
+    import fcntl
+    import threading
+    import time
+
+    import kdcore
+    import kdcore.engine.teacher_cache as tc
+    from kdcore.components.distiller import DistillPoint
+    from kdcore.data import TensorSplit
+    from kdcore.models.cnn import cnn_teacher
+    from kdcore.taps import Tap
+
+    torch.manual_seed(0)
+    head = kdcore.DistillationHead({"l": (1.0, kdcore.build("loss", "kd"))})
+    distiller = kdcore.Distiller({"t": cnn_teacher()}, [DistillPoint("p", "t", Tap("output"), Tap("output"), head)])
+    data = TensorSplit(torch.randn(6, 1, 28, 28), torch.zeros(6, dtype=torch.long))
+    checkpoint = str(tmp_path / "t.pt")
+    cpu = torch.device("cpu")
+    folder = tc.attach_teacher_cache(distiller, data, {"t": checkpoint}, cpu, progress=False, log=lambda _: None)["t"]
+    shutil.rmtree(folder)
+    fill, events = tc._fill, []
+    monkeypatch.setattr(tc, "_fill", lambda *a, **k: events.append("waiter filled") or fill(*a, **k))
+    monkeypatch.setattr(tc.distributed, "all_ranks", lambda ok, device: events.append("collective") or ok)
+    waiter = threading.Thread(target=tc.attach_teacher_cache,
+                              args=(distiller, data, {"t": checkpoint}, cpu),
+                              kwargs={"progress": False, "log": lambda _: None})
+    with open(folder + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiter.start()
+        time.sleep(0.5)
+        assert events == []  # blocked on the lock, not in a collective
+        fill(distiller, "t", data, folder, ["output"], 4, cpu, False)  # the other process's fill
+    waiter.join(timeout=30)
+    assert events == ["collective"]

@@ -29,12 +29,6 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def is_local_main() -> bool:
-    """The first process on this machine (``LOCAL_RANK`` 0): machine-local work such as filling
-    a cache on a disk the other machines may not share."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0
-
-
 def is_main() -> bool:
     return rank() == 0
 

@@ -13,6 +13,7 @@ written to a temporary folder first and renamed, so a killed run never leaves ha
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -156,11 +157,17 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
         else:
             log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}")
         filled, failure = True, None
-        if not os.path.isdir(folder) and distributed.is_local_main():
-            try:  # under torchrun one process per machine fills it, the others wait
-                _fill(distiller, name, data, folder, keys, batch_size, device, progress)
-            except BaseException as error:  # noqa: BLE001 - reported below, after the others hear of it
-                filled, failure = False, error
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        # Under torchrun the first process to take the lock fills the cache and the others wait
+        # on the lock, then find it filled: a wait in a collective would hit NCCL's timeout on
+        # a fill longer than 10 minutes. Separate runs sharing the cache wait the same way.
+        with open(folder + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.isdir(folder):
+                try:
+                    _fill(distiller, name, data, folder, keys, batch_size, device, progress)
+                except BaseException as error:  # noqa: BLE001 - reported below, after the others hear of it
+                    filled, failure = False, error
         if not distributed.all_ranks(filled, device):
             if failure is not None:
                 raise failure
