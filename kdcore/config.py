@@ -137,6 +137,7 @@ class TrainerConfig:
     teacher_memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
     teacher_fold_bn: bool = True
     fast_max_pool: bool = True
+    sync_batchnorm: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
 

@@ -56,3 +56,32 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path) -> None:
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
     assert ranks[0]["skipped"] == ranks[1]["skipped"] == 1  # counted once, not once per rank
     assert ranks[0]["weights"] == ranks[1]["weights"]  # the same steps were taken everywhere
+
+
+def test_sync_batchnorm_converts_trainable_batchnorms_in_place_and_keeps_taps(monkeypatch) -> None:
+    import kdcore
+    from kdcore.components.distiller import DistillPoint
+    from kdcore.engine import distributed
+    from kdcore.models.cnn import cnn_student, cnn_teacher
+    from kdcore.taps import Tap
+    import torch
+    from torch import nn
+
+    student, teacher = cnn_student(), cnn_teacher()
+    connector = nn.Sequential(nn.Conv2d(8, 24, 1), nn.BatchNorm2d(24))
+    head = kdcore.DistillationHead({"l": (1.0, nn.MSELoss())}, student_connector=connector)
+    distiller = kdcore.Distiller({"t": teacher}, [DistillPoint("p", "t", Tap("stage1.bn"), Tap("stage1.bn"), head)])
+    algorithm = kdcore.build("algorithm", "teacher_student", student=student, task=None, distiller=distiller)
+    bn = student.stage1.bn
+    weight, hooks = bn.weight, dict(bn._forward_hooks)
+    keys = list(algorithm.state_dict())
+    assert hooks  # the tap on stage1.bn
+    assert distributed.use_sync_batchnorm(algorithm, torch.device("cuda")) == 0  # one process: as is
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(kdcore.UserError, match="runs on CUDA devices only and this run is on cpu"):
+        distributed.use_sync_batchnorm(algorithm, torch.device("cpu"))
+    assert distributed.use_sync_batchnorm(algorithm, torch.device("cuda")) == 3 + 1  # student + connector
+    assert type(student.stage1.bn) is nn.SyncBatchNorm and student.stage1.bn is bn
+    assert bn.weight is weight and dict(bn._forward_hooks) == hooks and list(algorithm.state_dict()) == keys
+    assert type(connector[1]) is nn.SyncBatchNorm
+    assert all(type(m) is nn.BatchNorm2d for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))

@@ -118,6 +118,35 @@ def all_ranks(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def use_sync_batchnorm(algorithm: nn.Module, device: torch.device) -> int:
+    """``trainer.sync_batchnorm``: under torchrun, every trainable BatchNorm (student,
+    connectors, losses' and generators' own) normalises with the statistics of the whole
+    global batch (torch's ``SyncBatchNorm``); frozen teachers keep theirs. Returns how many.
+
+    Each module's class is changed in place, as ``SyncBatchNorm.convert_sync_batchnorm`` would
+    do with a copy: the same object keeps its parameters, buffers, module path and the forward
+    hooks of taps, so ``state_dict`` keys and feature taps are unchanged. One process has
+    nothing to synchronise and is left as it is."""
+    if world_size() == 1:
+        return 0
+    if device.type != "cuda":
+        raise UserError(f"trainer.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only "
+                        f"and this run is on {device.type}; set trainer.sync_batchnorm=false")
+    distiller = getattr(algorithm, "distiller", None)
+    frozen = {id(m) for t in (distiller.teachers.values() if distiller is not None else ())
+              for m in t.modules()}
+    count = 0
+    for module in algorithm.modules():
+        if type(module) in BATCHNORMS and id(module) not in frozen:
+            module.__class__ = nn.SyncBatchNorm
+            module.process_group = None  # the default group: every rank
+            count += 1
+    return count
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

@@ -278,6 +278,11 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     algorithm = build_algorithm(config, splits, student, {n: t["model"] for n, t in teachers.items()},
                                 run_dir=run_dir)
     algorithm.to(device)
+    if config.trainer.sync_batchnorm:
+        converted = distributed.use_sync_batchnorm(algorithm, device)
+        if converted:
+            log(f"trainer.sync_batchnorm: {converted} BatchNorm layers synchronised across "
+                f"{distributed.world_size()} processes")
     speed_up(algorithm, config, device)
     for t in teachers.values():  # the weights as they run: they must not change from here on
         t["running_sha256"] = weights_checksum(t["model"])
