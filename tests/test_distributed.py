@@ -72,6 +72,10 @@ def test_sync_batchnorm_converts_trainable_batchnorms_in_place_and_keeps_taps(mo
     head = kdcore.DistillationHead({"l": (1.0, nn.MSELoss())}, student_connector=connector)
     distiller = kdcore.Distiller({"t": teacher}, [DistillPoint("p", "t", Tap("stage1.bn"), Tap("stage1.bn"), head)])
     algorithm = kdcore.build("algorithm", "teacher_student", student=student, task=None, distiller=distiller)
+    class OwnNorm(nn.BatchNorm2d):  # a subclass may compute more: left alone, and named
+        pass
+
+    head.own_norm = OwnNorm(3)
     bn = student.stage1.bn
     weight, hooks = bn.weight, dict(bn._forward_hooks)
     keys = list(algorithm.state_dict())
@@ -80,7 +84,11 @@ def test_sync_batchnorm_converts_trainable_batchnorms_in_place_and_keeps_taps(mo
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(kdcore.UserError, match="runs on CUDA devices only and this run is on cpu"):
         distributed.use_sync_batchnorm(algorithm, torch.device("cpu"))
-    assert distributed.use_sync_batchnorm(algorithm, torch.device("cuda")) == 3 + 1  # student + connector
+    with pytest.raises(kdcore.UserError, match="runs on CUDA devices only and this run is on cpu"):
+        distributed.check_sync_batchnorm(torch.device("cpu"))  # what run() calls right after setup
+    with pytest.warns(UserWarning, match=r"1 BatchNorm subclass layers keep per-process statistics: .*own_norm \(OwnNorm\)"):
+        assert distributed.use_sync_batchnorm(algorithm, torch.device("cuda")) == 3 + 1  # student + connector
+    assert type(head.own_norm) is OwnNorm
     assert type(student.stage1.bn) is nn.SyncBatchNorm and student.stage1.bn is bn
     assert bn.weight is weight and dict(bn._forward_hooks) == hooks and list(algorithm.state_dict()) == keys
     assert type(connector[1]) is nn.SyncBatchNorm

@@ -99,16 +99,8 @@ def test_two_runs_filling_one_cache_at_once_both_succeed(tmp_path) -> None:
     assert torch.allclose(rows, distiller.compute_teacher_features(data.inputs[[5, 0]])["t"]["output"], atol=1e-5)
 
 
-def test_a_process_waits_for_a_fill_on_the_lock_and_never_in_a_collective(tmp_path, monkeypatch) -> None:
-    """Another process (here: the test) holds the cache's lock while it fills: the waiting
-    process must not enter ``all_ranks`` (a collective with NCCL's timeout) before the lock is
-    released, and must then read that cache rather than fill its own."""
-    import fcntl
-    import threading
-    import time
-
+def _cache_fixture(tmp_path):
     import kdcore
-    import kdcore.engine.teacher_cache as tc
     from kdcore.components.distiller import DistillPoint
     from kdcore.data import TensorSplit
     from kdcore.models.cnn import cnn_teacher
@@ -118,21 +110,70 @@ def test_a_process_waits_for_a_fill_on_the_lock_and_never_in_a_collective(tmp_pa
     head = kdcore.DistillationHead({"l": (1.0, kdcore.build("loss", "kd"))})
     distiller = kdcore.Distiller({"t": cnn_teacher()}, [DistillPoint("p", "t", Tap("output"), Tap("output"), head)])
     data = TensorSplit(torch.randn(6, 1, 28, 28), torch.zeros(6, dtype=torch.long))
-    checkpoint = str(tmp_path / "t.pt")
+    return distiller, data, {"t": str(tmp_path / "t.pt")}
+
+
+def test_a_second_run_waits_on_the_lock_and_reuses_the_cache_the_first_fills(tmp_path, monkeypatch) -> None:
+    """Another run (here: the test) holds the cache's lock while it fills: this run must wait on
+    the lock before its agreement step, and then read that cache rather than fill its own."""
+    import fcntl
+    import threading
+    import time
+
+    import kdcore.engine.teacher_cache as tc
+
+    distiller, data, checkpoints = _cache_fixture(tmp_path)
     cpu = torch.device("cpu")
-    folder = tc.attach_teacher_cache(distiller, data, {"t": checkpoint}, cpu, progress=False, log=lambda _: None)["t"]
+    folder = tc.attach_teacher_cache(distiller, data, checkpoints, cpu, progress=False, log=lambda _: None)["t"]
     shutil.rmtree(folder)
-    fill, events = tc._fill, []
+    fill, events, errors = tc._fill, [], []
     monkeypatch.setattr(tc, "_fill", lambda *a, **k: events.append("waiter filled") or fill(*a, **k))
-    monkeypatch.setattr(tc.distributed, "all_ranks", lambda ok, device: events.append("collective") or ok)
-    waiter = threading.Thread(target=tc.attach_teacher_cache,
-                              args=(distiller, data, {"t": checkpoint}, cpu),
-                              kwargs={"progress": False, "log": lambda _: None})
+    monkeypatch.setattr(tc.distributed, "all_ranks", lambda ok, device, **_: events.append("agreed") or ok)
+
+    def waiter_run() -> None:
+        try:
+            tc.attach_teacher_cache(distiller, data, checkpoints, cpu, progress=False, log=lambda _: None)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test
+            errors.append(error)
+
+    waiter = threading.Thread(target=waiter_run)
     with open(folder + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         waiter.start()
-        time.sleep(0.5)
-        assert events == []  # blocked on the lock, not in a collective
-        fill(distiller, "t", data, folder, ["output"], 4, cpu, False)  # the other process's fill
-    waiter.join(timeout=30)
-    assert events == ["collective"]
+        time.sleep(0.3)
+        assert waiter.is_alive()
+        fill(distiller, "t", data, folder, ["output"], 4, cpu, False)  # the other run's fill
+        events.append("released")
+    waiter.join(timeout=60)
+    assert not waiter.is_alive()
+    if errors:
+        raise errors[0]
+    assert events == ["released", "agreed"]  # it waited for the lock, then did not fill
+
+
+def test_other_ranks_never_fill_and_stop_when_the_filler_failed(tmp_path, monkeypatch) -> None:
+    import kdcore.engine.teacher_cache as tc
+    from kdcore.errors import UserError
+
+    distiller, data, checkpoints = _cache_fixture(tmp_path)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(tc, "_fill", lambda *a, **k: pytest.fail("only LOCAL_RANK 0 fills"))
+    calls = []
+    monkeypatch.setattr(tc.distributed, "all_ranks",
+                        lambda ok, device, **kw: calls.append(kw) or False)  # the filler failed
+    with pytest.raises(UserError, match="filling its output cache failed on another process"):
+        tc.attach_teacher_cache(distiller, data, checkpoints, torch.device("cpu"), progress=False,
+                                log=lambda _: None)
+    assert calls == [{"patient": True}]  # waited in the long-timeout group, not NCCL's
+
+
+def test_an_incomplete_cache_folder_is_named(tmp_path) -> None:
+    import kdcore.engine.teacher_cache as tc
+    from kdcore.errors import UserError
+
+    distiller, data, checkpoints = _cache_fixture(tmp_path)
+    cpu = torch.device("cpu")
+    folder = tc.attach_teacher_cache(distiller, data, checkpoints, cpu, progress=False, log=lambda _: None)["t"]
+    os.unlink(os.path.join(folder, "keys.json"))
+    with pytest.raises(UserError, match=f"its output cache {folder} is incomplete.*delete that folder"):
+        tc.attach_teacher_cache(distiller, data, checkpoints, cpu, progress=False, log=lambda _: None)

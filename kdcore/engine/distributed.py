@@ -12,6 +12,8 @@ left out of DDP's synchronisation.
 from __future__ import annotations
 
 import os
+import warnings
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -29,6 +31,18 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def is_local_main() -> bool:
+    """The first process on this machine (``LOCAL_RANK`` 0): machine-local work such as filling
+    a cache on a disk the other machines may not share."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+# A CPU group with a long timeout for decisions some ranks wait on while one works for long
+# (filling the teacher-output cache): NCCL's default would kill the job after 10 minutes.
+PATIENT_TIMEOUT = timedelta(hours=24)
+_patient_group: Any = None
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -42,10 +56,14 @@ def setup(device_name: str) -> torch.device | None:
     if use_cuda:
         torch.cuda.set_device(local)
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    global _patient_group
+    _patient_group = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
     return torch.device("cuda", local) if use_cuda else torch.device("cpu")
 
 
 def teardown() -> None:
+    global _patient_group
+    _patient_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -108,11 +126,17 @@ def synced_buffer_names(algorithm: nn.Module) -> list[str]:
             for buffer in getattr(module, "synced_buffers", ()) if buffer in module._buffers]
 
 
-def all_ranks(flag: bool, device: torch.device) -> bool:
+def all_ranks(flag: bool, device: torch.device, *, patient: bool = False) -> bool:
     """Whether ``flag`` holds on every process (``flag`` in a single process): for decisions
-    every rank must take together, like skipping a batch that DDP would otherwise wait for."""
+    every rank must take together, like skipping a batch that DDP would otherwise wait for.
+    ``patient``: the others may wait here for a long time (one rank filling a cache), so the
+    agreement goes through a CPU group with a 24-hour timeout instead of the run's own."""
     if world_size() == 1:
         return flag
+    if patient and _patient_group is not None:
+        value = torch.tensor([1 if flag else 0])
+        dist.all_reduce(value, op=dist.ReduceOp.MIN, group=_patient_group)
+        return bool(value.item())
     value = torch.tensor([1 if flag else 0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
@@ -121,9 +145,16 @@ def all_ranks(flag: bool, device: torch.device) -> bool:
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def check_sync_batchnorm(device: torch.device) -> None:
+    """Refuse ``trainer.sync_batchnorm`` on CPU processes, before any data or teacher work."""
+    if world_size() > 1 and device.type != "cuda":
+        raise UserError(f"trainer.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only "
+                        f"and this run is on {device.type}; set trainer.sync_batchnorm=false")
+
+
 def use_sync_batchnorm(algorithm: nn.Module, device: torch.device) -> int:
     """``trainer.sync_batchnorm``: under torchrun, every trainable BatchNorm (student,
-    connectors, losses' and generators' own) normalises with the statistics of the whole
+    connectors, losses' own) normalises with the statistics of the whole
     global batch (torch's ``SyncBatchNorm``); frozen teachers keep theirs. Returns how many.
 
     Each module's class is changed in place, as ``SyncBatchNorm.convert_sync_batchnorm`` would
@@ -132,18 +163,23 @@ def use_sync_batchnorm(algorithm: nn.Module, device: torch.device) -> int:
     nothing to synchronise and is left as it is."""
     if world_size() == 1:
         return 0
-    if device.type != "cuda":
-        raise UserError(f"trainer.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only "
-                        f"and this run is on {device.type}; set trainer.sync_batchnorm=false")
+    check_sync_batchnorm(device)
     distiller = getattr(algorithm, "distiller", None)
     frozen = {id(m) for t in (distiller.teachers.values() if distiller is not None else ())
               for m in t.modules()}
-    count = 0
-    for module in algorithm.modules():
-        if type(module) in BATCHNORMS and id(module) not in frozen:
+    count, left = 0, []
+    for name, module in algorithm.named_modules():
+        if id(module) in frozen or not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue
+        if type(module) in BATCHNORMS:
             module.__class__ = nn.SyncBatchNorm
             module.process_group = None  # the default group: every rank
             count += 1
+        elif not isinstance(module, nn.SyncBatchNorm):
+            left.append(f"{name} ({type(module).__name__})")
+    if left:  # a subclass may compute more than a BatchNorm: not converted, but said
+        warnings.warn(f"trainer.sync_batchnorm: {len(left)} BatchNorm subclass layers keep per-process "
+                      f"statistics: {', '.join(left[:5])}", stacklevel=2)
     return count
 
 

@@ -251,6 +251,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = distributed.setup(config.trainer.device) or pick_device(config.trainer.device)
+    if config.trainer.sync_batchnorm:
+        distributed.check_sync_batchnorm(device)
     main = distributed.is_main()
     if not main:
         log = lambda message: None  # noqa: E731 - rank 0 speaks for all

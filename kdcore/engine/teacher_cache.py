@@ -157,22 +157,26 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
         else:
             log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}")
         filled, failure = True, None
-        os.makedirs(os.path.dirname(folder), exist_ok=True)
-        # Under torchrun the first process to take the lock fills the cache and the others wait
-        # on the lock, then find it filled: a wait in a collective would hit NCCL's timeout on
-        # a fill longer than 10 minutes. Separate runs sharing the cache wait the same way.
-        with open(folder + ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not os.path.isdir(folder):
-                try:
-                    _fill(distiller, name, data, folder, keys, batch_size, device, progress)
-                except BaseException as error:  # noqa: BLE001 - reported below, after the others hear of it
-                    filled, failure = False, error
-        if not distributed.all_ranks(filled, device):
+        if not os.path.isdir(folder) and distributed.is_local_main():
+            # one process per machine fills it; another run filling the same cache holds the
+            # lock, and this one then finds it filled
+            os.makedirs(os.path.dirname(folder), exist_ok=True)
+            with open(folder + ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not os.path.isdir(folder):
+                    try:
+                        _fill(distiller, name, data, folder, keys, batch_size, device, progress)
+                    except BaseException as error:  # noqa: BLE001 - reported below, after the others hear of it
+                        filled, failure = False, error
+        # the others wait here for the whole fill: in the patient group, not under NCCL's timeout
+        if not distributed.all_ranks(filled, device, patient=True):
             if failure is not None:
                 raise failure
             raise UserError(f"teacher {name}: filling its output cache failed on another process "
                             f"(see its error above); turn trainer.teacher_cache off or fix that first")
+        if not os.path.isfile(os.path.join(folder, "keys.json")):  # the fill writes it last
+            raise UserError(f"teacher {name}: its output cache {folder} is incomplete (no keys.json; "
+                            f"not written by kdcore's fill): delete that folder and run again")
         cache = TeacherOutputCache(folder, keys)
         if device.type != "cpu" and cache.nbytes <= resident_budget:
             cache.keep_on(device)
