@@ -59,13 +59,14 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path) -> None:
 
 
 def test_sync_batchnorm_converts_trainable_batchnorms_in_place_and_keeps_taps(monkeypatch) -> None:
+    import torch
+    from torch import nn
+
     import kdcore
     from kdcore.components.distiller import DistillPoint
     from kdcore.engine import distributed
     from kdcore.models.cnn import cnn_student, cnn_teacher
     from kdcore.taps import Tap
-    import torch
-    from torch import nn
 
     student, teacher = cnn_student(), cnn_teacher()
     connector = nn.Sequential(nn.Conv2d(8, 24, 1), nn.BatchNorm2d(24))
