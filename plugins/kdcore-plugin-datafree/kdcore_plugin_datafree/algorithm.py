@@ -155,7 +155,20 @@ class DataFree(kdcore.Algorithm):
                 "generator": self.generator.get_state(), "oldest": self._oldest}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.pool = list(zip(state["pool_inputs"], state["pool_labels"]))
+        saved = list(zip(state["pool_inputs"], state["pool_labels"]))
+        # a resumed run continues the saved pool, so its shape must still be the configured one
+        if len(saved) > self.pool_size:
+            raise kdcore.UserError(
+                f"algorithm.pool_size: the checkpoint's synthetic pool holds {len(saved)} batches, "
+                f"pool_size is now {self.pool_size}; resume with algorithm.pool_size={len(saved)} "
+                f"(a larger value grows the pool) or start a new run")
+        sizes = {len(labels) for _, labels in saved}
+        if sizes and sizes != {self.batch_size}:
+            raise kdcore.UserError(
+                f"data.batch_size: the checkpoint's synthetic pool holds batches of "
+                f"{sorted(sizes)[0]} images, data.batch_size is now {self.batch_size}; resume "
+                f"with data.batch_size={sorted(sizes)[0]} or start a new run")
+        self.pool = saved
         self.generator.set_state(state["generator"])
         self._oldest = int(state["oldest"])
 

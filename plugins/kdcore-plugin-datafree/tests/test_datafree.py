@@ -238,6 +238,20 @@ def test_a_resumed_run_trains_on_the_pool_the_uninterrupted_run_had():
     assert len(staged.synthesis_history) == before + 1
 
 
+def test_a_resume_that_no_longer_fits_the_saved_pool_names_the_key():
+    settings = dict(batches_per_epoch=2, pool_size=3, refresh_per_epoch=1, grid_path=None)
+    first = make(**settings)
+    list(first.train_batches(_Untouchable()).epoch(0))  # 2 batches of 10 images
+    saved = {k: v for k, v in first.state_dict().items() if not k.startswith("distiller.teachers.")}
+    with pytest.raises(kdcore.UserError, match=r"algorithm.pool_size: .* holds 2 batches, pool_size is now 1"):
+        make(**{**settings, "pool_size": 1, "refresh_per_epoch": 1}).load_state_dict(saved, strict=False)
+    with pytest.raises(kdcore.UserError, match=r"data.batch_size: .* batches of 10 images, data.batch_size is now 20"):
+        make(**settings, batch_size=20).load_state_dict(saved, strict=False)
+    grown = make(**{**settings, "pool_size": 4})  # a larger pool continues the saved one and grows
+    grown.load_state_dict(saved, strict=False)
+    assert len(grown.pool) == 2
+
+
 def test_kd_term_matches_loop_arithmetic():
     s = [[0.5, -1.0, 2.0], [0.0, 0.3, -0.2]]
     t = [[1.0, 0.0, 0.5], [-1.0, 2.0, 0.1]]
