@@ -56,8 +56,6 @@ def setup(device_name: str) -> torch.device | None:
     if use_cuda:
         torch.cuda.set_device(local)
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    global _patient_group
-    _patient_group = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
     return torch.device("cuda", local) if use_cuda else torch.device("cpu")
 
 
@@ -133,7 +131,11 @@ def all_ranks(flag: bool, device: torch.device, *, patient: bool = False) -> boo
     agreement goes through a CPU group with a 24-hour timeout instead of the run's own."""
     if world_size() == 1:
         return flag
-    if patient and _patient_group is not None:
+    if patient:
+        global _patient_group
+        if _patient_group is None:  # made on first use (every rank gets here): a run that never
+            # needs it does not depend on gloo finding a network interface
+            _patient_group = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
         value = torch.tensor([1 if flag else 0])
         dist.all_reduce(value, op=dist.ReduceOp.MIN, group=_patient_group)
         return bool(value.item())
