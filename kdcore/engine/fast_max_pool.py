@@ -112,13 +112,13 @@ def _faster_here(x: torch.Tensor) -> bool:
     cost more than it saves; in inference ours still wins). Tracing, compiling, ``torch.func``
     transforms and forward-mode AD get torch's kernel: they need an op they know (forward-mode
     AD of ``maximum`` would split a tie's tangent, torch's pool does not)."""
-    if x.device.type != "cpu" or not x.is_floating_point() or x.dim() not in (3, 4):
-        return False
-    if x.shape[-2] < 2 or x.shape[-1] < 2:
-        return False
     if (torch.compiler.is_compiling() or torch.jit.is_tracing()
             or torch._C._functorch.is_functorch_wrapped_tensor(x)
             or torch.autograd.forward_ad._current_level >= 0):
+        return False
+    if x.device.type != "cpu" or not x.is_floating_point() or x.dim() not in (3, 4):
+        return False
+    if x.shape[-2] < 2 or x.shape[-1] < 2:
         return False
     if torch.is_grad_enabled() and x.requires_grad:
         return x.is_contiguous() and x.numel() >= MIN_ELEMENTS_TRAINING
