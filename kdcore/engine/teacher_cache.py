@@ -133,6 +133,25 @@ def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys:
         raise
 
 
+def _fill_once(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
+               batch_size: int, device: torch.device, progress: bool) -> None:
+    """Fill ``folder`` unless it exists. Under a lock file: a second run sharing the cache
+    waits for the first one's fill and then finds it filled."""
+    if os.path.isdir(folder):
+        return
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with open(folder + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.isdir(folder):
+            _fill(distiller, name, data, folder, keys, batch_size, device, progress)
+
+
+def _check_complete(name: str, folder: str) -> None:
+    if not os.path.isfile(os.path.join(folder, "keys.json")):  # the fill writes it last
+        raise UserError(f"teacher {name}: its output cache {folder} is incomplete (no keys.json; "
+                        f"not written by kdcore's fill): delete that folder and run again")
+
+
 def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str, str],
                          device: torch.device, *, batch_size: int = 1000, progress: bool = True,
                          log: Callable[[str], None] = print) -> dict[str, str]:
@@ -157,26 +176,20 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
         else:
             log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}")
         filled, failure = True, None
-        if not os.path.isdir(folder) and distributed.is_local_main():
-            # one process per machine fills it; another run filling the same cache holds the
-            # lock, and this one then finds it filled
-            os.makedirs(os.path.dirname(folder), exist_ok=True)
-            with open(folder + ".lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if not os.path.isdir(folder):
-                    try:
-                        _fill(distiller, name, data, folder, keys, batch_size, device, progress)
-                    except BaseException as error:  # noqa: BLE001 - reported below, after the others hear of it
-                        filled, failure = False, error
+        if distributed.is_local_main():  # one process per machine fills it; the others wait below
+            try:  # every failure here must reach the agreement, or the others would wait for it
+                _fill_once(distiller, name, data, folder, keys, batch_size, device, progress)
+                _check_complete(name, folder)
+            except BaseException as error:  # noqa: BLE001 - reported below, after the others hear of it
+                filled, failure = False, error
         # the others wait here for the whole fill: in the patient group, not under NCCL's timeout
         if not distributed.all_ranks(filled, device, patient=True):
             if failure is not None:
                 raise failure
             raise UserError(f"teacher {name}: filling its output cache failed on another process "
                             f"(see its error above); turn trainer.teacher_cache off or fix that first")
-        if not os.path.isfile(os.path.join(folder, "keys.json")):  # the fill writes it last
-            raise UserError(f"teacher {name}: its output cache {folder} is incomplete (no keys.json; "
-                            f"not written by kdcore's fill): delete that folder and run again")
+        if not distributed.is_local_main():  # the filler checked it before the agreement
+            _check_complete(name, folder)
         cache = TeacherOutputCache(folder, keys)
         if device.type != "cpu" and cache.nbytes <= resident_budget:
             cache.keep_on(device)

@@ -168,9 +168,12 @@ class DataFree(kdcore.Algorithm):
                 f"data.batch_size: the checkpoint's synthetic pool holds batches of "
                 f"{sorted(sizes)[0]} images, data.batch_size is now {self.batch_size}; resume "
                 f"with data.batch_size={sorted(sizes)[0]} or start a new run")
+        oldest = int(state["oldest"])
+        if len(saved) < self.pool_size:  # it grows by appending: put the ring in age order first
+            saved, oldest = saved[oldest:] + saved[:oldest], 0
         self.pool = saved
         self.generator.set_state(state["generator"])
-        self._oldest = int(state["oldest"])
+        self._oldest = oldest
 
     @property
     def teacher(self) -> nn.Module:

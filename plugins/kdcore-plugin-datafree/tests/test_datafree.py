@@ -252,6 +252,28 @@ def test_a_resume_that_no_longer_fits_the_saved_pool_names_the_key():
     assert len(grown.pool) == 2
 
 
+def test_a_pool_grown_on_resume_still_refreshes_its_oldest_batch_first():
+    settings = dict(batches_per_epoch=1, pool_size=2, refresh_per_epoch=1, grid_path=None)
+    first = make(**settings)
+    batches = first.train_batches(_Untouchable())
+    for epoch in range(3):  # grows to [e0, e1], then e2 replaces e0: the ring is [e2, e1]
+        list(batches.epoch(epoch))
+    e2, e1 = (x for x, _ in first.pool)
+    saved = {k: v for k, v in first.state_dict().items() if not k.startswith("distiller.teachers.")}
+    grown = make(**{**settings, "pool_size": 3})
+    grown.load_state_dict(saved, strict=False)
+    again = grown.train_batches(_Untouchable())
+    list(again.epoch(3))  # grows: e3 joins
+    e3 = grown.pool[-1][0]
+
+    def holds(x):
+        return any(torch.equal(x, y) for y, _ in grown.pool)
+
+    list(again.epoch(4))  # full: e1, the oldest, goes
+    assert not holds(e1) and holds(e2) and holds(e3)
+    list(again.epoch(5))  # then e2, not the newer e3
+    assert not holds(e2) and holds(e3)
+
 def test_kd_term_matches_loop_arithmetic():
     s = [[0.5, -1.0, 2.0], [0.0, 0.3, -0.2]]
     t = [[1.0, 0.0, 0.5], [-1.0, 2.0, 0.1]]
