@@ -38,7 +38,8 @@ def test_the_gradient_goes_to_the_first_maximum(window, winner) -> None:
 
 @pytest.mark.parametrize("shape, channels_last", [
     ((16, 8, 28, 28), False), ((16, 8, 28, 28), True), ((3, 5, 7, 9), False), ((3, 5, 7, 9), True),
-    ((2, 3, 2, 2), False), ((5, 4, 13, 12), True), ((4, 6, 6), False)])  # odd sizes, no batch dim
+    ((2, 3, 2, 2), False), ((5, 4, 13, 12), True), ((4, 6, 6), False),  # odd sizes, no batch dim
+    ((1, 2, 4, 300), False)])  # rows wider than 254: the window offset no longer fits in a byte
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_outputs_and_gradients_are_torchs_bit_for_bit(shape, channels_last, dtype) -> None:
     generator = torch.Generator().manual_seed(0)
