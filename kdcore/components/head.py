@@ -57,8 +57,8 @@ class DistillationHead(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> dict[str, torch.Tensor]:
         student, teacher = self.connect(student, teacher)
         terms: dict[str, torch.Tensor] = {}
+        checked = self.__dict__.setdefault("_shapes_checked", set())
         for key, loss in self.losses.items():
-            checked = self.__dict__.setdefault("_shapes_checked", set())
             if key not in checked and getattr(loss, "same_shape", True):
                 self.check_shapes(self.terms[key], student, teacher)
                 checked.add(key)  # per-sample shapes do not change within a run

@@ -7,17 +7,29 @@ half of one. Loading uses ``weights_only=True``: a file that would execute code 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pickle
 import re
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from ..errors import UserError
+
+
+@contextlib.contextmanager
+def exclusive(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path + ".lock"`` for the block: the first process builds
+    ``path`` (a teacher, a cache), the others wait and then find it built."""
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def save_atomic(obj: Any, path: str) -> None:

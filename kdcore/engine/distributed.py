@@ -131,16 +131,15 @@ def all_ranks(flag: bool, device: torch.device, *, patient: bool = False) -> boo
     agreement goes through a CPU group with a 24-hour timeout instead of the run's own."""
     if world_size() == 1:
         return flag
+    group = None  # the run's own
     if patient:
         global _patient_group
         if _patient_group is None:  # made on first use (every rank gets here): a run that never
             # needs it does not depend on gloo finding a network interface
             _patient_group = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
-        value = torch.tensor([1 if flag else 0])
-        dist.all_reduce(value, op=dist.ReduceOp.MIN, group=_patient_group)
-        return bool(value.item())
+        group, device = _patient_group, torch.device("cpu")  # gloo reduces CPU tensors
     value = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=group)
     return bool(value.item())
 
 

@@ -63,6 +63,12 @@ def _scalar(name: str, value: torch.Tensor) -> torch.Tensor:
     return value if value.dtype == torch.float32 else value.float()
 
 
+def agreed_finite(finite: bool, on_nonfinite: str, device: torch.device) -> bool:
+    """Under ``skip`` every DDP rank skips a batch, or none does: a lone skip would leave the
+    others waiting in DDP's all-reduce."""
+    return all_ranks(finite, device) if on_nonfinite == "skip" else finite
+
+
 def format_terms(terms: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in terms.items())
 
@@ -114,9 +120,7 @@ def train_epochs(
             loss = stacked.sum()
             # the step's one host sync: every term's value, for the finite check and the logs
             values = dict(zip(terms, stacked.detach().tolist()))
-            finite = math.isfinite(sum(values.values()))
-            if on_nonfinite == "skip":  # under DDP every rank skips the batch, or none does
-                finite = all_ranks(finite, device)
+            finite = agreed_finite(math.isfinite(sum(values.values())), on_nonfinite, device)
             if not finite:
                 bad = next((k for k, v in values.items() if not math.isfinite(v)), None)
                 total = sum(values.values())
@@ -220,10 +224,7 @@ def run_stage(
             loss = stage.loss(student_feature, teacher_feature, targets=batch.targets,
                               indices=batch.indices, epoch=epoch, step=step)
             value = float(loss.detach())
-            finite = math.isfinite(value)
-            if on_nonfinite == "skip":  # under DDP every rank skips the batch, or none does
-                finite = all_ranks(finite, loss.device)
-            if not finite:
+            if not agreed_finite(math.isfinite(value), on_nonfinite, loss.device):
                 if on_nonfinite == "stop":
                     raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: loss is "
                                         f"{value} at epoch {epoch + 1}, step {step}; stopped before "

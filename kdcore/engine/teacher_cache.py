@@ -13,7 +13,6 @@ written to a temporary folder first and renamed, so a killed run never leaves ha
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ from ..components import Distiller
 from ..data import TensorSplit
 from ..errors import UserError
 from . import distributed
+from .checkpoint import exclusive
 from .teachers import cache_dir, weights_checksum
 
 VERSION = 1
@@ -140,8 +140,7 @@ def _fill_once(distiller: Distiller, name: str, data: TensorSplit, folder: str, 
     if os.path.isdir(folder):
         return
     os.makedirs(os.path.dirname(folder), exist_ok=True)
-    with open(folder + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(folder):
         if not os.path.isdir(folder):
             _fill(distiller, name, data, folder, keys, batch_size, device, progress)
 

@@ -8,7 +8,6 @@ training recipe (with its own seed) and data set. The next run with the same tea
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -23,7 +22,7 @@ from ..config import RunConfig, TeacherConfig, unstructure
 from ..errors import UserError
 from ..assemble import Splits, build_model
 from .batches import TrainBatches
-from .checkpoint import load_weights, save_atomic
+from .checkpoint import exclusive, load_weights, save_atomic
 from .evaluate import evaluate
 from .fast_max_pool import use_fast_max_pool
 from .loop import Position, describe_epoch, train_epochs
@@ -104,8 +103,7 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
             path = os.path.join(cache_dir(), "teachers",
                                 f"{tcfg.type}-{teacher_key(tcfg, config, splits)}.pt")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path + ".lock", "w") as lock:  # one process trains, the others wait and reuse
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with exclusive(path):  # one process trains, the others wait and reuse
                 if os.path.exists(path):
                     load_weights(model, path, what="cached teacher (delete it to retrain)")
                     log(f"teacher {tcfg.name}: using cached checkpoint {path}")

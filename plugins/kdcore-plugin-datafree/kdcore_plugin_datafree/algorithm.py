@@ -164,10 +164,11 @@ class DataFree(kdcore.Algorithm):
                 f"(a larger value grows the pool) or start a new run")
         sizes = {len(labels) for _, labels in saved}
         if sizes and sizes != {self.batch_size}:
+            saved_batch = min(sizes)
             raise kdcore.UserError(
                 f"data.batch_size: the checkpoint's synthetic pool holds batches of "
-                f"{sorted(sizes)[0]} images, data.batch_size is now {self.batch_size}; resume "
-                f"with data.batch_size={sorted(sizes)[0]} or start a new run")
+                f"{saved_batch} images, data.batch_size is now {self.batch_size}; resume "
+                f"with data.batch_size={saved_batch} or start a new run")
         oldest = int(state["oldest"])
         if len(saved) < self.pool_size:  # it grows by appending: put the ring in age order first
             saved, oldest = saved[oldest:] + saved[:oldest], 0
