@@ -80,17 +80,9 @@ def test_feature_taps_are_cached_by_index() -> None:
 
 
 def test_two_runs_filling_one_cache_at_once_both_succeed(tmp_path) -> None:
-    import kdcore
-    from kdcore.components.distiller import DistillPoint
-    from kdcore.data import TensorSplit
     from kdcore.engine.teacher_cache import TeacherOutputCache, _fill
-    from kdcore.models.cnn import cnn_teacher
-    from kdcore.taps import Tap
 
-    torch.manual_seed(0)
-    head = kdcore.DistillationHead({"l": (1.0, kdcore.build("loss", "kd"))})
-    distiller = kdcore.Distiller({"t": cnn_teacher()}, [DistillPoint("p", "t", Tap("output"), Tap("output"), head)])
-    data = TensorSplit(torch.randn(6, 1, 28, 28), torch.zeros(6, dtype=torch.long))
+    distiller, data, _ = _cache_fixture(tmp_path)
     folder = str(tmp_path / "t-key")
     for _ in range(2):  # the second finds the folder taken when it renames its own: keeps the first
         _fill(distiller, "t", data, folder, ["output"], 4, torch.device("cpu"), False)
