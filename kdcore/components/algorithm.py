@@ -27,6 +27,15 @@ class Batch:
         return Batch(move(self.inputs), move(self.targets), move(self.indices))
 
 
+TEACHER_STATE_PREFIX = "distiller.teachers."
+
+
+def is_teacher_state(name: str) -> bool:
+    """Whether a name from an algorithm's ``state_dict()``/``named_parameters()`` belongs to a
+    frozen teacher: those come from the teachers' own checkpoints, never from a run's."""
+    return name.startswith(TEACHER_STATE_PREFIX)
+
+
 class Algorithm(nn.Module):
     """Holds the student and (optionally) a distiller; returns the loss terms of a step.
 

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..components.algorithm import is_teacher_state
 from ..errors import UserError
 
 
@@ -206,8 +207,8 @@ def wrap(algorithm: nn.Module, device: torch.device) -> nn.Module | None:
     if world_size() == 1:
         return None
     step = _StepModule(algorithm)
-    frozen = [f"algorithm.{n}" for n, _ in algorithm.named_parameters() if n.startswith("distiller.teachers.")]
-    frozen += [f"algorithm.{n}" for n, _ in algorithm.named_buffers() if n.startswith("distiller.teachers.")]
+    frozen = [f"algorithm.{n}" for n, _ in [*algorithm.named_parameters(), *algorithm.named_buffers()]
+              if is_teacher_state(n)]
     # kept in sync by their owners (gather_rows): DDP need not broadcast them every step
     frozen += [f"algorithm.{n}" for n in synced_buffer_names(algorithm)]
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, frozen)

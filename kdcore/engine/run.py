@@ -23,6 +23,7 @@ import attrs
 import torch
 
 from ..assemble import build_algorithm, build_model, load_data
+from ..components.algorithm import is_teacher_state
 from ..config import RunConfig, dump_yaml, load_config, read_yaml
 from ..data.augment import build_augment
 from ..errors import UserError
@@ -143,7 +144,7 @@ def check_assembly(config: RunConfig, splits: Any) -> None:
 
 def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The algorithm's state without the frozen teachers (they come from their checkpoints)."""
-    return {k: v for k, v in algorithm.state_dict().items() if not k.startswith("distiller.teachers.")}
+    return {k: v for k, v in algorithm.state_dict().items() if not is_teacher_state(k)}
 
 
 def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
