@@ -48,3 +48,24 @@ def test_scalar_and_one_element_terms_train_alike() -> None:
 def test_a_term_that_is_not_a_scalar_is_named() -> None:
     with pytest.raises(UserError, match=r"loss term 'extra' has shape \(3,\); a loss must return a scalar"):
         train((3,))
+
+
+@pytest.mark.filterwarnings("error")  # torch's scheduler-order warning is not for skipped steps
+def test_steps_the_fp16_loss_scaler_skips_are_counted() -> None:
+    # a scale of 2^127 overflows float32 for any loss above 2: GradScaler skips those steps and
+    # halves its scale until the scaled gradients are finite again
+    torch.manual_seed(0)
+    algorithm = Shaped(())
+    data = TensorSplit(torch.randn(64, 4) * 100, torch.arange(64) % 3)
+    batches = TrainBatches(data, 4, seed=0, device=torch.device("cpu"))
+    optimizer = torch.optim.SGD(algorithm.trainable_parameters(), lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+    weights, rows = [algorithm.student.weight.detach().clone()], []
+    train_epochs(algorithm, batches, optimizer, scheduler, epochs=1, position=Position(), progress=False,
+                 scaler=scaler, on_step=lambda pos: weights.append(algorithm.student.weight.detach().clone()),
+                 on_epoch_end=lambda pos, summary: rows.append(summary))
+    unchanged = sum(torch.equal(a, b) for a, b in zip(weights, weights[1:]))
+    assert 0 < unchanged < len(batches)
+    assert rows[0]["scaler_skipped_steps"] == unchanged
+    assert rows[0].get("skipped_batches", 0) == 0  # the losses were finite

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ class Position:
     seen: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    scaler_skipped: int = 0
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -69,8 +71,23 @@ def agreed_finite(finite: bool, on_nonfinite: str, device: torch.device) -> bool
     return all_ranks(finite, device) if on_nonfinite == "skip" else finite
 
 
+# the epoch summary's entries that are not loss terms
+NOT_TERMS = ("loss", "images_per_second", "seconds", "skipped_batches", "scaler_skipped_steps")
+
+
 def format_terms(terms: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in terms.items())
+
+
+def step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, stepped: bool) -> None:
+    """Advance the schedule once per batch, skipped ones included, so it ends where configured.
+    After a skipped optimizer step torch warns that the order is wrong; here it is deliberate."""
+    if stepped:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()
 
 
 def train_epochs(
@@ -132,6 +149,7 @@ def train_epochs(
                     raise NonFiniteLoss(f"loss {where}; stopped, the last good checkpoint is kept "
                                         f"(set trainer.on_nonfinite=skip to skip such batches)")
                 position.skipped += 1
+                stepped = False
             else:
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -142,15 +160,20 @@ def train_epochs(
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 if scaler is not None:
+                    scale = scaler.get_scale()  # no stall: scaler.step syncs to check for Inf anyway
                     scaler.step(optimizer)
                     scaler.update()
+                    # the scale falls only after a step skipped for Inf/NaN gradients
+                    stepped = scaler.get_scale() >= scale
+                    position.scaler_skipped += not stepped
                 else:
                     optimizer.step()
+                    stepped = True
                 n = len(batch.indices)
                 for name, value in values.items():
                     position.sums[name] = position.sums.get(name, 0.0) + value * n
                 position.seen += n
-            scheduler.step()
+            step_schedule(scheduler, stepped)
             position.step_in_epoch += 1
             position.global_step += 1
             position.seconds = time.perf_counter() - started
@@ -172,9 +195,12 @@ def train_epochs(
         summary["seconds"] = position.seconds
         if position.skipped:
             summary["skipped_batches"] = position.skipped
+        if position.scaler_skipped:  # same on every rank: DDP averages the gradients first
+            summary["scaler_skipped_steps"] = position.scaler_skipped
         position.epoch += 1
         position.step_in_epoch = 0
         position.sums, position.seen, position.skipped, position.seconds = {}, 0, 0, 0.0
+        position.scaler_skipped = 0
         if on_epoch_end is not None:
             on_epoch_end(position, summary)
     return position
@@ -245,7 +271,7 @@ def run_stage(
 
 
 def describe_epoch(epoch: int, epochs: int, train: dict[str, float], scores: dict[str, Any]) -> str:
-    terms = {k: v for k, v in train.items() if k not in ("loss", "images_per_second", "seconds", "skipped_batches")}
+    terms = {k: v for k, v in train.items() if k not in NOT_TERMS}
     parts = [f"epoch {epoch}/{epochs}", f"loss {train['loss']:.4f} ({format_terms(terms)})"]
     for name, value in scores.items():
         parts.append(f"{name} {value:.2f}")
