@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import time
 import re
 import shutil
 import struct
@@ -522,3 +523,45 @@ def test_fp16_loss_scale_is_checkpointed_and_resumed(files, tmp_path, monkeypatc
     (scaler,) = scalers
     # 4 more steps: the growth counter went on from 7 (it restarts at 0 without the checkpoint)
     assert scaler.get_scale() == 1024.0 and scaler.state_dict()["_growth_tracker"] == 11
+
+
+def test_a_process_waiting_for_a_build_lock_names_the_holder(tmp_path) -> None:
+    import socket
+    import threading
+
+    from kdcore.engine.checkpoint import exclusive
+
+    path = str(tmp_path / "teacher.pt")
+    said, inside = [], threading.Event()
+
+    def other_run() -> None:
+        with exclusive(path, said.append):
+            inside.set()
+
+    with exclusive(path):
+        waiter = threading.Thread(target=other_run)
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not inside.is_set()
+    waiter.join(timeout=30)
+    assert inside.is_set()
+    assert said == [f"waiting for kdcore process {os.getpid()} on {socket.gethostname()} to finish "
+                    f"{path} (lock file {path}.lock)"]
+
+
+def test_a_filesystem_without_flock_builds_unlocked_and_says_so(tmp_path, monkeypatch) -> None:
+    import errno
+
+    import kdcore.engine.checkpoint as ckpt
+
+    def no_locks(*_: object) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(ckpt.fcntl, "flock", no_locks)
+    said, ran = [], []
+    with ckpt.exclusive(str(tmp_path / "cache"), said.append):
+        ran.append(True)
+    assert ran and said == [f"no file locking where {tmp_path / 'cache'} lives (No locks available); "
+                            f"going on without it"]

@@ -12,10 +12,11 @@ import fcntl
 import os
 import pickle
 import re
+import socket
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -24,11 +25,32 @@ from ..errors import UserError
 
 
 @contextlib.contextmanager
-def exclusive(path: str) -> Iterator[None]:
+def exclusive(path: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``path + ".lock"`` for the block: the first process builds
-    ``path`` (a teacher, a cache), the others wait and then find it built."""
-    with open(path + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    ``path`` (a teacher, a cache), the others wait and then find it built.
+
+    A waiting process says whom it waits for (the holder writes its pid and host into the lock
+    file), so a run stuck behind a hung one can be told apart from a slow one. Where the
+    filesystem has no ``flock`` (some network mounts) the block runs unlocked, with a note: every
+    build ends in an atomic rename, so two processes building at once waste work, not data."""
+    say = log or (lambda message: None)
+    with open(path + ".lock", "a+") as lock:  # "a+": opening must not erase the holder's name
+        locked = True
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            say(f"waiting for {holder} to finish {path} (lock file {path}.lock)")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as error:
+            say(f"no file locking where {path} lives ({error.strerror}); going on without it")
+            locked = False
+        if locked:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"kdcore process {os.getpid()} on {socket.gethostname()}\n")
+            lock.flush()
         yield
 
 

@@ -134,13 +134,13 @@ def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys:
 
 
 def _fill_once(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
-               batch_size: int, device: torch.device, progress: bool) -> None:
+               batch_size: int, device: torch.device, progress: bool, log: Callable[[str], None]) -> None:
     """Fill ``folder`` unless it exists. Under a lock file: a second run sharing the cache
     waits for the first one's fill and then finds it filled."""
     if os.path.isdir(folder):
         return
     os.makedirs(os.path.dirname(folder), exist_ok=True)
-    with exclusive(folder):
+    with exclusive(folder, log):
         if not os.path.isdir(folder):
             _fill(distiller, name, data, folder, keys, batch_size, device, progress)
 
@@ -177,7 +177,7 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
         filled, failure = True, None
         if distributed.is_local_main():  # one process per machine fills it; the others wait below
             try:  # every failure here must reach the agreement, or the others would wait for it
-                _fill_once(distiller, name, data, folder, keys, batch_size, device, progress)
+                _fill_once(distiller, name, data, folder, keys, batch_size, device, progress, log)
                 _check_complete(name, folder)
             except BaseException as error:  # noqa: BLE001 - reported below, after the others hear of it
                 filled, failure = False, error

@@ -103,7 +103,7 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
             path = os.path.join(cache_dir(), "teachers",
                                 f"{tcfg.type}-{teacher_key(tcfg, config, splits)}.pt")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with exclusive(path):  # one process trains, the others wait and reuse
+            with exclusive(path, log):  # one process trains, the others wait and reuse
                 if os.path.exists(path):
                     load_weights(model, path, what="cached teacher (delete it to retrain)")
                     log(f"teacher {tcfg.name}: using cached checkpoint {path}")
