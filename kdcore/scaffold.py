@@ -22,6 +22,7 @@ import attrs
 import yaml
 
 from .errors import UserError
+from .files import give_usual_mode
 from .version import __version__
 
 #: kinds in the order ``--kind`` lists them.
@@ -184,6 +185,7 @@ def new_plugin(name: str, kind: str = "loss", directory: str = ".") -> str:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
+        give_usual_mode(staging)  # not mkdtemp's 0700
         os.rename(staging, target)  # all files appear at once, or none
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -169,3 +169,32 @@ def test_an_incomplete_cache_folder_is_named(tmp_path) -> None:
     os.unlink(os.path.join(folder, "keys.json"))
     with pytest.raises(UserError, match=f"its output cache {folder} is incomplete.*delete that folder"):
         tc.attach_teacher_cache(distiller, data, checkpoints, cpu, progress=False, log=lambda _: None)
+
+
+@pytest.fixture
+def group_umask():
+    """umask 002, as on a machine where a team shares a group."""
+    previous = os.umask(0o002)
+    yield
+    os.umask(previous)
+
+
+def test_caches_checkpoints_and_scaffolds_get_the_umask_modes_not_tempfiles(tmp_path, group_umask) -> None:
+    import stat
+
+    import kdcore.engine.teacher_cache as tc
+    from kdcore import scaffold
+    from kdcore.engine.checkpoint import save_atomic
+    from kdcore.files import current_umask
+
+    assert current_umask() == 0o002
+    mode = lambda path: stat.S_IMODE(os.stat(path).st_mode)  # noqa: E731
+    save_atomic({"w": torch.zeros(1)}, str(tmp_path / "teacher.pt"))
+    assert mode(tmp_path / "teacher.pt") == 0o664  # mkstemp alone: 0600
+    distiller, data, checkpoints = _cache_fixture(tmp_path)
+    folder = tc.attach_teacher_cache(distiller, data, checkpoints, torch.device("cpu"), progress=False,
+                                     log=lambda _: None)["t"]
+    assert mode(folder) == 0o775  # mkdtemp alone: 0700
+    assert {mode(os.path.join(folder, f)) for f in os.listdir(folder)} == {0o664}
+    plugin = scaffold.new_plugin("mine", "loss", str(tmp_path / "plugins"))
+    assert mode(plugin) == 0o775

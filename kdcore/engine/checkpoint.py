@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..files import give_usual_mode
 
 
 @contextlib.contextmanager
@@ -63,6 +64,7 @@ def save_atomic(obj: Any, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        give_usual_mode(tmp)  # mkstemp's 0600 would make shared caches unreadable to others
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

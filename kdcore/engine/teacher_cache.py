@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ..components import Distiller
 from ..data import TensorSplit
 from ..errors import UserError
+from ..files import give_usual_mode
 from . import distributed
 from .checkpoint import exclusive
 from .teachers import cache_dir, weights_checksum
@@ -102,6 +103,7 @@ class TeacherOutputCache:
 def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
           batch_size: int, device: torch.device, progress: bool) -> None:
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(folder))
+    give_usual_mode(tmp)  # not mkdtemp's 0700: a cache is shared by every run on the machine
     try:
         arrays: dict[str, Any] = {}
         for start in tqdm(range(0, len(data), batch_size), disable=not progress, leave=False,
