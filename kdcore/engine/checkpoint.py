@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pickle
 import re
@@ -75,6 +76,20 @@ def save_atomic(obj: Any, path: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_text_atomic(text: str, path: str) -> None:
+    """Text files (config.yaml, summary.json) the same way: a kill leaves the old file or the new."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj: Any, path: str) -> None:
+    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
 def load_checkpoint(path: str, *, what: str = "checkpoint") -> Any:
@@ -159,3 +174,4 @@ def load_weights(model: torch.nn.Module, path: str, *, what: str) -> dict[str, A
 def _few(items: list[str], n: int = 4) -> str:
     shown = ", ".join(items[:n])
     return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)})"
+

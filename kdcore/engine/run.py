@@ -19,27 +19,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import torch
 
 from ..assemble import build_algorithm, build_model, load_data
-from ..components.algorithm import is_teacher_state
-from ..config import RunConfig, dump_yaml, load_config, read_yaml
+from ..config import RunConfig, dump_yaml
 from ..data.augment import build_augment
 from ..errors import UserError
-from .batches import TrainBatches
-from .checkpoint import load_checkpoint, load_weights, save_atomic
 from . import distributed
+from .batches import TrainBatches
+from .checkpoint import load_weights, save_atomic, write_json_atomic, write_text_atomic
 from .cpu import tune_cpu
 from .evaluate import evaluate
-from .loop import Position, describe_epoch, loss_scaler, run_stage, train_epochs
-from .optim import make_optimizer, make_scheduler, restore_optimizer
 from .fast_max_pool import use_fast_max_pool
 from .frozen import fold_batchnorm, teacher_memory_format
+from .loop import Position, describe_epoch, loss_scaler, run_stage, train_epochs
+from .optim import make_optimizer, make_scheduler
+from .resume import CHECKPOINT, keep_resumed_config, metrics_rows, remove_partial_writes, restore, run_state
 from .teacher_cache import attach_teacher_cache
 from .teachers import prepare_teachers, weights_checksum
-
-CHECKPOINT = os.path.join("checkpoints", "last.pt")
 
 
 def pick_device(name: str) -> torch.device:
@@ -63,48 +60,6 @@ def new_run_dir(config: RunConfig) -> str:
         path = f"{base}-{n}"
     os.makedirs(path)
     return path
-
-
-def write_text_atomic(text: str, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj: Any, path: str) -> None:
-    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
-
-
-def _metrics_rows(path: str) -> list[dict[str, Any]]:
-    """The complete rows; a torn last line (power loss mid-append) is never covered by a
-    checkpoint, so it is dropped rather than parsed."""
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = None) -> None:
@@ -142,61 +97,6 @@ def check_assembly(config: RunConfig, splits: Any) -> None:
         build_algorithm(config, splits, student, teachers).remove_taps()
 
 
-def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The algorithm's state without the frozen teachers (they come from their checkpoints)."""
-    return {k: v for k, v in algorithm.state_dict().items() if not is_teacher_state(k)}
-
-
-def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-            checksums: dict[str, str], metrics_path: str | None,
-            scaler: torch.amp.GradScaler | None = None) -> tuple[Position, bool]:
-    """Load a run checkpoint into the built run; returns (position, stages_done). The teachers
-    must be the ones the run started with. ``metrics.jsonl`` (rank 0 only: ``metrics_path``) is
-    cut back to the rows the checkpoint covers: later ones belong to an epoch to be replayed."""
-    state = load_checkpoint(checkpoint_path, what="resume checkpoint")
-    if not isinstance(state, dict) or state.get("format") != 1:
-        raise UserError(f"resume checkpoint {checkpoint_path} is not a kdcore run checkpoint")
-    for name, digest in state.get("teachers_sha256", {}).items():
-        if checksums.get(name) != digest:
-            raise UserError(f"resume checkpoint {checkpoint_path}: teacher {name!r} is not the one "
-                            f"this run started with (its weights' sha256 was {digest[:12]}..., "
-                            f"now {str(checksums.get(name))[:12]}...); resume with the same "
-                            f"teacher or start a new run")
-    missing = algorithm.load_state_dict(state["algorithm"], strict=False)
-    if missing.unexpected_keys:
-        raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: unexpected "
-                        f"keys {missing.unexpected_keys[:4]}")
-    saved_type = state.get("optimizer_type")
-    if saved_type is not None and saved_type != type(optimizer).__name__:
-        raise UserError(f"resume checkpoint {checkpoint_path}: the run started with optimizer "
-                        f"{saved_type}, the config now says {type(optimizer).__name__}; its state "
-                        f"does not carry over, so optimizer.type cannot change on resume")
-    restore_optimizer(optimizer, scheduler, state["optimizer"], state["scheduler"])
-    if scaler is not None and state.get("grad_scaler"):  # absent: an older or non-fp16 run
-        scaler.load_state_dict(state["grad_scaler"])
-    _set_rng_state(state["rng"])
-    if metrics_path is not None:
-        rows = _metrics_rows(metrics_path)[: state["metrics_rows"]]
-        with open(metrics_path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    return Position(**state["position"]), state["stages_done"]
-
-
-def remove_partial_writes(run_dir: str) -> list[str]:
-    """Delete the temporary files a killed run left mid-write in its own directory (atomic writes
-    go through ``.tmp-*.pt`` and ``*.tmp`` files before their rename); returns their paths."""
-    removed = []
-    for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            if (name.startswith(".tmp-") and name.endswith(".pt")) or name.endswith(".tmp"):
-                path = os.path.join(folder, name)
-                os.unlink(path)
-                removed.append(path)
-    return removed
-
-
 def checked_groups(algorithm: Any) -> list[dict[str, Any]]:
     """``algorithm.parameter_groups()``, checked to hold every trainable parameter once."""
     groups = [{**g, "params": list(g["params"])} for g in algorithm.parameter_groups()]  # generators once
@@ -211,32 +111,6 @@ def checked_groups(algorithm: Any) -> list[dict[str, Any]]:
                         f"trainable parameter exactly once (missing {missing}, not trainable "
                         f"{extra}, repeated {repeated})")
     return groups
-
-
-def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], None]) -> None:
-    """Overrides given with ``--resume`` become part of the run: ``config.yaml`` is rewritten to
-    say how the run is trained (a later ``--resume`` keeps them), and the version it replaces is
-    kept as ``config.yaml.N``."""
-    path = os.path.join(run_dir, "config.yaml")
-    text = dump_yaml(config)
-    if not os.path.exists(path):  # resumed through the Python API from a bare folder
-        write_text_atomic(text, path)
-        return
-    with open(path, encoding="utf-8") as f:
-        previous = f.read()
-    # compared as loaded: keys a newer kdcore added with their defaults are not overrides
-    try:
-        unchanged = dump_yaml(load_config(read_yaml(path), [])) == text
-    except UserError:  # the saved file alone no longer validates: the overrides fix it
-        unchanged = False
-    if unchanged:
-        return
-    n = 1
-    while os.path.exists(f"{path}.{n}"):
-        n += 1
-    write_text_atomic(previous, f"{path}.{n}")
-    write_text_atomic(text, path)
-    log(f"config.yaml now holds this resume's overrides; the one it replaces is config.yaml.{n}")
 
 
 def run(config: RunConfig, *, resume_dir: str | None = None,
@@ -320,18 +194,13 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     if resume_dir is not None and main:  # after the checks: a refused resume changes nothing
         keep_resumed_config(config, run_dir, log)
         remove_partial_writes(run_dir)
-    rows_written = [len(_metrics_rows(metrics_path)) if main else 0]  # counted once, then in memory
+    rows_written = [len(metrics_rows(metrics_path)) if main else 0]  # counted once, then in memory
 
     def save(stages: bool) -> None:
         if not main:
             return
-        save_atomic({"format": 1, "algorithm": trainable_state(algorithm),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "optimizer_type": type(optimizer).__name__,
-                     "grad_scaler": scaler.state_dict() if scaler is not None else None,
-                     "position": attrs.asdict(position), "rng": _rng_state(), "stages_done": stages,
-                     "metrics_rows": rows_written[0],
-                     "teachers_sha256": checksums}, checkpoint_path)
+        save_atomic(run_state(algorithm, optimizer, scheduler, scaler, position, stages_done=stages,
+                              metrics_rows=rows_written[0], checksums=checksums), checkpoint_path)
 
     try:
         if not stages_done:
@@ -395,7 +264,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
 def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str, dict[str, Any]],
               checksums: dict[str, str], metrics_path: str, device: torch.device,
               seconds: float, run_dir: str) -> dict[str, Any]:
-    rows = _metrics_rows(metrics_path)
+    rows = metrics_rows(metrics_path)
     models = algorithm.evaluation_models()
     first = next(iter(models))
     task = splits.source.task

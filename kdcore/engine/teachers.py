@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..assemble import Splits, build_model
 from ..builtin.algorithms import Vanilla
 from ..config import RunConfig, TeacherConfig, unstructure
 from ..errors import UserError
-from ..assemble import Splits, build_model
 from .batches import TrainBatches
 from .checkpoint import exclusive, load_weights, save_atomic
 from .evaluate import evaluate

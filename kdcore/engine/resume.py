@@ -1,0 +1,147 @@
+"""Resuming a run: what ``checkpoints/last.pt`` holds, and putting a killed run back exactly
+where it stopped (weights, optimizer, schedule, loss scale, RNGs, position, metrics rows).
+
+The teachers are not in it: they come from their own checkpoints, whose checksums it records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+
+from ..components.algorithm import is_teacher_state
+from ..config import RunConfig, dump_yaml, load_config, read_yaml
+from ..errors import UserError
+from .checkpoint import load_checkpoint, write_text_atomic
+from .loop import Position
+from .optim import restore_optimizer
+
+CHECKPOINT = os.path.join("checkpoints", "last.pt")
+
+
+def metrics_rows(path: str) -> list[dict[str, Any]]:
+    """The complete rows; a torn last line (power loss mid-append) is never covered by a
+    checkpoint, so it is dropped rather than parsed."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The algorithm's state without the frozen teachers (they come from their checkpoints)."""
+    return {k: v for k, v in algorithm.state_dict().items() if not is_teacher_state(k)}
+
+
+def run_state(algorithm: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+              scaler: torch.amp.GradScaler | None, position: Position, *, stages_done: bool,
+              metrics_rows: int, checksums: dict[str, str]) -> dict[str, Any]:
+    """What ``last.pt`` holds: everything a resumed run needs to continue bit for bit."""
+    return {"format": 1, "algorithm": trainable_state(algorithm),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "optimizer_type": type(optimizer).__name__,
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "position": attrs.asdict(position), "rng": rng_state(), "stages_done": stages_done,
+            "metrics_rows": metrics_rows, "teachers_sha256": checksums}
+
+
+def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+            checksums: dict[str, str], metrics_path: str | None,
+            scaler: torch.amp.GradScaler | None = None) -> tuple[Position, bool]:
+    """Load a run checkpoint into the built run; returns (position, stages_done). The teachers
+    must be the ones the run started with. ``metrics.jsonl`` (rank 0 only: ``metrics_path``) is
+    cut back to the rows the checkpoint covers: later ones belong to an epoch to be replayed."""
+    state = load_checkpoint(checkpoint_path, what="resume checkpoint")
+    if not isinstance(state, dict) or state.get("format") != 1:
+        raise UserError(f"resume checkpoint {checkpoint_path} is not a kdcore run checkpoint")
+    for name, digest in state.get("teachers_sha256", {}).items():
+        if checksums.get(name) != digest:
+            raise UserError(f"resume checkpoint {checkpoint_path}: teacher {name!r} is not the one "
+                            f"this run started with (its weights' sha256 was {digest[:12]}..., "
+                            f"now {str(checksums.get(name))[:12]}...); resume with the same "
+                            f"teacher or start a new run")
+    missing = algorithm.load_state_dict(state["algorithm"], strict=False)
+    if missing.unexpected_keys:
+        raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: unexpected "
+                        f"keys {missing.unexpected_keys[:4]}")
+    saved_type = state.get("optimizer_type")
+    if saved_type is not None and saved_type != type(optimizer).__name__:
+        raise UserError(f"resume checkpoint {checkpoint_path}: the run started with optimizer "
+                        f"{saved_type}, the config now says {type(optimizer).__name__}; its state "
+                        f"does not carry over, so optimizer.type cannot change on resume")
+    restore_optimizer(optimizer, scheduler, state["optimizer"], state["scheduler"])
+    if scaler is not None and state.get("grad_scaler"):  # absent: an older or non-fp16 run
+        scaler.load_state_dict(state["grad_scaler"])
+    set_rng_state(state["rng"])
+    if metrics_path is not None:
+        rows = metrics_rows(metrics_path)[: state["metrics_rows"]]
+        with open(metrics_path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    return Position(**state["position"]), state["stages_done"]
+
+
+def remove_partial_writes(run_dir: str) -> list[str]:
+    """Delete the temporary files a killed run left mid-write in its own directory (atomic writes
+    go through ``.tmp-*.pt`` and ``*.tmp`` files before their rename); returns their paths."""
+    removed = []
+    for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if (name.startswith(".tmp-") and name.endswith(".pt")) or name.endswith(".tmp"):
+                path = os.path.join(folder, name)
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
+def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], None]) -> None:
+    """Overrides given with ``--resume`` become part of the run: ``config.yaml`` is rewritten to
+    say how the run is trained (a later ``--resume`` keeps them), and the version it replaces is
+    kept as ``config.yaml.N``."""
+    path = os.path.join(run_dir, "config.yaml")
+    text = dump_yaml(config)
+    if not os.path.exists(path):  # resumed through the Python API from a bare folder
+        write_text_atomic(text, path)
+        return
+    with open(path, encoding="utf-8") as f:
+        previous = f.read()
+    # compared as loaded: keys a newer kdcore added with their defaults are not overrides
+    try:
+        unchanged = dump_yaml(load_config(read_yaml(path), [])) == text
+    except UserError:  # the saved file alone no longer validates: the overrides fix it
+        unchanged = False
+    if unchanged:
+        return
+    n = 1
+    while os.path.exists(f"{path}.{n}"):
+        n += 1
+    write_text_atomic(previous, f"{path}.{n}")
+    write_text_atomic(text, path)
+    log(f"config.yaml now holds this resume's overrides; the one it replaces is config.yaml.{n}")
