@@ -159,13 +159,15 @@ class CRDLoss(kdcore.Loss):
         In ``other_classes`` mode a negative whose remembered label equals the anchor's is
         redrawn (up to 10 times; the probability that one survives is negligible unless one
         class dominates). Samples not seen yet have no label and count as negatives, so the
-        mode is exact from the second epoch on.
+        mode is exact from the second epoch on. Label -1 is no class: an unlabelled anchor
+        (``data.labelled``) takes any negative, and unlabelled samples are everyone's negatives.
         """
         negatives = self._uniform_others(indices)
         if self.negatives == "other_classes":
             own = targets.unsqueeze(1)
+            labelled = own >= 0
             for _ in range(_REDRAWS):
-                same = self.labels[negatives] == own
+                same = (self.labels[negatives] == own) & labelled
                 if not bool(same.any()):
                     break
                 negatives = torch.where(same, self._uniform_others(indices), negatives)

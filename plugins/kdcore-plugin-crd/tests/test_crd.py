@@ -203,6 +203,22 @@ def test_other_classes_mode_draws_other_labels():
         loss(torch.randn(2, 3), torch.randn(2, 3), indices=torch.tensor([0, 1]))
 
 
+def test_other_classes_mode_takes_any_negative_for_an_unlabelled_anchor():
+    # with data.labelled, target -1 marks an unlabelled sample: it has no class to avoid, and
+    # samples remembered as -1 (unseen or unlabelled) are no class either
+    n = 40
+    loss = CRDLoss((3,), (3,), num_samples=n, nce_k=64, negatives="other_classes")
+    seen = torch.arange(20)
+    loss(torch.randn(20, 3), torch.randn(20, 3), indices=seen, targets=torch.where(seen < 10, seen % 2, -1))
+    idx, targets = torch.tensor([3, 12, 30]), torch.tensor([-1, -1, 1])
+    torch.manual_seed(5)
+    first_draw = loss._uniform_others(idx)
+    torch.manual_seed(5)
+    neg = loss.sample_negatives(idx, targets)
+    assert torch.equal(neg[:2], first_draw[:2])  # unlabelled anchors: nothing redrawn
+    assert (loss.labels[neg[2]] != 1).all()  # the labelled one still avoids its class
+
+
 # --- state -----------------------------------------------------------------------------------
 
 def test_state_dict_round_trip_restores_banks_and_z():
