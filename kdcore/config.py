@@ -274,10 +274,17 @@ def unstructure(obj: Any) -> Any:
     """The inverse of :func:`structure`: plain data, component params folded back in."""
     if attrs.has(type(obj)):
         out: dict[str, Any] = {}
+        declared = {f.name for f in attrs.fields(type(obj))}
         for f in attrs.fields(type(obj)):
             value = getattr(obj, f.name)
             if f.metadata.get("params"):
-                out.update({k: unstructure(v) for k, v in value.items()})
+                # a parameter named like one of the block's own keys (a loss's "weight") can
+                # only be written under "params:"; it is written back there
+                plain = {k: unstructure(v) for k, v in value.items() if k not in declared}
+                clashing = {k: unstructure(v) for k, v in value.items() if k in declared}
+                out.update(plain)
+                if clashing:
+                    out[f.name] = clashing
             else:
                 out[f.name] = unstructure(value)
         return out

@@ -37,6 +37,21 @@ def test_round_trip_through_yaml_is_identity() -> None:
     assert unstructure(again) == unstructure(config)
 
 
+def test_a_parameter_named_like_a_block_key_goes_under_params_and_round_trips() -> None:
+    import yaml
+
+    data = preset()
+    data["data"]["params"] = {"augment": True, "root": "/data"}  # a data set's own "augment"
+    data["teachers"][0]["distill"][0]["head"]["losses"][0]["params"] = {"weight": [1, 2]}
+    config = load_config(data)
+    loss = config.teachers[0].distill[0].head.losses[0]
+    assert (loss.weight, loss.params) == (0.5, {"temperature": 4.0, "weight": [1, 2]})
+    assert config.data.augment == [] and config.data.params["augment"] is True
+    written = yaml.safe_load(dump_yaml(config))
+    assert written["data"]["params"] == {"augment": True} and written["data"]["root"] == "/data"
+    assert unstructure(load_config(written)) == unstructure(config)
+
+
 def test_overrides_reach_nested_lists_and_parse_yaml_values() -> None:
     config = load_config(preset(), ["teachers.0.distill.0.head.losses.0.temperature=2",
                                     "trainer.epochs=3", "data.train_limit=null", "name=abc"])

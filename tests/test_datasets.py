@@ -98,7 +98,7 @@ def test_cifar10_per_sample_matches_in_memory(tmp_path):
 
 def test_cifar10_augment_is_a_padded_crop_or_its_flip(tmp_path):
     batches = _fake_cifar10(tmp_path)
-    source = kdcore.build("dataset", "cifar10", root=str(tmp_path), in_memory=False, augment=True)
+    source = kdcore.build("dataset", "cifar10", root=str(tmp_path), in_memory=False, sample_augment=True)
     row = batches["data_batch_1"][0][0]
     plain = np.stack([np.array([[_by_hand(row, c, y, x) for x in range(32)] for y in range(32)])
                       for c in range(3)])
@@ -122,7 +122,7 @@ def test_cifar10_augment_is_a_padded_crop_or_its_flip(tmp_path):
 def test_cifar10_augment_in_memory_is_refused(tmp_path):
     _fake_cifar10(tmp_path)
     with pytest.raises(kdcore.UserError, match="in_memory: false"):
-        kdcore.build("dataset", "cifar10", root=str(tmp_path), augment=True)
+        kdcore.build("dataset", "cifar10", root=str(tmp_path), sample_augment=True)
 
 
 def test_cifar10_fingerprint_follows_root_and_transform(tmp_path):
@@ -132,7 +132,7 @@ def test_cifar10_fingerprint_follows_root_and_transform(tmp_path):
     again = kdcore.build("dataset", "cifar10", root=str(tmp_path / "a")).fingerprint
     other_root = kdcore.build("dataset", "cifar10", root=str(tmp_path / "b")).fingerprint
     augmented = kdcore.build("dataset", "cifar10", root=str(tmp_path / "a"), in_memory=False,
-                             augment=True).fingerprint
+                             sample_augment=True).fingerprint
     assert first == again
     assert len({first, other_root, augmented}) == 3
 
@@ -239,7 +239,7 @@ def test_image_folder(tmp_path):
     assert bigger.train[0][0].shape == (3, 20, 20)
     assert len({source.fingerprint, bigger.fingerprint}) == 2
     augmented = kdcore.build("dataset", "image_folder", root=str(tmp_path), image_size=16,
-                             augment=True)
+                             sample_augment=True)
     assert augmented.train[0][0].shape == (3, 16, 16)
     assert augmented.fingerprint != same.fingerprint
 

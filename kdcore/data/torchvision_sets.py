@@ -5,8 +5,9 @@ saying where to get the data. CIFAR is read from its published python-pickle bat
 itself (torchvision's reader re-hashes 170 MB on every load and rejects anything but the exact
 archive); it is small enough to decode once into a normalised :class:`TensorSplit`
 (``in_memory: true``, the default). With ``in_memory: false`` each split is a per-sample torch
-``Dataset``, which is also where the ``augment`` option (4-pixel-padded random crop and
-horizontal flip, the standard CIFAR recipe) runs.
+``Dataset``, which is also where the ``sample_augment`` option (4-pixel-padded random crop and
+horizontal flip, the standard CIFAR recipe) runs. (It is not called ``augment``: that key of
+the ``data`` block is the list of whole-batch augmentations, ``data.augment``.)
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def _check_meta(kind: str, folder: str) -> None:
 
 def _cifar(kind: str, root: str, augment: bool, in_memory: bool) -> DataSource:
     if augment and in_memory:
-        raise UserError(f"data ({kind}): augment: true is the per-sample path's augmentation; in "
+        raise UserError(f"data ({kind}): sample_augment: true is the per-sample path's augmentation; in "
                         "memory, use the batch augmentations instead: data.augment: [{type: "
                         "random_crop, padding: 4}, {type: hflip}] (or set in_memory: false)")
     folder = _cifar_folder(kind, root)
@@ -171,19 +172,19 @@ def _cifar(kind: str, root: str, augment: bool, in_memory: bool) -> DataSource:
                       num_classes=n, fingerprint=fingerprint, name=kind)
 
 
-def cifar10(root: str = DEFAULT_ROOT, augment: bool = False, in_memory: bool = True) -> DataSource:
+def cifar10(root: str = DEFAULT_ROOT, sample_augment: bool = False, in_memory: bool = True) -> DataSource:
     """CIFAR-10 (50k/10k, 32x32 RGB) from ``ROOT/cifar-10-batches-py``, normalised.
 
-    :param augment: random crop (padding 4) and horizontal flip on training samples; needs
-        ``in_memory: false``.
+    :param sample_augment: random crop (padding 4) and horizontal flip on training samples, one
+        at a time; needs ``in_memory: false`` (in memory, ``data.augment`` does it per batch).
     :param in_memory: decode once into float tensors (about 0.6 GB for the training split).
     """
-    return _cifar("cifar10", root, augment, in_memory)
+    return _cifar("cifar10", root, sample_augment, in_memory)
 
 
-def cifar100(root: str = DEFAULT_ROOT, augment: bool = False, in_memory: bool = True) -> DataSource:
+def cifar100(root: str = DEFAULT_ROOT, sample_augment: bool = False, in_memory: bool = True) -> DataSource:
     """CIFAR-100 (fine labels) from ``ROOT/cifar-100-python``; options as for :func:`cifar10`."""
-    return _cifar("cifar100", root, augment, in_memory)
+    return _cifar("cifar100", root, sample_augment, in_memory)
 
 
 def mnist_torchvision(root: str = DEFAULT_ROOT) -> DataSource:
@@ -225,7 +226,7 @@ def _image_folder(path: str, transform: Any, key: str) -> Any:
 
 
 def image_folder(root: str, val_root: str | None = None, image_size: int = 224,
-                 resize_size: int | None = None, augment: bool = False,
+                 resize_size: int | None = None, sample_augment: bool = False,
                  mean: Sequence[float] = IMAGENET_STATS[0],
                  std: Sequence[float] = IMAGENET_STATS[1]) -> DataSource:
     """Images in class sub-folders (torchvision ``ImageFolder``), decoded per sample.
@@ -236,7 +237,7 @@ def image_folder(root: str, val_root: str | None = None, image_size: int = 224,
     :param image_size: side of the square crop fed to the model.
     :param resize_size: shorter side before the centre crop (default ``image_size``; ImageNet
         practice is 256 for 224).
-    :param augment: random-resized crop and horizontal flip for training samples.
+    :param sample_augment: random-resized crop and horizontal flip for training samples.
     """
     from torchvision import transforms
 
@@ -254,7 +255,7 @@ def image_folder(root: str, val_root: str | None = None, image_size: int = 224,
     normalise = [transforms.ToTensor(), transforms.Normalize(list(mean), list(std))]
     evaluate = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size),
                                    *normalise])
-    if augment:
+    if sample_augment:
         training = transforms.Compose([transforms.RandomResizedCrop(image_size),
                                        transforms.RandomHorizontalFlip(), *normalise])
     else:
@@ -268,7 +269,7 @@ def image_folder(root: str, val_root: str | None = None, image_size: int = 224,
                         f"(only in train: {only_train[:5]}, only in val: {only_val[:5]})")
     n = len(train.classes)
     fingerprint = _digest("image_folder", os.path.abspath(train_root), os.path.abspath(val_root),
-                          len(train), len(test), n, image_size, resize, f"augment={augment}",
+                          len(train), len(test), n, image_size, resize, f"augment={sample_augment}",
                           tuple(mean), tuple(std))
     return DataSource(train=train, test=test, task=ClassificationTask(n),
                       input_shape=(3, image_size, image_size), num_classes=n,
