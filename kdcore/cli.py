@@ -137,6 +137,8 @@ def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
             raise UserError(f"--resume {resume_dir}: no config.yaml there; is it a kdcore run directory?")
         if config_file or algo:
             raise UserError("--resume takes the run's saved config; drop --config and --algo")
+        if output_dir or name:
+            raise UserError(f"--resume continues in {resume_dir} itself; drop --output-dir and --name")
         config = load_config(read_yaml(saved), list(overrides))
         notes: list[str] = []
     else:

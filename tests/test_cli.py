@@ -79,6 +79,17 @@ def test_user_errors_exit_2_with_one_line(tmp_path, args, expected) -> None:
     assert lines[-1].startswith("kdcore: error: ") and expected in lines[-1], lines
 
 
+@pytest.mark.parametrize("extra", [["--output-dir", "elsewhere"], ["--name", "other"]])
+def test_resume_refuses_options_it_would_ignore(tmp_path, extra) -> None:
+    from kdcore.config import RunConfig, dump_yaml
+
+    (tmp_path / "config.yaml").write_text(dump_yaml(RunConfig()))
+    result = CliRunner().invoke(main, ["run", "--resume", str(tmp_path), *extra])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip() == (f"kdcore: error: --resume continues in {tmp_path} itself; "
+                                     f"drop --output-dir and --name")
+
+
 @pytest.mark.fashion
 def test_shape_mismatch_names_both_shapes_and_the_connector(tmp_path, tiny) -> None:
     result = CliRunner().invoke(main, ["run", "--output-dir", str(tmp_path), *sets(
