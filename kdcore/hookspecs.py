@@ -4,7 +4,8 @@ Each hook takes no arguments and returns a list of :class:`kdcore.specs.Componen
 implements only the hooks it needs, marked with ``@kdcore.hookimpl``; the core's own components
 are registered through these same hooks (see ``kdcore/builtin/``).
 
-Factories are called with the parameters from the user's YAML (``type`` and ``weight`` removed),
+Factories are called with the parameters from the user's YAML (``type``, and for losses
+``weight`` and ``name``, removed),
 so a factory's keyword arguments *are* its config schema: kdcore checks user keys against the
 factory signature and suggests the closest name on a typo.
 """

@@ -17,7 +17,7 @@ import torch
 class Stage:
     """One pre-training stage.
 
-    :param name: shown in the progress bar and written to ``metrics.jsonl`` as ``stage``.
+    :param name: shown in the progress bar and in the log line of the stage's losses.
     :param epochs: passes over the training data; 0 skips the stage.
     :param loss: ``loss(student_feature, teacher_feature, **extra) -> scalar`` on the raw tapped
         features of the head that declared the stage.
