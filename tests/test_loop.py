@@ -69,3 +69,29 @@ def test_steps_the_fp16_loss_scaler_skips_are_counted() -> None:
     assert 0 < unchanged < len(batches)
     assert rows[0]["scaler_skipped_steps"] == unchanged
     assert rows[0].get("skipped_batches", 0) == 0  # the losses were finite
+
+
+class NaNGradient(Algorithm):
+    """A finite loss (0) whose gradient is NaN: sqrt at 0."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(4, 3), ClassificationTask(3))
+
+    def training_step(self, batch, *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        out = self.student(batch.inputs)
+        return {"flat": torch.sqrt(((out - out.detach()) ** 2).sum(1)).mean()}
+
+
+def test_every_skipped_step_is_counted_even_once_the_scale_has_fallen_to_zero() -> None:
+    # the scale halves on every skip; from 2^-148 it is 0.0 after two, and stays there
+    algorithm = NaNGradient()
+    data = TensorSplit(torch.randn(64, 4), torch.arange(64) % 3)
+    batches = TrainBatches(data, 4, seed=0, device=torch.device("cpu"))
+    optimizer = torch.optim.SGD(algorithm.trainable_parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** -148)
+    before, rows = algorithm.student.weight.detach().clone(), []
+    train_epochs(algorithm, batches, optimizer, scheduler, epochs=2, position=Position(), progress=False,
+                 scaler=scaler, on_epoch_end=lambda pos, summary: rows.append(summary))
+    assert scaler.get_scale() == 0.0 and torch.equal(algorithm.student.weight, before)
+    assert [r["scaler_skipped_steps"] for r in rows] == [len(batches), len(batches)]

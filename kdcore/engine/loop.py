@@ -79,10 +79,19 @@ def format_terms(terms: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in terms.items())
 
 
+def overflowed(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the fp16 loss scaler will skip this step: its scaled gradients held Inf/NaN (read
+    after ``unscale_``, as ``scaler.step`` itself decides; one host sync, which non-fused
+    optimizers pay inside ``scaler.step`` anyway)."""
+    return any(bool(found.item()) for found in scaler._found_inf_per_device(optimizer).values())
+
+
 def step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, stepped: bool) -> None:
     """Advance the schedule once per batch, skipped ones included, so it ends where configured.
-    After a skipped optimizer step torch warns that the order is wrong; here it is deliberate."""
-    if stepped:
+    torch warns, on a scheduler's first step only, when no optimizer step came before it; after
+    a skipped first step that order is deliberate. (Filtering only then: ``catch_warnings``
+    would re-arm every other once-only warning.)"""
+    if stepped or getattr(scheduler, "_step_count", 1) > 1:
         scheduler.step()
         return
     with warnings.catch_warnings():
@@ -160,12 +169,10 @@ def train_epochs(
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 if scaler is not None:
-                    scale = scaler.get_scale()  # no stall: scaler.step syncs to check for Inf anyway
+                    stepped = not overflowed(scaler, optimizer)  # GradScaler's own skip decision
+                    position.scaler_skipped += not stepped
                     scaler.step(optimizer)
                     scaler.update()
-                    # the scale falls only after a step skipped for Inf/NaN gradients
-                    stepped = scaler.get_scale() >= scale
-                    position.scaler_skipped += not stepped
                 else:
                     optimizer.step()
                     stepped = True
