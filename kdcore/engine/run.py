@@ -15,14 +15,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..assemble import build_algorithm, build_model, load_data
-from ..config import RunConfig, dump_yaml
+from ..assemble import build_algorithm, build_model, check_takes_inputs, load_data, sample_inputs
+from ..config import RunConfig, dump_yaml, load_config, read_yaml
 from ..data.augment import build_augment
 from ..errors import UserError
 from . import distributed
@@ -34,7 +35,15 @@ from .fast_max_pool import use_fast_max_pool
 from .frozen import fold_batchnorm, teacher_memory_format
 from .loop import Position, describe_epoch, loss_scaler, run_stage, train_epochs
 from .optim import make_optimizer, make_scheduler
-from .resume import CHECKPOINT, keep_resumed_config, metrics_rows, remove_partial_writes, restore, run_state
+from .resume import (
+    CHECKPOINT,
+    check_resume_changes,
+    keep_resumed_config,
+    metrics_rows,
+    remove_partial_writes,
+    restore,
+    run_state,
+)
 from .teacher_cache import attach_teacher_cache
 from .teachers import prepare_teachers, weights_checksum
 
@@ -94,6 +103,10 @@ def check_assembly(config: RunConfig, splits: Any) -> None:
         teachers = {t.name: build_model(t, splits.source, f"teachers[{i}]")
                     for i, t in enumerate(config.teachers)}
         student = build_model(config.student, splits.source, "student")
+        sample = sample_inputs(splits)
+        check_takes_inputs(student, sample, "student")
+        for i, t in enumerate(config.teachers):
+            check_takes_inputs(teachers[t.name], sample, f"teachers[{i}]")
         build_algorithm(config, splits, student, teachers).remove_taps()
 
 
@@ -115,14 +128,25 @@ def checked_groups(algorithm: Any) -> list[dict[str, Any]]:
 
 def run(config: RunConfig, *, resume_dir: str | None = None,
         log: Callable[[str], None] = print) -> str:
-    """Train as configured; returns the run directory ("" on ranks other than 0 under torchrun)."""
+    """Train as configured; returns the run directory ("" on ranks other than 0 under torchrun).
+
+    A config mistake found before anything is trained (a wrong path, a missing checkpoint) leaves
+    no run directory behind: the one this call created holds only its ``config.yaml`` then."""
+    created: list[str] = []
     try:
-        return _run(config, resume_dir, log)
+        return _run(config, resume_dir, log, created)
+    except UserError:
+        for path in created:
+            if os.path.isdir(path) and set(os.listdir(path)) <= {"config.yaml"}:
+                shutil.rmtree(path, ignore_errors=True)
+                log(f"run dir {path} removed: nothing was trained")
+        raise
     finally:
         distributed.teardown()
 
 
-def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) -> str:
+def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
+         created: list[str]) -> str:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = distributed.setup(config.trainer.device) or pick_device(config.trainer.device)
@@ -139,9 +163,13 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     distributed.check_batch(config.data.batch_size)
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
     if resume_dir is None and main:
+        created.append(run_dir)
         write_text_atomic(dump_yaml(config), os.path.join(run_dir, "config.yaml"))
     log(f"run dir: {run_dir}")
     started = time.perf_counter()
+    saved_config = os.path.join(run_dir, "config.yaml")
+    if resume_dir is not None and os.path.isfile(saved_config):
+        check_resume_changes(load_config(read_yaml(saved_config), []), config)
 
     check_assembly(config, splits)
     teachers = prepare_teachers(config, splits, device, log)
@@ -190,6 +218,10 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
     if resume_dir is not None and os.path.exists(checkpoint_path):
         position, stages_done = restore(checkpoint_path, algorithm, optimizer, scheduler, checksums,
                                         metrics_path if main else None, scaler)
+        if position.epoch >= config.trainer.epochs and os.path.isfile(os.path.join(run_dir, "summary.json")):
+            log(f"the run is complete ({position.epoch} epochs, summary.json written); nothing to do. "
+                f"To train it longer: --resume {run_dir} --set trainer.epochs=N")
+            return run_dir if main else ""
         log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
     if resume_dir is not None and main:  # after the checks: a refused resume changes nothing
         keep_resumed_config(config, run_dir, log)
@@ -234,6 +266,11 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None]) 
             shown = {f"{m} {s} top1" if len(scores) > 1 else f"{s} top1": v["top1"]
                      for m, by_split in scores.items() for s, v in by_split.items() if "top1" in v}
             log(describe_epoch(pos.epoch, config.trainer.epochs, train, shown))
+            skipped = train.get("scaler_skipped_steps", 0)
+            if skipped * 2 > len(batches):  # a few skips as the scale settles are normal
+                log(f"warning: the fp16 loss scaler skipped {skipped} of {len(batches)} steps "
+                    f"this epoch (Inf/NaN gradients), so the weights barely moved; check the "
+                    f"losses' gradients, or use trainer.amp=bf16")
             save(True)
 
         def on_step(pos: Position) -> None:
