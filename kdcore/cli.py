@@ -137,7 +137,7 @@ def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
             raise UserError(f"--resume {resume_dir}: no config.yaml there; is it a kdcore run directory?")
         if config_file or algo:
             raise UserError("--resume takes the run's saved config; drop --config and --algo")
-        if output_dir or name:
+        if output_dir is not None or name is not None:
             raise UserError(f"--resume continues in {resume_dir} itself; drop --output-dir and --name")
         config = load_config(read_yaml(saved), list(overrides))
         notes: list[str] = []
@@ -246,14 +246,26 @@ def inspect(model: str, params: tuple[str, ...], dataset: str, input_shape: str 
         try:
             shape = tuple(int(x) for x in input_shape.split(","))
         except ValueError:
-            raise UserError(f"--input-shape {input_shape!r}: expected C,H,W such as 3,32,32") from None
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise UserError(f"--input-shape {input_shape!r}: expected positive sizes C,H,W such as 3,32,32")
         context = {"num_classes": num_classes, "in_channels": shape[0]}
     else:
         source = build("dataset", dataset, where="--dataset")
         shape, context = source.input_shape, {"num_classes": source.num_classes,
                                               "in_channels": source.input_shape[0]}
-    net = build("model", model, where=f"model {model!r}", context=context, **kwargs)
-    shapes = feature_shapes(net, torch.zeros(2, *shape))
+    try:
+        net = build("model", model, where=f"model {model!r}", context=context, **kwargs)
+    except UserError as exc:
+        if str(exc).endswith("required, missing"):
+            raise UserError(f"{exc}: give it with --set NAME=VALUE") from None
+        raise
+    try:
+        shapes = feature_shapes(net, torch.zeros(2, *shape))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model {model!r} cannot take inputs of shape {tuple(shape)} ({first}); "
+                        f"check --input-shape or --dataset") from None
     params_count = sum(p.numel() for p in net.parameters())
     click.echo(f"{model}: {params_count:,} parameters, input {tuple(shape)}")
     modules = dict(net.named_modules())

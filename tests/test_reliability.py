@@ -322,7 +322,8 @@ def test_expect_top1_is_checked_before_training(files, tmp_path) -> None:
     result = invoke(["run", "--output-dir", str(tmp_path), *sets(files, "teachers.0.expect_top1=99")])
     line = error_line(result, 2)
     assert "teachers[0].expect_top1: the teacher scores" in line and "expected 99.00 (+/- 1.0)" in line
-    assert sorted(p.name for p in only_run_dir(tmp_path).iterdir()) == ["config.yaml"]
+    assert not list(tmp_path.iterdir())  # nothing trained: the run directory is removed again
+    assert "run dir " in result.output and "removed: nothing was trained" in result.output
 
 
 @pytest.mark.fashion
@@ -388,8 +389,42 @@ def test_resume_refuses_a_teacher_that_changed(stopped_run, files, tmp_path) -> 
     before = (run_dir / "config.yaml").read_text()
     line = error_line(invoke(["run", "--resume", str(run_dir), "--set",
                               f"teachers.0.checkpoint={other}"]), 2)
-    assert "teacher 'teacher' is not the one this run started with" in line
+    assert f"--resume: teachers.0.checkpoint was '{files['teacher']}', now '{other}'" in line
     assert (run_dir / "config.yaml").read_text() == before and not (run_dir / "config.yaml.1").exists()
+    # the same path with other weights in it: caught by the checksum the checkpoint recorded
+    moved = tmp_path / "moved-teacher.pt"
+    shutil.copy(files["teacher"], moved)
+    (run_dir / "config.yaml").write_text(before.replace(str(files["teacher"]), str(moved)))
+    shutil.copy(other, moved)
+    line = error_line(invoke(["run", "--resume", str(run_dir)]), 2)
+    assert "teacher 'teacher' is not the one this run started with" in line
+
+
+@pytest.mark.fashion
+@pytest.mark.parametrize("override, said", [
+    ("data.train_limit=128", "--resume: data.train_limit was 256, now 128; a resumed run keeps its data, models and seed"),
+    ("seed=7", "--resume: seed was 0, now 7"),
+    ("student.type=cnn_teacher", "--resume: student.type was 'cnn_student', now 'cnn_teacher'"),
+    ("output_dir=/tmp/elsewhere", "--resume: output_dir was"),
+])
+def test_resume_refuses_changes_to_what_the_run_trains_before_any_work(stopped_run, tmp_path, override, said) -> None:
+    run_dir = copy_run(stopped_run[0], tmp_path)
+    result = invoke(["run", "--resume", str(run_dir), "--set", override])
+    assert said in error_line(result, 2)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith("run dir: ")  # refused before any other work
+    assert not (run_dir / "config.yaml.1").exists()
+
+
+@pytest.mark.fashion
+def test_resuming_a_finished_run_changes_nothing(stopped_run, tmp_path) -> None:
+    run_dir = copy_run(stopped_run[0], tmp_path)
+    assert invoke(["run", "--resume", str(run_dir), "--set", "trainer.on_nonfinite=skip"]).exit_code == 0
+    files = {name: (run_dir / name).read_text() for name in ("config.yaml", "summary.json", "metrics.jsonl")}
+    result = invoke(["run", "--resume", str(run_dir), "--set", "trainer.checkpoint_every=3"])
+    assert result.exit_code == 0 and "the run is complete (2 epochs" in result.output
+    assert {name: (run_dir / name).read_text() for name in files} == files
+    assert not (run_dir / "config.yaml.2").exists()
 
 
 def test_damaged_checkpoints_are_named(tmp_path) -> None:
@@ -549,6 +584,7 @@ def test_a_process_waiting_for_a_build_lock_names_the_holder(tmp_path) -> None:
     assert inside.is_set()
     assert said == [f"waiting for kdcore process {os.getpid()} on {socket.gethostname()} to finish "
                     f"{path} (lock file {path}.lock)"]
+    assert open(path + ".lock").read() == ""  # released: a later waiter names no stale holder
 
 
 def test_a_filesystem_without_flock_builds_unlocked_and_says_so(tmp_path, monkeypatch) -> None:
@@ -565,3 +601,11 @@ def test_a_filesystem_without_flock_builds_unlocked_and_says_so(tmp_path, monkey
         ran.append(True)
     assert ran and said == [f"no file locking where {tmp_path / 'cache'} lives (No locks available); "
                             f"going on without it"]
+
+    def denied(*_: object) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(ckpt.fcntl, "flock", denied)  # a real failure is not "no locking here"
+    with pytest.raises(OSError, match="Input/output error"):
+        with ckpt.exclusive(str(tmp_path / "cache"), said.append):
+            pytest.fail("the block must not run unlocked")

@@ -16,7 +16,7 @@ import attrs
 import torch
 
 from ..components.algorithm import is_teacher_state
-from ..config import RunConfig, dump_yaml, load_config, read_yaml
+from ..config import RunConfig, dump_yaml, load_config, read_yaml, unstructure
 from ..errors import UserError
 from .checkpoint import load_checkpoint, write_text_atomic
 from .loop import Position
@@ -86,7 +86,12 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
                             f"this run started with (its weights' sha256 was {digest[:12]}..., "
                             f"now {str(checksums.get(name))[:12]}...); resume with the same "
                             f"teacher or start a new run")
-    missing = algorithm.load_state_dict(state["algorithm"], strict=False)
+    try:
+        missing = algorithm.load_state_dict(state["algorithm"], strict=False)
+    except RuntimeError as exc:  # shapes differ: a connector or loss now built otherwise
+        lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: "
+                        f"{lines[0] if lines else str(exc).splitlines()[0]}") from None
     if missing.unexpected_keys:
         raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: unexpected "
                         f"keys {missing.unexpected_keys[:4]}")
@@ -101,8 +106,8 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
     set_rng_state(state["rng"])
     if metrics_path is not None:
         rows = metrics_rows(metrics_path)[: state["metrics_rows"]]
-        with open(metrics_path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        # atomically: a kill here must not leave the rows the checkpoint covers half-written
+        write_text_atomic("".join(json.dumps(r) + "\n" for r in rows), metrics_path)
     return Position(**state["position"]), state["stages_done"]
 
 
@@ -119,6 +124,49 @@ def remove_partial_writes(run_dir: str) -> list[str]:
                 os.unlink(path)
                 removed.append(path)
     return removed
+
+
+# What a resumed run may not change: what it trains on, which models, from which seed. The rest
+# (trainer switches, epochs, optimizer and schedule settings, distill points' loss parameters)
+# may change, and config.yaml then records it.
+FIXED_ON_RESUME = ("seed", "data.", "student.", "teachers.", "algorithm.type", "distiller.type")
+FREE_ON_RESUME = ("data.eval_batch_size", "data.test_limit")
+FREE_IN_TEACHERS = ("distill", "expect_top1")  # the rest of a teacher block makes the teacher
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: value}
+
+
+def _fixed(path: str) -> bool:
+    if path in FREE_ON_RESUME or not (path + ".").startswith(FIXED_ON_RESUME):
+        return False
+    if path.startswith("teachers."):  # teachers.<i>.<key>...
+        parts = path.split(".")
+        return len(parts) < 3 or parts[2] not in FREE_IN_TEACHERS
+    return True
+
+
+def check_resume_changes(saved: RunConfig, config: RunConfig) -> None:
+    """Refuse ``--resume`` overrides that would make the saved state belong to another run
+    (other data, models or seed): found before any teacher is trained or loaded."""
+    before, after = _flat(unstructure(saved)), _flat(unstructure(config))
+    for path in ("output_dir", "name"):
+        if before.get(path) != after.get(path):
+            raise UserError(f"--resume: {path} was {before.get(path)!r}, now {after.get(path)!r}; "
+                            f"a resumed run continues in its own directory, so it cannot change")
+    for path in sorted(set(before) | set(after)):
+        if before.get(path) != after.get(path) and _fixed(path):
+            raise UserError(f"--resume: {path} was {before.get(path)!r}, now {after.get(path)!r}; "
+                            f"a resumed run keeps its data, models and seed, so start a new run "
+                            f"for that (trainer, optimizer, schedule and loss settings may change)")
+    if len(saved.teachers) != len(config.teachers):
+        raise UserError(f"--resume: the run has {len(saved.teachers)} teachers, the config now "
+                        f"{len(config.teachers)}; start a new run for that")
 
 
 def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], None]) -> None:
