@@ -14,7 +14,15 @@ from torch import nn
 
 from .components import Algorithm, DistillationHead
 from .components.distiller import DistillPoint
-from .config import DataConfig, DistillPointConfig, RunConfig
+from .config import (
+    ComponentConfig,
+    DataConfig,
+    DistillPointConfig,
+    HeadConfig,
+    LossConfig,
+    RunConfig,
+    block_keys,
+)
 from .data import DataSource, TensorSplit
 from .errors import UserError
 from .registry import build
@@ -52,7 +60,7 @@ def load_data(cfg: DataConfig) -> Splits:
     The validation images are a fixed random subset of the training split (seed 0, whatever
     the run's seed), so every run and every method is tuned on the same held-out images.
     """
-    source = build("dataset", cfg.type, where="data", **cfg.params)
+    source = build("dataset", cfg.type, where="data", _block_keys=block_keys(DataConfig), **cfg.params)
     train, test, val = source.train, source.test, None
     if cfg.val_split:
         if cfg.val_split >= len(train):
@@ -113,7 +121,8 @@ def model_context(source: DataSource) -> dict[str, Any]:
 
 
 def build_model(kind_cfg: Any, source: DataSource, where: str) -> nn.Module:
-    model = build("model", kind_cfg.type, where=where, context=model_context(source), **kind_cfg.params)
+    model = build("model", kind_cfg.type, where=where, context=model_context(source),
+                  _block_keys=block_keys(type(kind_cfg)), **kind_cfg.params)
     if not isinstance(model, nn.Module):
         raise UserError(f"{where}: model {kind_cfg.type!r} did not return an nn.Module")
     return model
@@ -128,6 +137,30 @@ def sample_inputs(splits: Splits, n: int = 2) -> torch.Tensor:
     return torch.stack([data[i][0] for i in range(min(n, len(data)))])
 
 
+def forward_or_explain(model: nn.Module, inputs: torch.Tensor, where: str) -> Any:
+    """``model(inputs)``; a model that cannot take the data's inputs (too small for its
+    poolings, wrong channel count) is a config mistake, named in one line."""
+    try:
+        return model(inputs)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shape = "x".join(str(d) for d in inputs.shape[1:])
+        raise UserError(f"{where}: {type(model).__name__} cannot take this data's {shape} inputs "
+                        f"({first}); pick a model built for them, or change its parameters "
+                        f"(kdcore inspect MODEL --input-shape {','.join(str(d) for d in inputs.shape[1:])})") from None
+
+
+@torch.no_grad()
+def check_takes_inputs(model: nn.Module, inputs: torch.Tensor, where: str) -> None:
+    """Run ``model`` once, in eval mode, on a few of the data's inputs."""
+    was_training = model.training
+    model.eval()
+    try:
+        forward_or_explain(model, inputs, where)
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def probe(model: nn.Module, taps: list[Tap], inputs: torch.Tensor, where: str) -> dict[str, Any]:
     """Per-sample shapes of ``taps`` on ``model`` for ``inputs``."""
@@ -136,7 +169,7 @@ def probe(model: nn.Module, taps: list[Tap], inputs: torch.Tensor, where: str) -
     model.eval()
     device = next((p.device for p in model.parameters()), inputs.device)
     try:
-        recorder.record_output(model(inputs.to(device)))
+        recorder.record_output(forward_or_explain(model, inputs.to(device), where.split(" ")[0]))
     finally:
         recorder.remove()
         model.train(was_training)
@@ -178,7 +211,8 @@ def build_point(pcfg: DistillPointConfig, where: str, teacher_name: str, point_n
         if cfg is None:
             return None, feat
         module = build("connector", cfg.type, where=f"{where}.head.{side}_connector",
-                       context={"in_shape": own, "out_shape": other}, **cfg.params)
+                       context={"in_shape": own, "out_shape": other},
+                       _block_keys=block_keys(ComponentConfig), **cfg.params)
         if torch.is_tensor(feat):
             module.eval()
             with torch.no_grad():
@@ -197,12 +231,13 @@ def build_point(pcfg: DistillPointConfig, where: str, teacher_name: str, point_n
     for li, lcfg in enumerate(hcfg.losses):
         context = {"student_shape": _shape(s_out), "teacher_shape": _shape(t_out),
                    "num_samples": num_samples, "num_classes": splits.source.num_classes, **modules}
-        loss = build("loss", lcfg.type, where=f"{where}.head.losses[{li}]", context=context, **lcfg.params)
+        loss = build("loss", lcfg.type, where=f"{where}.head.losses[{li}]", context=context,
+                     _block_keys=block_keys(LossConfig), **lcfg.params)
         losses[terms[li]] = (lcfg.weight, loss)
     head = build("head", hcfg.type, where=f"{where}.head",
                  context={"losses": losses, "student_connector": s_conn, "teacher_connector": t_conn,
                           "label": f"distill point {where}"},
-                 **hcfg.params)
+                 _block_keys=block_keys(HeadConfig), **hcfg.params)
     if not isinstance(head, DistillationHead):
         raise UserError(f"{where}.head: head {hcfg.type!r} did not return a DistillationHead")
     # check shapes once now, so a mismatch is reported before any training
@@ -242,14 +277,15 @@ def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
     distiller = None
     if config.teachers:
         distiller = build("distiller", config.distiller.type, where="distiller",
-                          context={"teachers": teachers, "points": points}, **config.distiller.params)
+                          context={"teachers": teachers, "points": points},
+                          _block_keys=block_keys(ComponentConfig), **config.distiller.params)
     source = splits.source
     context = {"student": student, "task": source.task, "distiller": distiller,
                "num_classes": source.num_classes, "input_shape": source.input_shape,
                "num_samples": len(splits.train), "batch_size": config.data.batch_size,
                "seed": config.seed, "test_data": splits.test, "run_dir": run_dir}
     algorithm = build("algorithm", config.algorithm.type, where="algorithm", context=context,
-                      **config.algorithm.params)
+                      _block_keys=block_keys(ComponentConfig), **config.algorithm.params)
     if not isinstance(algorithm, Algorithm):
         raise UserError(f"algorithm {config.algorithm.type!r} did not return a kdcore.Algorithm")
     return algorithm

@@ -157,6 +157,12 @@ class RunConfig:
     name: str | None = None
 
 
+def block_keys(cls: type) -> list[str]:
+    """The keys a component block declares itself (``type``, ``weight``, ``distill`` ...): every
+    other key in it is a parameter of the component."""
+    return [f.name for f in attrs.fields(cls) if not f.metadata.get("params")]
+
+
 # --- structuring ---------------------------------------------------------------------------
 
 def _type_name(tp: Any) -> str:
@@ -391,8 +397,20 @@ def check(config: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"config key {key}: must be at least 1, got {value}")
-    if config.trainer.epochs < 0:
-        raise UserError(f"config key trainer.epochs: must be >= 0, got {config.trainer.epochs}")
+    non_negative = {"trainer.epochs": config.trainer.epochs,
+                    "trainer.checkpoint_every": config.trainer.checkpoint_every,
+                    "optimizer.weight_decay": config.optimizer.weight_decay,
+                    "optimizer.momentum": config.optimizer.momentum,
+                    "schedule.warmup_epochs": config.schedule.warmup_epochs}
+    non_negative.update({f"teachers[{i}].train.epochs": t.train.epochs for i, t in enumerate(config.teachers)})
+    for key, value in non_negative.items():
+        if value < 0:
+            raise UserError(f"config key {key}: must be >= 0, got {value}")
+    if config.trainer.threads is not None and config.trainer.threads < 1:
+        raise UserError(f"config key trainer.threads: must be at least 1 or null, got {config.trainer.threads}")
+    if config.trainer.grad_clip is not None and config.trainer.grad_clip < 0:
+        raise UserError(f"config key trainer.grad_clip: must be >= 0 or null (0 and null: no "
+                        f"clipping), got {config.trainer.grad_clip}")
     for key in ("train_limit", "test_limit", "labelled"):
         value = getattr(config.data, key)
         if value is not None and value < 1:

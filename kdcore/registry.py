@@ -7,6 +7,7 @@ hook is called on its own, so a hook that raises is reported for that plugin alo
 from __future__ import annotations
 
 import inspect
+from collections.abc import Collection
 from typing import Any
 
 from torch import nn
@@ -83,6 +84,8 @@ def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str =
         hint += f"; it is provided by {dist}: pip install ./plugins/{dist}"
     elif failed:
         hint += "; note: plugins failed to load: " + ", ".join(s.name for s in failed)
+    else:
+        hint += f"; a plugin's {kind} needs its package installed ('kdcore plugins' lists them)"
     raise UserError(f"{label}unknown {kind} {name!r}{hint} (see 'kdcore list {kind}')")
 
 
@@ -100,24 +103,43 @@ def accepted_params(factory: Any) -> tuple[set[str], bool]:
     return names, var_kw
 
 
+def required_params(factory: Any) -> set[str]:
+    """The keyword names ``factory`` needs a value for (no default)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty}
+
+
 def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], *,
-                 where: str) -> Any:
+                 where: str, block_keys: Collection[str] = ()) -> Any:
     """Call ``factory(**params, **context)``, checking ``params`` against its signature.
 
     ``context`` holds values the core offers (``in_shape``, ``num_classes`` ...); each is passed
-    only if the factory names it. User ``params`` that the factory does not take are an error
-    naming the key and the closest accepted one.
+    only if the factory names it, and a user parameter may not replace one. User ``params`` that
+    the factory does not take are an error naming the key and the closest accepted one, among
+    the factory's parameters and ``block_keys``, the keys of the config block they came from (a
+    misspelled ``distill`` in a teacher's block lands among the model's parameters).
     """
     names, var_kw = accepted_params(factory)
-    if not var_kw:
-        for key in params:
-            if key not in names:
-                own = names - set(context) - CONTEXT_KEYS
-                hint = did_you_mean(key, own)
-                choices = ", ".join(sorted(own)) or "none"
-                raise UserError(f"{where}.{key}: unknown parameter{hint}; accepted: {choices}")
+    for key in params:
+        if key in context:
+            raise UserError(f"{where}.{key}: kdcore passes this value itself (from the data, the "
+                            f"models or the run), so it cannot be set in the config")
+        if not var_kw and key not in names:
+            own = names - set(context) - CONTEXT_KEYS
+            hint = did_you_mean(key, own | set(block_keys))
+            choices = ", ".join(sorted(own)) or "none"
+            block = f"keys of this block: {', '.join(sorted(block_keys))}; " if block_keys else ""
+            what = "key" if block_keys else "parameter"
+            raise UserError(f"{where}.{key}: unknown {what}{hint}; {block}parameters it takes: {choices}")
     kwargs = {k: v for k, v in context.items() if var_kw or k in names}
     kwargs.update(params)
+    missing = required_params(factory) - set(kwargs)
+    if missing:
+        raise UserError(f"{where}.{sorted(missing)[0]}: required, missing")
     try:
         return factory(**kwargs)
     except UserError:
@@ -127,12 +149,15 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
 
 
 def build(kind: str, name: str, *, plugins: Plugins | None = None, where: str = "",
-          context: dict[str, Any] | None = None, **params: Any) -> Any:
+          context: dict[str, Any] | None = None, _block_keys: Collection[str] = (),
+          **params: Any) -> Any:
     """Build the component ``kind``/``name`` with ``params``.
 
     Example: ``kdcore.build("loss", "kd", temperature=4.0)`` returns an ``nn.Module`` whose
-    ``forward(student, teacher)`` is the Hinton KD loss.
+    ``forward(student, teacher)`` is the Hinton KD loss. (``_block_keys``: the config block's
+    own keys, for the did-you-mean of a misspelled one.)
     """
     registered = lookup(kind, name, plugins, where=where)
     factory = registered.component.resolve()
-    return call_factory(factory, params, context or {}, where=where or f"{kind} {name!r}")
+    return call_factory(factory, params, context or {}, where=where or f"{kind} {name!r}",
+                        block_keys=_block_keys)

@@ -65,8 +65,17 @@ def test_vanilla_has_no_teacher(tmp_path, tiny) -> None:
     (["run", "--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
     (["run", "--set", "teachers.0.distill.0.student_module=stage9"], "teachers[0].distill[0].student_module 'stage9' does not exist in SmallCNN"),
     (["run", "--set", "teachers.0.checkpoint=/missing/teacher.pt"], "teachers[0].checkpoint /missing/teacher.pt does not exist"),
-    (["run", "--set", "teachers.0.distill.0.head.losses.0.temprature=3"], "losses[0].temprature: unknown parameter (did you mean 'temperature'?)"),
+    (["run", "--set", "teachers.0.distill.0.head.losses.0.temprature=3"], "losses[0].temprature: unknown key (did you mean 'temperature'?)"),
     (["run", "--set", "data.root=/nowhere"], "apt-get install dataset-fashion-mnist"),
+    (["run", "--set", "teachers.0.distil.0.student_module=x"], "teachers[0].distil: unknown key (did you mean 'distill'?); keys of this block: checkpoint, distill,"),
+    (["run", "--set", "data.trian_limit=5"], "data.trian_limit: unknown key (did you mean 'train_limit'?)"),
+    (["run", "--set", "algorithm.task=1"], "algorithm.task: kdcore passes this value itself"),
+    (["run", "--set", "data.type=mnist"], "data.root: required, missing"),
+    (["run", "--set", "student.type=torchvision", "--set", "student.arch=alexnet"], "student: AlexNet cannot take this data's 1x28x28 inputs"),
+    (["run", "--set", "trainer.checkpoint_every=-3"], "trainer.checkpoint_every: must be >= 0, got -3"),
+    (["run", "--set", "teachers.0.distill.0.head.losses.0.type=cosine_feature"], "a plugin's loss needs its package installed"),
+    (["inspect", "cnn_student", "--input-shape", "3,32"], "model 'cnn_student' cannot take inputs of shape (3, 32)"),
+    (["inspect", "cnn_student", "--input-shape", "0,28,28"], "--input-shape '0,28,28': expected positive sizes"),
     (["list", "conector"], "unknown component kind 'conector' (did you mean 'connector'?)"),
     (["inspect", "cnn_studnet", "--input-shape", "1,28,28"], "unknown model 'cnn_studnet' (did you mean 'cnn_student'"),
     (["frobnicate"], "no command 'frobnicate'"),
@@ -77,6 +86,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, args, expected) -> None:
     assert "Traceback" not in result.output
     lines = [l for l in result.output.splitlines() if l.strip()]
     assert lines[-1].startswith("kdcore: error: ") and expected in lines[-1], lines
+    assert not os.listdir(tmp_path) if os.path.isdir(tmp_path) else True  # no empty run dir left
 
 
 @pytest.mark.parametrize("extra", [["--output-dir", "elsewhere"], ["--name", "other"]])
