@@ -1,31 +1,38 @@
-"""The usual permissions for what kdcore writes through :mod:`tempfile`.
+"""Temporary files and folders for atomic writes, created with the usual permissions.
 
-Atomic writes go through ``mkstemp``/``mkdtemp``, which create files as 0600 and folders as
-0700 whatever the umask. Renamed into place they would keep those modes: a cached teacher, a
-teacher-output cache or a student checkpoint that colleagues on the same machine cannot read.
-:func:`give_usual_mode` sets the mode a plain ``open()`` or ``mkdir`` would have given.
+``tempfile.mkstemp``/``mkdtemp`` create files as 0600 and folders as 0700 whatever the umask.
+Renamed into place they would keep those modes: a cached teacher, a teacher-output cache or a
+student checkpoint that colleagues on the same machine cannot read. These create them as a
+plain ``open()`` or ``mkdir`` would: the kernel applies the umask (and any default ACL), so
+nothing reads or changes the process's umask.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 
 
-def current_umask() -> int:
-    """The process's umask, read without changing it where Linux shows it."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: set and restore (not atomic, hence the first way)
-    os.umask(mask)
-    return mask
+def _name(folder: str, prefix: str, suffix: str) -> str:
+    return os.path.join(folder, f"{prefix}{os.getpid()}-{secrets.token_hex(6)}{suffix}")
 
 
-def give_usual_mode(path: str) -> None:
-    """chmod ``path`` (a file or a folder) to 0666 / 0777 less the umask."""
-    full = 0o777 if os.path.isdir(path) else 0o666
-    os.chmod(path, full & ~current_umask())
+def temp_file(folder: str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int, str]:
+    """A new, empty file in ``folder`` opened for writing: ``(fd, path)``."""
+    while True:
+        path = _name(folder, prefix, suffix)
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+
+
+def temp_folder(folder: str, prefix: str = ".tmp-") -> str:
+    """A new, empty folder in ``folder``."""
+    while True:
+        path = _name(folder, prefix, "")
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:
+            continue

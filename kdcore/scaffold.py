@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import string
-import tempfile
 from importlib import resources
 from importlib.metadata import entry_points
 from typing import Any
@@ -22,7 +21,7 @@ import attrs
 import yaml
 
 from .errors import UserError
-from .files import give_usual_mode
+from .files import temp_folder
 from .version import __version__
 
 #: kinds in the order ``--kind`` lists them.
@@ -178,14 +177,13 @@ def new_plugin(name: str, kind: str = "loss", directory: str = ".") -> str:
         raise UserError(f"{target} already exists; kdcore new-plugin never overwrites: pick "
                         f"another NAME or --dir, or remove it yourself")
     os.makedirs(directory, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{names.dist}-", dir=directory)
+    staging = temp_folder(directory, prefix=f".{names.dist}-")  # not mkdtemp's 0700
     try:
         for rel, text in plan(names).items():
             path = os.path.join(staging, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
-        give_usual_mode(staging)  # not mkdtemp's 0700
         os.rename(staging, target)  # all files appear at once, or none
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,13 +8,13 @@ half of one. Loading uses ``weights_only=True``: a file that would execute code 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import pickle
 import re
 import socket
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -23,49 +23,66 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..files import give_usual_mode
+from ..files import temp_file
+
+# flock errors that mean "this filesystem cannot lock" rather than a real failure
+NO_LOCKING = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 
 
 @contextlib.contextmanager
 def exclusive(path: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``path + ".lock"`` for the block: the first process builds
-    ``path`` (a teacher, a cache), the others wait and then find it built.
+    ``path`` (a teacher, a cache), the others wait and then find it built. Callers check for
+    ``path`` first: a finished build needs no lock (nor write access to its folder).
 
     A waiting process says whom it waits for (the holder writes its pid and host into the lock
-    file), so a run stuck behind a hung one can be told apart from a slow one. Where the
-    filesystem has no ``flock`` (some network mounts) the block runs unlocked, with a note: every
-    build ends in an atomic rename, so two processes building at once waste work, not data."""
+    file, and clears them when done), so a run stuck behind a hung one can be told apart from a
+    slow one. Where the filesystem has no ``flock`` (some network mounts) the block runs
+    unlocked, with a note: each build ends in an atomic rename, so two processes building at
+    once waste work and the last one's file stays."""
     say = log or (lambda message: None)
-    with open(path + ".lock", "a+") as lock:  # "a+": opening must not erase the holder's name
+    lock_path = path + ".lock"
+    try:
+        lock = open(lock_path, "a+")  # "a+": opening must not erase the holder's name
+    except PermissionError:  # a shared cache folder others own: lock read-only, anonymously
+        lock = open(lock_path)
+    with lock:
         locked = True
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
-            say(f"waiting for {holder} to finish {path} (lock file {path}.lock)")
+            say(f"waiting for {holder} to finish {path} (lock file {lock_path})")
             fcntl.flock(lock, fcntl.LOCK_EX)
         except OSError as error:
+            if error.errno not in NO_LOCKING:
+                raise
             say(f"no file locking where {path} lives ({error.strerror}); going on without it")
             locked = False
-        if locked:
+        named = locked and lock.writable()
+        if named:
             lock.seek(0)
             lock.truncate()
             lock.write(f"kdcore process {os.getpid()} on {socket.gethostname()}\n")
             lock.flush()
-        yield
+        try:
+            yield
+        finally:
+            if named:  # a waiter that reads the file next must not name this process
+                lock.truncate(0)
+                lock.flush()
 
 
 def save_atomic(obj: Any, path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = temp_file(folder, suffix=".pt")  # the umask's mode, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        give_usual_mode(tmp)  # mkstemp's 0600 would make shared caches unreadable to others
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

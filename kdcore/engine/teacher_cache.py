@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from ..components import Distiller
 from ..data import TensorSplit
 from ..errors import UserError
-from ..files import give_usual_mode
+from ..files import temp_folder
 from . import distributed
 from .checkpoint import exclusive
 from .teachers import cache_dir, weights_checksum
@@ -102,8 +101,7 @@ class TeacherOutputCache:
 @torch.no_grad()
 def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
           batch_size: int, device: torch.device, progress: bool) -> None:
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(folder))
-    give_usual_mode(tmp)  # not mkdtemp's 0700: a cache is shared by every run on the machine
+    tmp = temp_folder(os.path.dirname(folder))  # not mkdtemp's 0700: runs of other users share it
     try:
         arrays: dict[str, Any] = {}
         for start in tqdm(range(0, len(data), batch_size), disable=not progress, leave=False,

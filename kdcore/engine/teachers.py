@@ -8,6 +8,7 @@ training recipe (with its own seed) and data set. The next run with the same tea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -103,8 +104,9 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
             path = os.path.join(cache_dir(), "teachers",
                                 f"{tcfg.type}-{teacher_key(tcfg, config, splits)}.pt")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with exclusive(path, log):  # one process trains, the others wait and reuse
-                if os.path.exists(path):
+            # a cached teacher needs no lock: the lock only orders who trains a missing one
+            with contextlib.nullcontext() if os.path.exists(path) else exclusive(path, log):
+                if os.path.exists(path):  # cached before, or by the run this one waited for
                     load_weights(model, path, what="cached teacher (delete it to retrain)")
                     log(f"teacher {tcfg.name}: using cached checkpoint {path}")
                 else:
