@@ -225,12 +225,13 @@ def list_components(kind: str) -> None:
 @click.option("--set", "params", multiple=True, metavar="KEY=VALUE", help="model parameter")
 @click.option("--dataset", default="fashion_mnist", show_default=True,
               help="data set whose input shape and classes to use")
+@click.option("--root", "data_root", help="the data set's folder (as data.root in a config)")
 @click.option("--input-shape", help="C,H,W instead of reading the data set, e.g. 3,32,32")
 @click.option("--num-classes", type=int, default=10, show_default=True,
               help="classes, with --input-shape")
 @user_errors
-def inspect(model: str, params: tuple[str, ...], dataset: str, input_shape: str | None,
-            num_classes: int) -> None:
+def inspect(model: str, params: tuple[str, ...], dataset: str, data_root: str | None,
+            input_shape: str | None, num_classes: int) -> None:
     """Every addressable module path of MODEL with its output shape, for distill points."""
     import torch
 
@@ -251,7 +252,10 @@ def inspect(model: str, params: tuple[str, ...], dataset: str, input_shape: str 
             raise UserError(f"--input-shape {input_shape!r}: expected positive sizes C,H,W such as 3,32,32")
         context = {"num_classes": num_classes, "in_channels": shape[0]}
     else:
-        source = build("dataset", dataset, where="--dataset")
+        try:
+            source = build("dataset", dataset, where="--dataset", **({"root": data_root} if data_root else {}))
+        except UserError as exc:
+            raise UserError(f"{exc} (here: --root DIR; or --input-shape C,H,W, which reads no data)") from None
         shape, context = source.input_shape, {"num_classes": source.num_classes,
                                               "in_channels": source.input_shape[0]}
     try:

@@ -76,6 +76,7 @@ def test_vanilla_has_no_teacher(tmp_path, tiny) -> None:
     (["run", "--set", "teachers.0.distill.0.head.losses.0.type=cosine_feature"], "a plugin's loss needs its package installed"),
     (["inspect", "cnn_student", "--input-shape", "3,32"], "model 'cnn_student' cannot take inputs of shape (3, 32)"),
     (["inspect", "cnn_student", "--input-shape", "0,28,28"], "--input-shape '0,28,28': expected positive sizes"),
+    (["inspect", "resnet8", "--dataset", "cifar10", "--root", "/nonexistent"], "/nonexistent/cifar-10-batches-py is missing"),
     (["list", "conector"], "unknown component kind 'conector' (did you mean 'connector'?)"),
     (["inspect", "cnn_studnet", "--input-shape", "1,28,28"], "unknown model 'cnn_studnet' (did you mean 'cnn_student'"),
     (["frobnicate"], "no command 'frobnicate'"),
