@@ -89,9 +89,17 @@ class TeacherTamper(kdcore.Loss):
         return (student * 0).sum()
 
 
+class NaNGradient(kdcore.Loss):
+    """0, with a NaN gradient (sqrt at 0): every fp16 step overflows, no loss is NaN."""
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
+        return torch.sqrt(((student - student.detach()).float() ** 2).sum(1)).mean()
+
+
 @kdcore.hookimpl
 def kdcore_losses() -> list[kdcore.Component]:
     return [kdcore.Component("kdrel_faulty", Faulty, "test-only: NaN/Inf at chosen steps"),
+            kdcore.Component("kdrel_nan_grad", NaNGradient, "test-only: NaN gradient"),
             kdcore.Component("kdrel_faulty_stage", FaultyStage, "test-only: NaN in a stage"),
             kdcore.Component("kdrel_tamper", TeacherTamper, "test-only: edits the teacher")]
 
@@ -249,6 +257,16 @@ def test_nonfinite_stage_loss_stops_naming_stage_epoch_and_step(files, tmp_path)
         files, losses("{type: kdrel_faulty_stage, weight: 1.0}"))])
     line = error_line(result, 3)
     assert "stage 'kdrel_nan_stage'" in line and "epoch 1, step 1" in line
+
+
+@pytest.mark.fashion
+def test_an_fp16_epoch_of_skipped_steps_is_counted_and_warned_about(files, tmp_path) -> None:
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(
+        files, "trainer.amp=fp16", "trainer.epochs=1", losses("{type: kdrel_nan_grad, weight: 1.0}"))])
+    assert result.exit_code == 0, result.output
+    row = json.loads((only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["train"]["scaler_skipped_steps"] == 4  # 256 images, batch 64: every step
+    assert "warning: the fp16 loss scaler skipped 4 of 4 steps this epoch" in result.output
 
 
 @pytest.mark.fashion
