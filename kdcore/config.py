@@ -406,8 +406,9 @@ def check(config: RunConfig) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise UserError(f"config key {key}: must be >= 0, got {value}")
-    if config.trainer.threads is not None and config.trainer.threads < 1:
-        raise UserError(f"config key trainer.threads: must be at least 1 or null, got {config.trainer.threads}")
+    if config.trainer.threads is not None and config.trainer.threads < 0:
+        raise UserError(f"config key trainer.threads: must be >= 0 (0 or null: one per physical "
+                        f"core), got {config.trainer.threads}")
     if config.trainer.grad_clip is not None and config.trainer.grad_clip < 0:
         raise UserError(f"config key trainer.grad_clip: must be >= 0 or null (0 and null: no "
                         f"clipping), got {config.trainer.grad_clip}")

@@ -129,9 +129,12 @@ def remove_partial_writes(run_dir: str) -> list[str]:
 # What a resumed run may not change: what it trains on, which models, from which seed. The rest
 # (trainer switches, epochs, optimizer and schedule settings, distill points' loss parameters)
 # may change, and config.yaml then records it.
+# Where files live may change (data moved, a checkpoint copied elsewhere): the teachers' weights
+# are checked against the checksums the checkpoint recorded, and the student's come from it.
 FIXED_ON_RESUME = ("seed", "data.", "student.", "teachers.", "algorithm.type", "distiller.type")
-FREE_ON_RESUME = ("data.eval_batch_size", "data.test_limit")
-FREE_IN_TEACHERS = ("distill", "expect_top1")  # the rest of a teacher block makes the teacher
+FREE_ON_RESUME = ("data.eval_batch_size", "data.test_limit", "data.root", "data.val_root",
+                  "data.in_memory", "student.checkpoint")
+FREE_IN_TEACHERS = ("distill", "expect_top1", "checkpoint")  # the rest makes the teacher
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -155,6 +158,11 @@ def check_resume_changes(saved: RunConfig, config: RunConfig) -> None:
     """Refuse ``--resume`` overrides that would make the saved state belong to another run
     (other data, models or seed): found before any teacher is trained or loaded."""
     before, after = _flat(unstructure(saved)), _flat(unstructure(config))
+    for i, (old, new) in enumerate(zip(saved.teachers, config.teachers)):
+        if old.checkpoint and new.checkpoint:  # how it would be trained does not matter then
+            for flat in (before, after):
+                for path in [p for p in flat if p.startswith(f"teachers.{i}.train.")]:
+                    del flat[path]
     for path in ("output_dir", "name"):
         if before.get(path) != after.get(path):
             raise UserError(f"--resume: {path} was {before.get(path)!r}, now {after.get(path)!r}; "
@@ -167,6 +175,23 @@ def check_resume_changes(saved: RunConfig, config: RunConfig) -> None:
     if len(saved.teachers) != len(config.teachers):
         raise UserError(f"--resume: the run has {len(saved.teachers)} teachers, the config now "
                         f"{len(config.teachers)}; start a new run for that")
+
+
+def finished(run_dir: str, epochs: int) -> bool:
+    """Whether the run already trained ``epochs`` epochs and wrote its summary for them: then a
+    resume has nothing to do (checked before any teacher is loaded or trained). A summary of an
+    earlier, shorter length does not count: that run was extended since."""
+    summary_path, checkpoint_path = os.path.join(run_dir, "summary.json"), os.path.join(run_dir, CHECKPOINT)
+    if not (os.path.isfile(summary_path) and os.path.isfile(checkpoint_path)):
+        return False
+    try:
+        with open(summary_path, encoding="utf-8") as f:
+            summary_epochs = json.load(f).get("epochs")
+    except (OSError, ValueError):
+        return False
+    state = load_checkpoint(checkpoint_path, what="resume checkpoint")
+    position = state.get("position", {}) if isinstance(state, dict) else {}
+    return (summary_epochs == epochs == position.get("epoch") and position.get("step_in_epoch") == 0)
 
 
 def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], None]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..assemble import build_algorithm, build_model, check_takes_inputs, load_data, sample_inputs
-from ..config import RunConfig, dump_yaml, load_config, read_yaml
+from ..config import RunConfig, dump_yaml, read_yaml, structure
 from ..data.augment import build_augment
 from ..errors import UserError
 from . import distributed
@@ -38,6 +38,7 @@ from .optim import make_optimizer, make_scheduler
 from .resume import (
     CHECKPOINT,
     check_resume_changes,
+    finished,
     keep_resumed_config,
     metrics_rows,
     remove_partial_writes,
@@ -130,8 +131,9 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
         log: Callable[[str], None] = print) -> str:
     """Train as configured; returns the run directory ("" on ranks other than 0 under torchrun).
 
-    A config mistake found before anything is trained (a wrong path, a missing checkpoint) leaves
-    no run directory behind: the one this call created holds only its ``config.yaml`` then."""
+    A config mistake found before the student's training (a wrong path, a missing checkpoint, a
+    teacher below ``expect_top1``) leaves no run directory behind: the one this call created holds
+    only its ``config.yaml`` then."""
     created: list[str] = []
     try:
         return _run(config, resume_dir, log, created)
@@ -139,7 +141,7 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
         for path in created:
             if os.path.isdir(path) and set(os.listdir(path)) <= {"config.yaml"}:
                 shutil.rmtree(path, ignore_errors=True)
-                log(f"run dir {path} removed: nothing was trained")
+                log(f"run dir {path} removed: the run stopped before training the student")
         raise
     finally:
         distributed.teardown()
@@ -168,8 +170,14 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     log(f"run dir: {run_dir}")
     started = time.perf_counter()
     saved_config = os.path.join(run_dir, "config.yaml")
+    checkpoint_path = os.path.join(run_dir, CHECKPOINT)
     if resume_dir is not None and os.path.isfile(saved_config):
-        check_resume_changes(load_config(read_yaml(saved_config), []), config)
+        # as saved, unchecked: a value a newer kdcore refuses may be what the overrides fix
+        check_resume_changes(structure(RunConfig, read_yaml(saved_config)), config)
+    if resume_dir is not None and finished(run_dir, config.trainer.epochs):
+        log(f"the run is complete ({config.trainer.epochs} epochs, summary.json written); nothing "
+            f"to do. To train it longer: --resume {run_dir} --set trainer.epochs=N")
+        return run_dir if main else ""
 
     check_assembly(config, splits)
     teachers = prepare_teachers(config, splits, device, log)
@@ -178,7 +186,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         t["params"] = sum(p.numel() for p in t["model"].parameters())
     torch.manual_seed(config.seed)  # the student's init must not depend on teacher caching
     student = build_model(config.student, splits.source, "student")
-    if config.student.checkpoint:
+    if config.student.checkpoint and not (resume_dir is not None and os.path.exists(checkpoint_path)):
         load_weights(student, os.path.expanduser(config.student.checkpoint), what="student.checkpoint")
     algorithm = build_algorithm(config, splits, student, {n: t["model"] for n, t in teachers.items()},
                                 run_dir=run_dir)
@@ -212,16 +220,11 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     position = Position()
     stages_done = False
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    checkpoint_path = os.path.join(run_dir, CHECKPOINT)
     scaler = loss_scaler(config.trainer.amp, device)
 
     if resume_dir is not None and os.path.exists(checkpoint_path):
         position, stages_done = restore(checkpoint_path, algorithm, optimizer, scheduler, checksums,
                                         metrics_path if main else None, scaler)
-        if position.epoch >= config.trainer.epochs and os.path.isfile(os.path.join(run_dir, "summary.json")):
-            log(f"the run is complete ({position.epoch} epochs, summary.json written); nothing to do. "
-                f"To train it longer: --resume {run_dir} --set trainer.epochs=N")
-            return run_dir if main else ""
         log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
     if resume_dir is not None and main:  # after the checks: a refused resume changes nothing
         keep_resumed_config(config, run_dir, log)
