@@ -6,6 +6,7 @@ through student and teachers with the taps attached, so configs never spell out 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import attrs
@@ -137,17 +138,26 @@ def sample_inputs(splits: Splits, n: int = 2) -> torch.Tensor:
     return torch.stack([data[i][0] for i in range(min(n, len(data)))])
 
 
+# torch's messages for inputs of the wrong size or channel count (anything else is not a
+# config mistake: a bug in the model's code, out of memory)
+SHAPE_ERROR = re.compile(r"size|shape|channel|dimension|Expected .*input|mat1 and mat2|too small")
+
+
 def forward_or_explain(model: nn.Module, inputs: torch.Tensor, where: str) -> Any:
     """``model(inputs)``; a model that cannot take the data's inputs (too small for its
     poolings, wrong channel count) is a config mistake, named in one line."""
     try:
         return model(inputs)
+    except torch.OutOfMemoryError:
+        raise
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not SHAPE_ERROR.search(first):
+            raise
         shape = "x".join(str(d) for d in inputs.shape[1:])
         raise UserError(f"{where}: {type(model).__name__} cannot take this data's {shape} inputs "
                         f"({first}); pick a model built for them, or change its parameters "
-                        f"(kdcore inspect MODEL --input-shape {','.join(str(d) for d in inputs.shape[1:])})") from None
+                        f"(kdcore inspect MODEL --input-shape {','.join(str(d) for d in inputs.shape[1:])})") from exc
 
 
 @torch.no_grad()

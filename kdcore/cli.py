@@ -258,6 +258,7 @@ def inspect(model: str, params: tuple[str, ...], dataset: str, data_root: str | 
             raise UserError(f"{exc} (here: --root DIR; or --input-shape C,H,W, which reads no data)") from None
         shape, context = source.input_shape, {"num_classes": source.num_classes,
                                               "in_channels": source.input_shape[0]}
+    context = {k: v for k, v in context.items() if k not in kwargs}  # --set num_classes=100 wins
     try:
         net = build("model", model, where=f"model {model!r}", context=context, **kwargs)
     except UserError as exc:

@@ -130,7 +130,8 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
                             f"models or the run), so it cannot be set in the config")
         if not var_kw and key not in names:
             own = names - set(context) - CONTEXT_KEYS
-            hint = did_you_mean(key, own | set(block_keys))
+            # minus the key itself: written under params:, a block key is meant as a parameter
+            hint = did_you_mean(key, (own | set(block_keys)) - {key})
             choices = ", ".join(sorted(own)) or "none"
             block = f"keys of this block: {', '.join(sorted(block_keys))}; " if block_keys else ""
             what = "key" if block_keys else "parameter"

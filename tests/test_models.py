@@ -167,3 +167,28 @@ def test_torchvision_unknown_name_suggests():
 def test_torchvision_bad_option_is_a_user_error():
     with pytest.raises(kdcore.UserError, match="resnet18"):
         kdcore.build("model", "torchvision", arch="resnet18", options={"no_such_option": 1})
+
+
+def test_only_shape_errors_of_a_model_become_config_errors() -> None:
+    import torch
+    from torch import nn
+
+    from kdcore.assemble import check_takes_inputs
+    from kdcore.errors import UserError
+
+    class Fails(nn.Module):
+        def __init__(self, error: Exception) -> None:
+            super().__init__()
+            self.error = error
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise self.error
+
+    x = torch.zeros(2, 1, 28, 28)
+    with pytest.raises(UserError, match=r"student: Fails cannot take this data's 1x28x28 inputs \(Given groups"):
+        check_takes_inputs(Fails(RuntimeError("Given groups=1, expected input[2, 1, 28, 28] to have 3 channels")),
+                           x, "student")
+    with pytest.raises(RuntimeError, match="a bug in the model"):  # not the user's config
+        check_takes_inputs(Fails(RuntimeError("a bug in the model")), x, "student")
+    with pytest.raises(torch.OutOfMemoryError):
+        check_takes_inputs(Fails(torch.OutOfMemoryError("CUDA out of memory, size 2 GiB")), x, "student")

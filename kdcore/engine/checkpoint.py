@@ -45,6 +45,10 @@ def exclusive(path: str, log: Callable[[str], None] | None = None) -> Iterator[N
     try:
         lock = open(lock_path, "a+")  # "a+": opening must not erase the holder's name
     except PermissionError:  # a shared cache folder others own: lock read-only, anonymously
+        if not os.path.exists(lock_path):
+            raise UserError(f"{os.path.dirname(os.path.abspath(path))} is not writable, and "
+                            f"{os.path.basename(path)} must be built there; point KDCORE_CACHE_DIR "
+                            f"at a folder of yours (or ask its owner to build it)") from None
         lock = open(lock_path)
     with lock:
         locked = True
