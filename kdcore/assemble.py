@@ -143,16 +143,23 @@ def sample_inputs(splits: Splits, n: int = 2) -> torch.Tensor:
 SHAPE_ERROR = re.compile(r"size|shape|channel|dimension|Expected .*input|mat1 and mat2|too small")
 
 
+def shape_error(exc: BaseException) -> str | None:
+    """The first line of ``exc`` when it is torch refusing an input's shape, else ``None``."""
+    if isinstance(exc, torch.OutOfMemoryError) or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return first if SHAPE_ERROR.search(first) else None
+
+
 def forward_or_explain(model: nn.Module, inputs: torch.Tensor, where: str) -> Any:
     """``model(inputs)``; a model that cannot take the data's inputs (too small for its
     poolings, wrong channel count) is a config mistake, named in one line."""
     try:
         return model(inputs)
-    except torch.OutOfMemoryError:
-        raise
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if not SHAPE_ERROR.search(first):
+        first = shape_error(exc)
+        if first is None:
             raise
         shape = "x".join(str(d) for d in inputs.shape[1:])
         raise UserError(f"{where}: {type(model).__name__} cannot take this data's {shape} inputs "
@@ -179,7 +186,7 @@ def probe(model: nn.Module, taps: list[Tap], inputs: torch.Tensor, where: str) -
     model.eval()
     device = next((p.device for p in model.parameters()), inputs.device)
     try:
-        recorder.record_output(forward_or_explain(model, inputs.to(device), where.split(" ")[0]))
+        recorder.record_output(forward_or_explain(model, inputs.to(device), where.removesuffix(" module path")))
     finally:
         recorder.remove()
         model.train(was_training)

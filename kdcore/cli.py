@@ -235,6 +235,7 @@ def inspect(model: str, params: tuple[str, ...], dataset: str, data_root: str | 
     """Every addressable module path of MODEL with its output shape, for distill points."""
     import torch
 
+    from .assemble import shape_error
     from .config import parse_override
     from .registry import build
     from .taps import feature_shapes
@@ -268,7 +269,9 @@ def inspect(model: str, params: tuple[str, ...], dataset: str, data_root: str | 
     try:
         shapes = feature_shapes(net, torch.zeros(2, *shape))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = shape_error(exc)
+        if first is None:
+            raise
         raise UserError(f"model {model!r} cannot take inputs of shape {tuple(shape)} ({first}); "
                         f"check --input-shape or --dataset") from None
     params_count = sum(p.numel() for p in net.parameters())

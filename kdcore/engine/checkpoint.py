@@ -195,4 +195,3 @@ def load_weights(model: torch.nn.Module, path: str, *, what: str) -> dict[str, A
 def _few(items: list[str], n: int = 4) -> str:
     shown = ", ".join(items[:n])
     return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)})"
-
