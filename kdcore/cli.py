@@ -155,8 +155,10 @@ def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
         return
     with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
-    if "teacher" in summary:
-        click.echo(f"teacher top1: {summary['teacher']['top1']:.2f}")
+    teachers = summary.get("teachers", {})
+    for teacher_name, scores in teachers.items():  # every teacher by name when there are several
+        label = "teacher" if len(teachers) == 1 else f"teacher {teacher_name}"
+        click.echo(f"{label} top1: {scores['top1']:.2f}")
     for exit_name, scores in summary.get("exits", {}).items():
         click.echo(f"{exit_name} top1: {scores['top1']:.2f}")
     click.echo(f"student top1: {summary['student']['top1']:.2f}  ({summary['seconds']:.0f} s)")

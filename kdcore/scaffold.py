@@ -71,6 +71,12 @@ class Names:
                 "algorithm": "algorithms", "model": "models", "dataset": "datasets"}[self.kind]
 
     @property
+    def test_file(self) -> str:
+        """Named after the plugin: pytest cannot collect two plugins' tests of one basename
+        (their tests/ folders have no ``__init__.py``) in one call."""
+        return f"test_{self.ident}_contract.py"
+
+    @property
     def attr(self) -> str:
         return f"load_{self.ident}" if self.kind == "dataset" else self.cls
 
@@ -83,7 +89,7 @@ class Names:
                 "module": self.module, "attr": self.attr, "hook": self.hook, "kind": self.kind,
                 "range": kdcore_range(), "summary": SUMMARIES[self.kind],
                 "kinds": "losses" if self.kind == "loss" else f"{self.kind}s",
-                "version": __version__}
+                "version": __version__, "test_file": self.test_file}
 
 
 def validate_name(name: str, kind: str) -> Names:
@@ -163,7 +169,7 @@ def plan(names: Names) -> dict[str, str]:
         f"{p}/plugin.py": render(PLUGIN_ALGORITHM if names.kind == "algorithm" else PLUGIN, names),
         f"{p}/{names.module}.py": render(COMPONENTS[names.kind], names),
         f"{p}/presets/example.yaml": preset(names),
-        "tests/test_contract.py": render(TEST_HEADER + TESTS[names.kind], names),
+        f"tests/{names.test_file}": render(TEST_HEADER + TESTS[names.kind], names),
     }
 
 
@@ -674,7 +680,7 @@ Created with `kdcore new-plugin`; see kdcore's docs/plugins.md for the whole gui
     $package/plugin.py        # @kdcore.hookimpl $hook(): declares the component
     $package/$module.py       # the component
     $package/presets/example.yaml   # a run config that uses it
-    tests/test_contract.py    # kdcore.testing contract tests
+    tests/$test_file    # kdcore.testing contract tests
 
 ## Publish
 

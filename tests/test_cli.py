@@ -91,6 +91,15 @@ def test_user_errors_exit_2_with_one_line(tmp_path, args, expected) -> None:
     assert not os.listdir(tmp_path) if os.path.isdir(tmp_path) else True  # no empty run dir left
 
 
+def test_teacher_cache_with_random_augmentation_is_refused_before_any_teacher_work(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["run", "--teacher-cache", "--output-dir", str(tmp_path),
+                                       "--set", "data.augment=[{type: hflip}]"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "kdcore: error: trainer.teacher_cache: data.augment draws new random crops and flips every "
+        "epoch, so the teacher's outputs change with them and cannot be cached; drop one of the two"]
+
+
 @pytest.mark.parametrize("extra", [["--output-dir", "elsewhere"], ["--name", "other"]])
 def test_resume_refuses_options_it_would_ignore(tmp_path, extra) -> None:
     from kdcore.config import RunConfig, dump_yaml

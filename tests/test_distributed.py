@@ -15,13 +15,18 @@ SETS = ["data.train_limit=512", "data.test_limit=256", "teachers.0.train.epochs=
         "trainer.progress=false", "data.batch_size=64", "trainer.threads=1"]
 
 
-def launch(prefix: list[str], out: str, *extra: str) -> str:
+def launch(prefix: list[str], out: str, *extra: str, env: dict[str, str] | None = None) -> str:
+    return launch_with_output(prefix, out, *extra, env=env)[0]
+
+
+def launch_with_output(prefix: list[str], out: str, *extra: str,
+                       env: dict[str, str] | None = None) -> tuple[str, str]:
     cmd = [*prefix, "run", "--output-dir", out]
     for item in [*SETS, *extra]:
         cmd += ["--set", item]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc.stdout.strip().splitlines()[-1][len("run dir: "):]
+    return proc.stdout.strip().splitlines()[-1][len("run dir: "):], proc.stdout
 
 
 def rows(run_dir: str) -> list[dict]:
@@ -29,12 +34,16 @@ def rows(run_dir: str) -> list[dict]:
 
 
 def test_two_processes_match_one_and_resume_under_one(tmp_path) -> None:
-    one = launch([sys.executable, "-m", "kdcore"], str(tmp_path / "one"), "trainer.epochs=2")
+    # two processes, with no cached teacher: rank 0 trains it (and logs it), rank 1 waits
+    cache = {"KDCORE_CACHE_DIR": str(tmp_path / "cache")}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "kdcore"]
-    two = launch(torchrun, str(tmp_path / "two"), "trainer.epochs=2")
+    two, said = launch_with_output(torchrun, str(tmp_path / "two"), "trainer.epochs=2", env=cache)
+    assert "teacher teacher: no checkpoint given, training cnn_teacher" in said and "waiting for" not in said
+    one = launch([sys.executable, "-m", "kdcore"], str(tmp_path / "one"), "trainer.epochs=2", env=cache)
     assert os.listdir(tmp_path / "two") == [os.path.basename(two)], "only rank 0 creates a run dir"
     a, b = rows(one), rows(two)
     assert len(a) == len(b) == 2
+    assert [json.load(open(os.path.join(d, "summary.json")))["processes"] for d in (one, two)] == [1, 2]
     for ra, rb in zip(a, b):
         # same global batches; only BatchNorm's batch statistics differ (per rank)
         assert rb["train"]["loss"] == pytest.approx(ra["train"]["loss"], rel=0.03)
@@ -45,6 +54,7 @@ def test_two_processes_match_one_and_resume_under_one(tmp_path) -> None:
                            "--set", "trainer.epochs=3"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(rows(two)) == 3
+    assert json.load(open(os.path.join(two, "summary.json")))["processes"] == 1  # the resume's
 
 
 def test_the_cache_is_filled_once_while_the_other_rank_waits_past_the_runs_timeout(tmp_path) -> None:
@@ -105,3 +115,33 @@ def test_sync_batchnorm_converts_trainable_batchnorms_in_place_and_keeps_taps(mo
     assert bn.weight is weight and dict(bn._forward_hooks) == hooks and list(algorithm.state_dict()) == keys
     assert type(connector[1]) is nn.SyncBatchNorm
     assert all(type(m) is nn.BatchNorm2d for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_torchrun_asked_for_cuda_without_a_gpu_is_refused(monkeypatch, device) -> None:
+    import torch
+
+    from kdcore.engine import distributed
+    from kdcore.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=f"trainer.device: {device} was asked for but no GPU is available"):
+        distributed.setup(device)
+
+
+def test_a_split_smaller_than_the_global_batch_is_still_shared_evenly() -> None:
+    import torch
+
+    from kdcore.data import TensorSplit
+    from kdcore.engine.batches import TrainBatches
+    from kdcore.errors import UserError
+
+    data = TensorSplit(torch.randn(5, 2), torch.zeros(5, dtype=torch.long))
+    cpu = torch.device("cpu")
+    ranks = [TrainBatches(data, 64, seed=0, device=cpu, rank=r, world=2) for r in range(2)]
+    batches = [next(b.epoch(0)) for b in ranks]
+    assert [len(b.indices) for b in batches] == [2, 2]  # 4 of the 5 images, 2 per process
+    assert not set(batches[0].indices.tolist()) & set(batches[1].indices.tolist())
+    with pytest.raises(UserError, match="1 training images cannot be shared among 2 processes"):
+        TrainBatches(TensorSplit(data.inputs[:1], data.targets[:1]), 64, seed=0, device=cpu, rank=0, world=2)

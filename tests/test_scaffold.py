@@ -87,7 +87,7 @@ def test_generated_package_layout(generated: dict[str, Path], kind: str) -> None
     assert "import torch" not in plugin_src  # the entry-point module stays light
     for path in folder.rglob("*.py"):
         ast.parse(path.read_text(), filename=str(path))
-    test_src = (folder / "tests" / "test_contract.py").read_text()
+    test_src = (folder / "tests" / f"test_{folder.name.removeprefix('kdcore-plugin-').replace('-', '_')}_contract.py").read_text()
     assert f"testing.{CONTRACT[kind]}" in test_src and "testing.PluginContract" in test_src
     readme = (folder / "README.md").read_text()
     assert "pip install -e ." in readme and "python -m build" in readme and "twine upload" in readme
@@ -132,7 +132,7 @@ def run_test_classes(path: Path) -> tuple[int, int, list[str]]:
 def test_generated_contract_tests_pass(generated: dict[str, Path], on_path: Path, kind: str) -> None:
     """The author's first `pytest` after `pip install -e .`: the generated tests pass."""
     with using_plugins(None):
-        passed, skipped, failures = run_test_classes(generated[kind] / "tests" / "test_contract.py")
+        passed, skipped, failures = run_test_classes(next((generated[kind] / "tests").glob("test_*_contract.py")))
     assert not failures, "\n".join(failures)
     assert passed >= 15 and skipped <= 4, (passed, skipped)
 

@@ -134,3 +134,18 @@ def test_speed_up_gives_student_and_teachers_the_fast_max_pool(tiny) -> None:
         for model in (algorithm.student, teacher):
             assert (type(model.stage1.pool) is FastMaxPool2d) is enabled
         algorithm.remove_taps()
+
+
+def test_cpu_threads_follow_omp_num_threads_and_share_cores_under_torchrun(monkeypatch) -> None:
+    from kdcore.engine import cpu
+
+    monkeypatch.setattr(cpu, "physical_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cpu.default_threads() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # three torchrun processes on this machine
+    assert cpu.default_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torchrun sets, or the user
+    assert cpu.default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert cpu.default_threads() == 2

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..components import Batch
 from ..data import TensorSplit
+from ..errors import UserError
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -53,7 +54,11 @@ class TrainBatches:
                  num_workers: int = 0, channels_last: bool = False, rank: int = 0,
                  world: int = 1, augment: Any = None) -> None:
         self.data = data
-        self.batch_size = max(1, min(batch_size, len(data)))
+        if world > 1 and len(data) < world:
+            raise UserError(f"data: {len(data)} training images cannot be shared among {world} "
+                            f"processes; use more (data.train_limit) or fewer processes")
+        # capped at the split's size, and still shared evenly among the processes
+        self.batch_size = max(1, min(batch_size, len(data) // world * world))
         self.seed = seed
         self.device = device
         self.num_workers = num_workers

@@ -1,7 +1,9 @@
 """CPU settings applied at the start of a run (``trainer.cpu_tuning``, on by default).
 
 - Intra-op threads = the physical cores this process may use: more threads than cores only add
-  contention on small convolutions.
+  contention on small convolutions. Under torchrun the processes of a machine share its cores
+  (cores / ``LOCAL_WORLD_SIZE`` each); an ``OMP_NUM_THREADS`` set by the user (or by torchrun,
+  which sets 1) wins over both, and ``trainer.threads`` over everything.
 - glibc's malloc returns freed blocks above ``M_MMAP_THRESHOLD`` (and the heap top above
   ``M_TRIM_THRESHOLD``) to the kernel, so every training step maps fresh pages and takes
   thousands of page faults for the same activation sizes. Raising both thresholds keeps that
@@ -47,9 +49,21 @@ def keep_freed_memory() -> bool:
     return mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
 
 
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when set, else this process's share of the physical cores."""
+    try:
+        wanted = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        wanted = 0
+    if wanted >= 1:
+        return wanted
+    sharing = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, physical_cores() // sharing)
+
+
 def tune_cpu(threads: int | None = None) -> int:
     """Apply the CPU settings; returns the thread count."""
-    n = threads or physical_cores()
+    n = threads or default_threads()
     torch.set_num_threads(n)
     keep_freed_memory()
     return n

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,8 @@ from torch import nn
 
 from ..components.algorithm import is_teacher_state
 from ..errors import UserError
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -53,7 +56,11 @@ def setup(device_name: str) -> torch.device | None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return None
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    wants_cuda = device_name == "cuda" or device_name.startswith("cuda:")  # cuda:N too: its local GPU
+    if wants_cuda and not torch.cuda.is_available():
+        raise UserError(f"config key trainer.device: {device_name} was asked for but no GPU is "
+                        f"available; use cpu or auto")
+    use_cuda = torch.cuda.is_available() and (device_name == "auto" or wants_cuda)
     if use_cuda:
         torch.cuda.set_device(local)
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -145,6 +152,27 @@ def all_ranks(flag: bool, device: torch.device, *, patient: bool = False) -> boo
 
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def local_main_first(first: Callable[[], T], device: torch.device, what: str,
+                     others: Callable[[], T] | None = None) -> T:
+    """``first()`` on each machine's first process (``LOCAL_RANK`` 0), then, once it worked on
+    every machine, ``others()`` (default: ``first()`` again) on the rest, which then find what it
+    built (a trained teacher, a filled cache) rather than race it. The others wait in the
+    patient group, so a long build does not hit the run's timeout; any failure of the first
+    reaches that agreement, so nobody waits for a build that will not come."""
+    result: Any = None
+    failure: BaseException | None = None
+    if is_local_main():
+        try:
+            result = first()
+        except BaseException as error:  # noqa: BLE001 - raised below, after the others hear of it
+            failure = error
+    if not all_ranks(failure is None, device, patient=True):
+        if failure is not None:
+            raise failure
+        raise UserError(f"{what} failed on another process (see its error above)")
+    return result if is_local_main() else (others or first)()
 
 
 def check_sync_batchnorm(device: torch.device) -> None:

@@ -162,6 +162,10 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         tune_cpu(config.trainer.threads)
     splits = load_data(config.data)
     augment = build_augment(config.data.augment)  # checked now, before any teacher trains
+    if config.trainer.teacher_cache and augment is not None:
+        raise UserError("trainer.teacher_cache: data.augment draws new random crops and flips every "
+                        "epoch, so the teacher's outputs change with them and cannot be cached; drop "
+                        "one of the two")
     distributed.check_batch(config.data.batch_size)
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
     if resume_dir is None and main:
@@ -180,7 +184,10 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         return run_dir if main else ""
 
     check_assembly(config, splits)
-    teachers = prepare_teachers(config, splits, device, log)
+    # under torchrun, the first process of each machine trains an uncached teacher (and logs
+    # it, on rank 0); the others wait and load what it cached
+    teachers = distributed.local_main_first(lambda: prepare_teachers(config, splits, device, log),
+                                            device, "preparing the teachers")
     checksums = {name: weights_checksum(t["model"]) for name, t in teachers.items()}
     for t in teachers.values():  # as trained, before speed_up folds BatchNorms into convolutions
         t["params"] = sum(p.numel() for p in t["model"].parameters())
@@ -206,10 +213,6 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
                      world=distributed.world_size(), augment=augment))
     if len(batches) == 0:
         raise UserError(f"config key data.batch_size: {config.data.batch_size} leaves no batch")
-    if config.trainer.teacher_cache and augment is not None:
-        raise UserError("trainer.teacher_cache: data.augment draws new random crops and flips every "
-                        "epoch, so the teacher's outputs change with them and cannot be cached; drop "
-                        "one of the two")
     if config.trainer.teacher_cache and algorithm.distiller is not None:
         attach_teacher_cache(algorithm.distiller, batches.data if hasattr(batches, "data") else None,
                              {n: t["checkpoint"] for n, t in teachers.items()}, device,
@@ -320,6 +323,7 @@ def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str
     summary: dict[str, Any] = {"algo": config.algorithm.type, "student": student,
                                "epochs": config.trainer.epochs, "seconds": round(seconds, 2),
                                "run_dir": run_dir, "device": str(device),
+                               "processes": distributed.world_size(),
                                "train_images": len(splits.train),
                                "labelled_images": config.data.labelled or len(splits.train)}
     for name, model in models.items():

@@ -174,21 +174,15 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
             log(f"teacher {name}: reading cached outputs from {folder}")
         else:
             log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}")
-        filled, failure = True, None
-        if distributed.is_local_main():  # one process per machine fills it; the others wait below
-            try:  # every failure here must reach the agreement, or the others would wait for it
-                _fill_once(distiller, name, data, folder, keys, batch_size, device, progress, log)
-                _check_complete(name, folder)
-            except BaseException as error:  # noqa: BLE001 - reported below, after the others hear of it
-                filled, failure = False, error
-        # the others wait here for the whole fill: in the patient group, not under NCCL's timeout
-        if not distributed.all_ranks(filled, device, patient=True):
-            if failure is not None:
-                raise failure
-            raise UserError(f"teacher {name}: filling its output cache failed on another process "
-                            f"(see its error above); turn trainer.teacher_cache off or fix that first")
-        if not distributed.is_local_main():  # the filler checked it before the agreement
+        def fill_and_check(name: str = name, folder: str = folder, keys: list[str] = keys) -> None:
+            _fill_once(distiller, name, data, folder, keys, batch_size, device, progress, log)
             _check_complete(name, folder)
+
+        # one process per machine fills it; the others wait for the whole fill, then check it
+        distributed.local_main_first(
+            fill_and_check, device,
+            f"teacher {name}: filling its output cache",
+            others=lambda name=name, folder=folder: _check_complete(name, folder))
         cache = TeacherOutputCache(folder, keys)
         if device.type != "cpu" and cache.nbytes <= resident_budget:
             cache.keep_on(device)

@@ -234,3 +234,5 @@ def test_two_teachers_report_their_terms_separately(tmp_path, cache_dir, monkeyp
     assert row["train"]["teacher.kd"] != row["train"]["cnn_deep.kd"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["teachers"]) == {"teacher", "cnn_deep"}
+    shown = [line for line in result.output.splitlines() if line.startswith("teacher ")]
+    assert [line.split(" top1:")[0] for line in shown[-2:]] == ["teacher teacher", "teacher cnn_deep"]
