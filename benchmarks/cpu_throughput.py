@@ -11,8 +11,8 @@ weights, the same images in the same order and the same number of steps:
   under ``no_grad``; ``torch.optim.SGD`` with its default implementation). torchvision's class wants its own folder layout
   (``<root>/FashionMNIST/raw/*-ubyte``, uncompressed), so the Debian files are decompressed
   into a temporary folder once, before timing.
-* **kdcore**: what ``kdcore run`` does: ``tune_cpu`` (threads = physical cores, glibc
-  ``mallopt``) first, the split decoded once into a normalised in-memory tensor
+* **kdcore**: what ``kdcore run`` does: ``tune_cpu`` (threads = physical cores unless
+  ``OMP_NUM_THREADS`` is set, glibc ``mallopt``) first, the split decoded once into a normalised in-memory tensor
   (``TensorSplit``), batches by indexing it (``TrainBatches``), ``speed_up``'s rewrites (the
   teacher's layout and folded BatchNorms, kdcore's CPU max pooling), the built algorithm stepped by
   ``train_epochs`` (progress bar off, as in the classic arm).

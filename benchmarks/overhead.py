@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=26, help="steps per block (first is not timed)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps per arm before timing")
     parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads (default: kdcore's tune_cpu choice, physical cores)")
+                        help="intra-op threads (default: kdcore's tune_cpu choice: OMP_NUM_THREADS, "
+                             "else the physical cores)")
     parser.add_argument("--methods", default="kd,ofd", help="comma-separated: kd, ofd")
     parser.add_argument("--progress", action="store_true",
                         help="add a third arm: kdcore with its progress bar on (drawn to /dev/null)")

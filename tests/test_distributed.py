@@ -130,7 +130,7 @@ def test_torchrun_asked_for_cuda_without_a_gpu_is_refused(monkeypatch, device) -
         distributed.setup(device)
 
 
-def test_a_split_smaller_than_the_global_batch_is_still_shared_evenly() -> None:
+def test_fewer_training_images_than_processes_is_refused_by_name() -> None:
     import torch
 
     from kdcore.data import TensorSplit
@@ -139,9 +139,33 @@ def test_a_split_smaller_than_the_global_batch_is_still_shared_evenly() -> None:
 
     data = TensorSplit(torch.randn(5, 2), torch.zeros(5, dtype=torch.long))
     cpu = torch.device("cpu")
-    ranks = [TrainBatches(data, 64, seed=0, device=cpu, rank=r, world=2) for r in range(2)]
-    batches = [next(b.epoch(0)) for b in ranks]
-    assert [len(b.indices) for b in batches] == [2, 2]  # 4 of the 5 images, 2 per process
-    assert not set(batches[0].indices.tolist()) & set(batches[1].indices.tolist())
     with pytest.raises(UserError, match="1 training images cannot be shared among 2 processes"):
         TrainBatches(TensorSplit(data.inputs[:1], data.targets[:1]), 64, seed=0, device=cpu, rank=0, world=2)
+
+
+@pytest.mark.parametrize("local_main", [True, False])
+def test_local_main_first_runs_each_side_once_and_every_failure_reaches_all(monkeypatch, local_main) -> None:
+    from kdcore.engine import distributed
+    from kdcore.errors import UserError
+
+    votes: list[bool] = []
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "is_local_main", lambda: local_main)
+    monkeypatch.setattr(distributed, "all_ranks", lambda ok, device, **kw: votes.append(ok) or ok)
+    calls: list[str] = []
+    first = lambda: calls.append("first") or "built"  # noqa: E731
+    others = lambda: calls.append("others") or "loaded"  # noqa: E731
+    result = distributed.local_main_first(first, None, "building", others=others)
+    assert (calls, result, votes) == ((["first"], "built", [True, True]) if local_main
+                                      else (["others"], "loaded", [True, True]))
+
+    def broken() -> None:
+        raise UserError("the other side broke")
+
+    # others() fails on the second side: it raises its own error there; the first side, which
+    # already built, hears of it in the second agreement instead of running on alone
+    second_vote_fails = iter([True, False])
+    monkeypatch.setattr(distributed, "all_ranks", lambda ok, device, **kw: ok and next(second_vote_fails))
+    expected = "building failed on another process" if local_main else "the other side broke"
+    with pytest.raises(UserError, match=expected):
+        distributed.local_main_first(first, None, "building", others=broken)

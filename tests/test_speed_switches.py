@@ -143,9 +143,9 @@ def test_cpu_threads_follow_omp_num_threads_and_share_cores_under_torchrun(monke
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert cpu.default_threads() == 8
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # three torchrun processes on this machine
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # a launcher that says how many share the machine
     assert cpu.default_threads() == 2
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torchrun sets, or the user
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's, or torchrun's for several processes
     assert cpu.default_threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "junk")
     assert cpu.default_threads() == 2

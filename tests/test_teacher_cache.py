@@ -121,6 +121,7 @@ def test_a_second_run_waits_on_the_lock_and_reuses_the_cache_the_first_fills(tmp
     fill, events, errors = tc._fill, [], []
     monkeypatch.setattr(tc, "_fill", lambda *a, **k: events.append("waiter filled") or fill(*a, **k))
     monkeypatch.setattr(tc.distributed, "all_ranks", lambda ok, device, **_: events.append("agreed") or ok)
+    monkeypatch.setattr(tc.distributed, "world_size", lambda: 2)  # this run: rank 0 of 2
 
     def waiter_run() -> None:
         try:
@@ -140,7 +141,7 @@ def test_a_second_run_waits_on_the_lock_and_reuses_the_cache_the_first_fills(tmp
     assert not waiter.is_alive()
     if errors:
         raise errors[0]
-    assert events == ["released", "agreed"]  # it waited for the lock, then did not fill
+    assert events == ["released", "agreed", "agreed"]  # it waited for the lock, then did not fill
 
 
 def test_other_ranks_never_fill_and_stop_when_the_filler_failed(tmp_path, monkeypatch) -> None:
@@ -149,6 +150,7 @@ def test_other_ranks_never_fill_and_stop_when_the_filler_failed(tmp_path, monkey
 
     distiller, data, checkpoints = _cache_fixture(tmp_path)
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(tc.distributed, "world_size", lambda: 2)
     monkeypatch.setattr(tc, "_fill", lambda *a, **k: pytest.fail("only LOCAL_RANK 0 fills"))
     calls = []
     monkeypatch.setattr(tc.distributed, "all_ranks",
@@ -195,3 +197,13 @@ def test_caches_checkpoints_and_scaffolds_get_the_umask_modes_not_tempfiles(tmp_
     assert {mode(os.path.join(folder, f)) for f in os.listdir(folder)} == {0o664}
     plugin = scaffold.new_plugin("mine", "loss", str(tmp_path / "plugins"))
     assert mode(plugin) == 0o775
+
+
+def test_a_single_process_with_a_stray_local_rank_still_fills_its_cache(tmp_path, monkeypatch) -> None:
+    import kdcore.engine.teacher_cache as tc
+
+    distiller, data, checkpoints = _cache_fixture(tmp_path)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # left over in a job script; no torchrun here
+    folder = tc.attach_teacher_cache(distiller, data, checkpoints, torch.device("cpu"), progress=False,
+                                     log=lambda _: None)["t"]
+    assert os.path.isfile(os.path.join(folder, "keys.json"))

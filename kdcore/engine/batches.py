@@ -57,8 +57,7 @@ class TrainBatches:
         if world > 1 and len(data) < world:
             raise UserError(f"data: {len(data)} training images cannot be shared among {world} "
                             f"processes; use more (data.train_limit) or fewer processes")
-        # capped at the split's size, and still shared evenly among the processes
-        self.batch_size = max(1, min(batch_size, len(data) // world * world))
+        self.batch_size = max(1, min(batch_size, len(data)))  # each rank takes batch // world
         self.seed = seed
         self.device = device
         self.num_workers = num_workers

@@ -1,9 +1,10 @@
 """CPU settings applied at the start of a run (``trainer.cpu_tuning``, on by default).
 
 - Intra-op threads = the physical cores this process may use: more threads than cores only add
-  contention on small convolutions. Under torchrun the processes of a machine share its cores
-  (cores / ``LOCAL_WORLD_SIZE`` each); an ``OMP_NUM_THREADS`` set by the user (or by torchrun,
-  which sets 1) wins over both, and ``trainer.threads`` over everything.
+  contention on small convolutions. ``OMP_NUM_THREADS``, when set, wins: torchrun sets it to 1
+  for several processes on a machine (its own choice, which it announces), and users set it to
+  share a machine between jobs. A launcher that sets ``LOCAL_WORLD_SIZE`` but not
+  ``OMP_NUM_THREADS`` gets the cores shared. ``trainer.threads`` overrides all of these.
 - glibc's malloc returns freed blocks above ``M_MMAP_THRESHOLD`` (and the heap top above
   ``M_TRIM_THRESHOLD``) to the kernel, so every training step maps fresh pages and takes
   thousands of page faults for the same activation sizes. Raising both thresholds keeps that

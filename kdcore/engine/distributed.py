@@ -159,20 +159,24 @@ def local_main_first(first: Callable[[], T], device: torch.device, what: str,
     """``first()`` on each machine's first process (``LOCAL_RANK`` 0), then, once it worked on
     every machine, ``others()`` (default: ``first()`` again) on the rest, which then find what it
     built (a trained teacher, a filled cache) rather than race it. The others wait in the
-    patient group, so a long build does not hit the run's timeout; any failure of the first
-    reaches that agreement, so nobody waits for a build that will not come."""
+    patient group, so a long build does not hit the run's timeout. Both turns end in an
+    agreement: a failure on any process stops every process at once, with its error where it
+    happened and a pointer to it elsewhere, so nobody waits for a build that will not come."""
+    if world_size() == 1:
+        return first()
     result: Any = None
-    failure: BaseException | None = None
-    if is_local_main():
-        try:
-            result = first()
-        except BaseException as error:  # noqa: BLE001 - raised below, after the others hear of it
-            failure = error
-    if not all_ranks(failure is None, device, patient=True):
-        if failure is not None:
-            raise failure
-        raise UserError(f"{what} failed on another process (see its error above)")
-    return result if is_local_main() else (others or first)()
+    for mine, turn in ((is_local_main(), first), (not is_local_main(), others or first)):
+        failure: BaseException | None = None  # every rank takes part in both agreements
+        if mine:
+            try:
+                result = turn()
+            except BaseException as error:  # noqa: BLE001 - raised below, after the others hear of it
+                failure = error
+        if not all_ranks(failure is None, device, patient=True):
+            if failure is not None:
+                raise failure
+            raise UserError(f"{what} failed on another process (see its error above)")
+    return result
 
 
 def check_sync_batchnorm(device: torch.device) -> None:

@@ -24,6 +24,7 @@ import torch
 
 from ..assemble import build_algorithm, build_model, check_takes_inputs, load_data, sample_inputs
 from ..config import RunConfig, dump_yaml, read_yaml, structure
+from ..data import TensorSplit
 from ..data.augment import build_augment
 from ..errors import UserError
 from . import distributed
@@ -45,7 +46,7 @@ from .resume import (
     restore,
     run_state,
 )
-from .teacher_cache import attach_teacher_cache
+from .teacher_cache import TEACHER_CACHE_NEEDS_MEMORY, attach_teacher_cache
 from .teachers import prepare_teachers, weights_checksum
 
 
@@ -166,6 +167,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         raise UserError("trainer.teacher_cache: data.augment draws new random crops and flips every "
                         "epoch, so the teacher's outputs change with them and cannot be cached; drop "
                         "one of the two")
+    if config.trainer.teacher_cache and not isinstance(splits.student_train, TensorSplit):
+        raise UserError(TEACHER_CACHE_NEEDS_MEMORY)
     distributed.check_batch(config.data.batch_size)
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
     if resume_dir is None and main:
@@ -184,10 +187,13 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         return run_dir if main else ""
 
     check_assembly(config, splits)
-    # under torchrun, the first process of each machine trains an uncached teacher (and logs
-    # it, on rank 0); the others wait and load what it cached
-    teachers = distributed.local_main_first(lambda: prepare_teachers(config, splits, device, log),
-                                            device, "preparing the teachers")
+    if any(t.checkpoint is None for t in config.teachers):
+        # under torchrun, the first process of each machine trains an uncached teacher (and logs
+        # it, on rank 0); the others wait and load what it cached
+        teachers = distributed.local_main_first(lambda: prepare_teachers(config, splits, device, log),
+                                                device, "preparing the teachers")
+    else:  # only checkpoints to load: every process at once, no agreement needed
+        teachers = prepare_teachers(config, splits, device, log)
     checksums = {name: weights_checksum(t["model"]) for name, t in teachers.items()}
     for t in teachers.values():  # as trained, before speed_up folds BatchNorms into convolutions
         t["params"] = sum(p.numel() for p in t["model"].parameters())

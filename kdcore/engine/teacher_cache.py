@@ -44,6 +44,12 @@ def inputs_digest(data: TensorSplit) -> str:
     return digest.hexdigest()[:16]
 
 
+TEACHER_CACHE_NEEDS_MEMORY = (
+    "trainer.teacher_cache needs a deterministic in-memory training split; this data set goes "
+    "through per-sample transforms (which may be random), so its teacher outputs can change every "
+    "epoch. Turn trainer.teacher_cache off")
+
+
 def _folder_for(checkpoint: str) -> str:
     folder = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "teacher-outputs")
     try:
@@ -156,9 +162,7 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
                          log: Callable[[str], None] = print) -> dict[str, str]:
     """Build (or find) the cache of every teacher and make ``distiller`` read from it."""
     if not isinstance(data, TensorSplit):
-        raise UserError("trainer.teacher_cache needs a deterministic in-memory training split; this "
-                        "data set goes through per-sample transforms (which may be random), so its "
-                        "teacher outputs can change every epoch. Turn trainer.teacher_cache off")
+        raise UserError(TEACHER_CACHE_NEEDS_MEMORY)
     digest = inputs_digest(data)
     paths = {}
     resident_budget = RESIDENT_BYTES  # for all teachers together
