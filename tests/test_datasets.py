@@ -276,3 +276,11 @@ def test_teacher_cache_on_a_per_sample_split_is_refused_before_any_teacher_work(
         "kdcore: error: trainer.teacher_cache needs a deterministic in-memory training split; this "
         "data set goes through per-sample transforms (which may be random), so its teacher outputs "
         "can change every epoch. Turn trainer.teacher_cache off"]
+
+
+def test_the_default_data_root_follows_kdcore_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDCORE_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(kdcore.UserError, match=f"{tmp_path / 'cache' / 'data' / 'cifar-10-batches-py'} is missing"):
+        kdcore.build("dataset", "cifar10")
+    _fake_cifar10(tmp_path / "cache" / "data")
+    assert len(kdcore.build("dataset", "cifar10").train) == 5 * PER_BATCH

@@ -27,8 +27,15 @@ from ..errors import UserError
 from ..task import ClassificationTask
 from .source import DataSource, TensorSplit
 
-#: Where data sets are looked for when ``root`` is not given.
+#: Where data sets are looked for when ``root`` is not given: ``data/`` in kdcore's cache
+#: folder (``$KDCORE_CACHE_DIR``, else ``~/.cache/kdcore``), resolved when a data set loads.
 DEFAULT_ROOT = "~/.cache/kdcore/data"
+
+
+def _resolve(root: str) -> str:
+    if root == DEFAULT_ROOT and os.environ.get("KDCORE_CACHE_DIR"):
+        return os.path.join(os.environ["KDCORE_CACHE_DIR"], "data")
+    return os.path.expanduser(root)
 
 #: Per-channel mean and std of the training images, in [0, 1] units.
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -88,7 +95,7 @@ class CifarSplit(Dataset):
 
 def _cifar_folder(kind: str, root: str) -> str:
     spec = _CIFAR[kind]
-    root = os.path.expanduser(root)
+    root = _resolve(root)
     folder = os.path.join(root, spec["folder"])
     if not os.path.isdir(folder) and os.path.basename(os.path.normpath(root)) == spec["folder"]:
         folder = root  # root already points at the extracted folder
@@ -191,7 +198,7 @@ def mnist_torchvision(root: str = DEFAULT_ROOT) -> DataSource:
     """MNIST from torchvision's folder layout ``ROOT/MNIST/raw/*-ubyte``, one sample at a time."""
     from torchvision import datasets, transforms
 
-    root = os.path.expanduser(root)
+    root = _resolve(root)
     raw = os.path.join(root, "MNIST", "raw")
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*MNIST_STATS)])
     try:

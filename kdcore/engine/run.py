@@ -250,7 +250,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         if not stages_done:
             for point, stage in algorithm.stages():
                 if stage.epochs > 0:
-                    log(f"stage {stage.name} ({point}): {stage.epochs} epochs")
+                    log(f"stage {stage.name} (distill point {point}): {stage.epochs} epochs")
                     history = run_stage(algorithm, point, stage, batches, progress=config.trainer.progress,
                                         on_nonfinite=config.trainer.on_nonfinite)
                     log(f"stage {stage.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in history.items()))
