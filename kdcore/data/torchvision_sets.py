@@ -37,6 +37,7 @@ def _resolve(root: str) -> str:
         return os.path.join(os.environ["KDCORE_CACHE_DIR"], "data")
     return os.path.expanduser(root)
 
+
 #: Per-channel mean and std of the training images, in [0, 1] units.
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
