@@ -161,3 +161,4 @@ def test_print_config_shows_every_key_resolved_and_runs_nothing(tmp_path) -> Non
     assert printed["teachers"][0]["distill"][0]["head"]["losses"][0]["type"] == "kd"
     assert load_config(printed, []) is not None  # it is a config kdcore reads back
     assert not any(tmp_path.iterdir())  # no run directory
+

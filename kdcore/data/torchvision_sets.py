@@ -27,15 +27,10 @@ from ..errors import UserError
 from ..task import ClassificationTask
 from .source import DataSource, TensorSplit
 
-#: Where data sets are looked for when ``root`` is not given: ``data/`` in kdcore's cache
-#: folder (``$KDCORE_CACHE_DIR``, else ``~/.cache/kdcore``), resolved when a data set loads.
+#: Where data sets are looked for when ``root`` is not given. Fixed, not under
+#: ``$KDCORE_CACHE_DIR``: the folder's path is part of the data set's fingerprint, which keys
+#: the cached teachers, so it must not move with an environment variable.
 DEFAULT_ROOT = "~/.cache/kdcore/data"
-
-
-def _resolve(root: str) -> str:
-    if root == DEFAULT_ROOT and os.environ.get("KDCORE_CACHE_DIR"):
-        return os.path.join(os.environ["KDCORE_CACHE_DIR"], "data")
-    return os.path.expanduser(root)
 
 
 #: Per-channel mean and std of the training images, in [0, 1] units.
@@ -96,7 +91,7 @@ class CifarSplit(Dataset):
 
 def _cifar_folder(kind: str, root: str) -> str:
     spec = _CIFAR[kind]
-    root = _resolve(root)
+    root = os.path.expanduser(root)
     folder = os.path.join(root, spec["folder"])
     if not os.path.isdir(folder) and os.path.basename(os.path.normpath(root)) == spec["folder"]:
         folder = root  # root already points at the extracted folder
@@ -199,7 +194,7 @@ def mnist_torchvision(root: str = DEFAULT_ROOT) -> DataSource:
     """MNIST from torchvision's folder layout ``ROOT/MNIST/raw/*-ubyte``, one sample at a time."""
     from torchvision import datasets, transforms
 
-    root = _resolve(root)
+    root = os.path.expanduser(root)
     raw = os.path.join(root, "MNIST", "raw")
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*MNIST_STATS)])
     try:

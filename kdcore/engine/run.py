@@ -167,7 +167,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         raise UserError("trainer.teacher_cache: data.augment draws new random crops and flips every "
                         "epoch, so the teacher's outputs change with them and cannot be cached; drop "
                         "one of the two")
-    if config.trainer.teacher_cache and not isinstance(splits.student_train, TensorSplit):
+    distilling = any(t.distill for t in config.teachers)  # the cache holds distilled taps only
+    if config.trainer.teacher_cache and distilling and not isinstance(splits.student_train, TensorSplit):
         raise UserError(TEACHER_CACHE_NEEDS_MEMORY)
     distributed.check_batch(config.data.batch_size)
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
@@ -187,7 +188,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         return run_dir if main else ""
 
     check_assembly(config, splits)
-    if any(t.checkpoint is None for t in config.teachers):
+    if any(not t.checkpoint for t in config.teachers):  # as prepare_teachers reads it
         # under torchrun, the first process of each machine trains an uncached teacher (and logs
         # it, on rank 0); the others wait and load what it cached
         teachers = distributed.local_main_first(lambda: prepare_teachers(config, splits, device, log),
