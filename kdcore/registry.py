@@ -91,26 +91,21 @@ def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str =
 
 def accepted_params(factory: Any) -> tuple[set[str], bool]:
     """The keyword names ``factory`` takes, and whether it takes ``**kwargs``."""
-    if inspect.isclass(factory) and factory.__init__ is nn.Module.__init__:
-        return set(), False  # inherits nn.Module's (*args, **kwargs): takes no parameters
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return set(), True
-    names = {p.name for p in sig.parameters.values()
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    names, var_kw, _ = _signature(factory)
     return names, var_kw
 
 
-def required_params(factory: Any) -> set[str]:
-    """The keyword names ``factory`` needs a value for (no default)."""
+def _signature(factory: Any) -> tuple[set[str], bool, set[str]]:
+    """``(keyword names, takes **kwargs, names without a default)`` of ``factory``."""
+    if inspect.isclass(factory) and factory.__init__ is nn.Module.__init__:
+        return set(), False, set()  # inherits nn.Module's (*args, **kwargs): takes no parameters
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
-        return set()
-    return {p.name for p in sig.parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty}
+        return set(), True, set()
+    keyword = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    return {p.name for p in keyword}, var_kw, {p.name for p in keyword if p.default is p.empty}
 
 
 def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], *,
@@ -123,7 +118,7 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
     the factory's parameters and ``block_keys``, the keys of the config block they came from (a
     misspelled ``distill`` in a teacher's block lands among the model's parameters).
     """
-    names, var_kw = accepted_params(factory)
+    names, var_kw, required = _signature(factory)
     for key in params:
         if key in context:
             raise UserError(f"{where}.{key}: kdcore passes this value itself (from the data, the "
@@ -138,7 +133,7 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
             raise UserError(f"{where}.{key}: unknown {what}{hint}; {block}parameters it takes: {choices}")
     kwargs = {k: v for k, v in context.items() if var_kw or k in names}
     kwargs.update(params)
-    missing = required_params(factory) - set(kwargs)
+    missing = required - set(kwargs)
     if missing:
         raise UserError(f"{where}.{sorted(missing)[0]}: required, missing")
     try:

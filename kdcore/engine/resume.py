@@ -172,9 +172,6 @@ def check_resume_changes(saved: RunConfig, config: RunConfig) -> None:
             raise UserError(f"--resume: {path} was {before.get(path)!r}, now {after.get(path)!r}; "
                             f"a resumed run keeps its data, models and seed, so start a new run "
                             f"for that (trainer, optimizer, schedule and loss settings may change)")
-    if len(saved.teachers) != len(config.teachers):
-        raise UserError(f"--resume: the run has {len(saved.teachers)} teachers, the config now "
-                        f"{len(config.teachers)}; start a new run for that")
 
 
 def finished(run_dir: str, epochs: int) -> bool:

@@ -24,7 +24,6 @@ import torch
 
 from ..assemble import build_algorithm, build_model, check_takes_inputs, load_data, sample_inputs
 from ..config import RunConfig, dump_yaml, read_yaml, structure
-from ..data import TensorSplit
 from ..data.augment import build_augment
 from ..errors import UserError
 from . import distributed
@@ -46,7 +45,7 @@ from .resume import (
     restore,
     run_state,
 )
-from .teacher_cache import TEACHER_CACHE_NEEDS_MEMORY, attach_teacher_cache
+from .teacher_cache import attach_teacher_cache, check_teacher_cache
 from .teachers import prepare_teachers, weights_checksum
 
 
@@ -163,13 +162,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         tune_cpu(config.trainer.threads)
     splits = load_data(config.data)
     augment = build_augment(config.data.augment)  # checked now, before any teacher trains
-    if config.trainer.teacher_cache and augment is not None:
-        raise UserError("trainer.teacher_cache: data.augment draws new random crops and flips every "
-                        "epoch, so the teacher's outputs change with them and cannot be cached; drop "
-                        "one of the two")
-    distilling = any(t.distill for t in config.teachers)  # the cache holds distilled taps only
-    if config.trainer.teacher_cache and distilling and not isinstance(splits.student_train, TensorSplit):
-        raise UserError(TEACHER_CACHE_NEEDS_MEMORY)
+    check_teacher_cache(config, splits.student_train, augment)
     distributed.check_batch(config.data.batch_size)
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
     if resume_dir is None and main:

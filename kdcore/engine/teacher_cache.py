@@ -50,6 +50,19 @@ TEACHER_CACHE_NEEDS_MEMORY = (
     "epoch. Turn trainer.teacher_cache off")
 
 
+def check_teacher_cache(config: Any, train: Any, augment: Any) -> None:
+    """Refuse ``trainer.teacher_cache`` where the teachers' outputs change from epoch to epoch,
+    at the start of a run (before any teacher is trained); no teacher taps, nothing to cache."""
+    if not config.trainer.teacher_cache:
+        return
+    if augment is not None:
+        raise UserError("trainer.teacher_cache: data.augment draws new random crops and flips every "
+                        "epoch, so the teacher's outputs change with them and cannot be cached; drop "
+                        "one of the two")
+    if any(t.distill for t in config.teachers) and not isinstance(train, TensorSplit):
+        raise UserError(TEACHER_CACHE_NEEDS_MEMORY)
+
+
 def _folder_for(checkpoint: str) -> str:
     folder = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "teacher-outputs")
     try:
