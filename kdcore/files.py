@@ -1,4 +1,9 @@
-"""Temporary files and folders for atomic writes, created with the usual permissions.
+"""Where kdcore keeps files, and temporary files and folders for atomic writes.
+
+``cache_dir()``: cached teachers, teacher outputs and built kernels (``$KDCORE_CACHE_DIR``,
+default ``~/.cache/kdcore``).
+
+Temporary files and folders are created with the usual permissions:
 
 ``tempfile.mkstemp``/``mkdtemp`` create files as 0600 and folders as 0700 whatever the umask.
 Renamed into place they would keep those modes: a cached teacher, a teacher-output cache or a
@@ -11,6 +16,10 @@ from __future__ import annotations
 
 import os
 import secrets
+
+
+def cache_dir() -> str:
+    return os.environ.get("KDCORE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "kdcore")
 
 
 def _name(folder: str, prefix: str, suffix: str) -> str:

@@ -22,6 +22,7 @@ from ..assemble import Splits, build_model
 from ..builtin.algorithms import Vanilla
 from ..config import RunConfig, TeacherConfig, unstructure
 from ..errors import UserError
+from ..files import cache_dir
 from .batches import TrainBatches
 from .checkpoint import exclusive, load_weights, save_atomic
 from .evaluate import evaluate
@@ -31,10 +32,6 @@ from .optim import make_optimizer, make_scheduler
 
 #: Bump when the teacher training recipe changes in a way the hash cannot see.
 RECIPE_VERSION = 1
-
-
-def cache_dir() -> str:
-    return os.environ.get("KDCORE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "kdcore")
 
 
 def teacher_key(tcfg: TeacherConfig, config: RunConfig, splits: Splits) -> str:

@@ -1,0 +1,114 @@
+"""kdcore's few C kernels, built once per machine with the system's C compiler and loaded
+with ctypes; wherever that fails, callers keep their PyTorch code.
+
+Why C: a handful of small-image CPU ops (2x2 max pooling, :mod:`.fast_max_pool`) are slow in
+torch's CPU kernels and cost several tensor ops in Python. Why not a torch extension: those
+build for a minute against torch's headers and need a compiler at install time; these kernels
+use plain C (GCC/Clang vector extensions), build in under a second at first use, and keep the
+package pure Python.
+
+A kernel is built into ``$KDCORE_CACHE_DIR/kernels/`` (default ``~/.cache/kdcore/kernels/``),
+keyed by the source, the compiler and its flags and this CPU's instruction set (``-march=native``),
+so a shared home directory over several machine types keeps one build per type. The build
+writes a temporary file and renames it into place: concurrent processes (torchrun) are safe.
+``CC`` picks the compiler (default ``cc``); ``KDCORE_NATIVE_KERNELS=0`` turns the kernels off.
+Without a compiler, or on an unwritable cache, kdcore runs as before, only slower there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+
+from ..files import cache_dir, temp_file
+
+ENV_SWITCH = "KDCORE_NATIVE_KERNELS"
+# tried in order: the first that builds is kept (a compiler may lack OpenMP or -march=native)
+FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-fopenmp"),
+    ("-O3", "-march=native"),
+    ("-O3",),
+)
+COMMON_FLAGS = ("-shared", "-fPIC", "-std=gnu11", "-w")
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_identity() -> str:
+    """What ``-march=native`` compiles for: the CPU's model and flags (Linux), else the machine."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags", "Features"))]
+        return "".join(dict.fromkeys(lines))  # one copy per distinct line, not one per core
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _compiler_identity(cc: str) -> str:
+    try:
+        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def _build(source: bytes, name: str, flags: tuple[str, ...], cc: str, folder: str) -> str | None:
+    """Compile ``source`` into ``folder/name-<key>.so`` unless it is there; its path or None."""
+    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(),
+                                     _compiler_identity(cc).encode(), _cpu_identity().encode()]))
+    target = os.path.join(folder, f"{name}-{key.hexdigest()[:16]}.so")
+    if os.path.exists(target):
+        return target
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        src = os.path.join(scratch, f"{name}.c")
+        with open(src, "wb") as f:
+            f.write(source)
+        fd, tmp = temp_file(folder, suffix=".so")
+        os.close(fd)
+        try:
+            done = subprocess.run([cc, *flags, *COMMON_FLAGS, "-o", tmp, src],
+                                  capture_output=True, timeout=120)
+            if done.returncode != 0:
+                return None
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return target
+
+
+@functools.cache
+def load(name: str) -> ctypes.CDLL | None:
+    """The built kernel library ``kernels/<name>.c``, or None where it cannot be had here."""
+    if not enabled():
+        return None
+    cc = os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        return None
+    source = (resources.files("kdcore.engine") / "kernels" / f"{name}.c").read_bytes()
+    folders = [os.path.join(cache_dir(), "kernels"),
+               os.path.join(tempfile.gettempdir(), f"kdcore-kernels-{os.getuid()}")]
+    for flags in FLAG_SETS:
+        for folder in folders:  # an unwritable cache falls back to this user's temp folder
+            try:
+                path = _build(source, name, flags, cc, folder)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if path is None:
+                break  # the compiler refused these flags: the next set
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                break
+    return None
