@@ -14,90 +14,118 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef float f8 __attribute__((vector_size(32)));
-typedef int32_t i8 __attribute__((vector_size(32)));
-typedef uint8_t b8 __attribute__((vector_size(8)));
+/* Vectors of N windows: N = 8 (AVX-sized) for the bulk of a row, 4 for short rows. */
+#define VECTORS(N)                                                                                \
+    typedef float f##N __attribute__((vector_size(4 * N)));                                     \
+    typedef int32_t i##N __attribute__((vector_size(4 * N)));                                   \
+    typedef uint8_t b##N __attribute__((vector_size(N)));                                       \
+    static inline f##N load##N(const float *p) { f##N v; memcpy(&v, p, sizeof v); return v; }   \
+    static inline void store##N(float *p, f##N v) { memcpy(p, &v, sizeof v); }                  \
+    static inline i##N int##N(f##N v) { i##N u; memcpy(&u, &v, sizeof u); return u; }          \
+    static inline f##N float##N(i##N u) { f##N v; memcpy(&v, &u, sizeof v); return v; }        \
+    /* -1 where `later` takes the window from `earlier`: strictly greater, or NaN */            \
+    static inline i##N later_wins##N(f##N later, f##N earlier) {                                \
+        return (later > earlier) | (later != later);                                           \
+    }                                                                                           \
+    static inline f##N pick##N(i##N mask, f##N yes, f##N no) {                                  \
+        return float##N((mask & int##N(yes)) | (~mask & int##N(no)));                           \
+    }                                                                                           \
+    /* N windows whose rows start at top and bot (2N floats each) */                            \
+    static inline void windows##N(const float *top, const float *bot, float *out,              \
+                                  uint8_t *code) {                                              \
+        f##N t0 = load##N(top), t1 = load##N(top + N), u0 = load##N(bot), u1 = load##N(bot + N); \
+        f##N a = __builtin_shuffle(t0, t1, EVEN##N), b = __builtin_shuffle(t0, t1, ODD##N);      \
+        f##N c = __builtin_shuffle(u0, u1, EVEN##N), d = __builtin_shuffle(u0, u1, ODD##N);      \
+        i##N right_top = later_wins##N(b, a), right_bottom = later_wins##N(d, c);              \
+        f##N upper = pick##N(right_top, b, a), lower = pick##N(right_bottom, d, c);            \
+        i##N bottom = later_wins##N(lower, upper);                                             \
+        store##N(out, pick##N(bottom, lower, upper));                                          \
+        if (code) { /* masks are -1/0: -right_top is 1 where the right element won */           \
+            i##N k = (bottom & (2 - right_bottom)) | (~bottom & -right_top);                  \
+            b##N bytes = __builtin_convertvector(k, b##N);                                     \
+            memcpy(code, &bytes, N);                                                           \
+        }                                                                                       \
+    }                                                                                           \
+    /* the gradients of N windows into their rows (2N floats each) */                          \
+    static inline void scatter##N(const float *grad, const uint8_t *code, float *top,          \
+                                  float *bot) {                                                 \
+        b##N bytes; memcpy(&bytes, code, N);                                                    \
+        i##N k = __builtin_convertvector(bytes, i##N);                                         \
+        i##N g = int##N(load##N(grad));                                                         \
+        const f##N zero = {0};                                                                  \
+        f##N a = zero + float##N(g & (k == 0)), b = zero + float##N(g & (k == 1));             \
+        f##N c = zero + float##N(g & (k == 2)), d = zero + float##N(g & (k == 3));             \
+        store##N(top, __builtin_shuffle(a, b, LOW##N));                                         \
+        store##N(top + N, __builtin_shuffle(a, b, HIGH##N));                                    \
+        store##N(bot, __builtin_shuffle(c, d, LOW##N));                                         \
+        store##N(bot + N, __builtin_shuffle(c, d, HIGH##N));                                    \
+    }
 
-static const i8 EVEN = {0, 2, 4, 6, 8, 10, 12, 14}, ODD = {1, 3, 5, 7, 9, 11, 13, 15};
-static const i8 LOW = {0, 8, 1, 9, 2, 10, 3, 11}, HIGH = {4, 12, 5, 13, 6, 14, 7, 15};
+typedef int32_t m8 __attribute__((vector_size(32)));
+typedef int32_t m4 __attribute__((vector_size(16)));
+static const m8 EVEN8 = {0, 2, 4, 6, 8, 10, 12, 14}, ODD8 = {1, 3, 5, 7, 9, 11, 13, 15};
+static const m8 LOW8 = {0, 8, 1, 9, 2, 10, 3, 11}, HIGH8 = {4, 12, 5, 13, 6, 14, 7, 15};
+static const m4 EVEN4 = {0, 2, 4, 6}, ODD4 = {1, 3, 5, 7}, LOW4 = {0, 4, 1, 5}, HIGH4 = {2, 6, 3, 7};
+VECTORS(8)
+VECTORS(4)
 
-static inline f8 load8(const float *p) { f8 v; memcpy(&v, p, sizeof v); return v; }
-static inline void store8(float *p, f8 v) { memcpy(p, &v, sizeof v); }
-static inline i8 as_int(f8 v) { i8 u; memcpy(&u, &v, sizeof u); return u; }
-static inline f8 as_float(i8 u) { f8 v; memcpy(&v, &u, sizeof v); return v; }
-static inline i8 later_wins(f8 later, f8 earlier) { return (later > earlier) | (later != later); }
-static inline f8 pick(i8 mask, f8 yes, f8 no) { return as_float((mask & as_int(yes)) | (~mask & as_int(no))); }
-
-/* Eight windows whose rows start at top and bot (16 floats each). */
-static inline void windows8(const float *top, const float *bot, float *out, uint8_t *code) {
-    f8 t0 = load8(top), t1 = load8(top + 8), u0 = load8(bot), u1 = load8(bot + 8);
-    f8 a = __builtin_shuffle(t0, t1, EVEN), b = __builtin_shuffle(t0, t1, ODD);
-    f8 c = __builtin_shuffle(u0, u1, EVEN), d = __builtin_shuffle(u0, u1, ODD);
-    i8 right_top = later_wins(b, a), right_bottom = later_wins(d, c);
-    f8 upper = pick(right_top, b, a), lower = pick(right_bottom, d, c);
-    i8 bottom = later_wins(lower, upper);
-    store8(out, pick(bottom, lower, upper));
-    if (code) {  /* masks are -1/0: -right_top is 1 where the right element won */
-        i8 k = (bottom & (2 - right_bottom)) | (~bottom & -right_top);
-        b8 bytes = __builtin_convertvector(k, b8);
-        memcpy(code, &bytes, 8);
+/* One row of Wo windows. A remainder is covered by one more vector that ends at the row's
+ * end and overlaps windows already done (they are written again with the same values); rows
+ * of fewer than 4 windows go through a padded copy. */
+static inline void row_forward(const float *top, const float *bot, float *o, uint8_t *k, int64_t Wo) {
+    if (Wo >= 8) {
+        for (int64_t j = 0; j + 8 <= Wo; j += 8) windows8(top + 2 * j, bot + 2 * j, o + j, k ? k + j : 0);
+        if (Wo % 8) windows8(top + 2 * (Wo - 8), bot + 2 * (Wo - 8), o + Wo - 8, k ? k + Wo - 8 : 0);
+    } else if (Wo >= 4) {
+        windows4(top, bot, o, k);
+        if (Wo > 4) windows4(top + 2 * (Wo - 4), bot + 2 * (Wo - 4), o + Wo - 4, k ? k + Wo - 4 : 0);
+    } else if (Wo > 0) {
+        float pt[8] = {0}, pb[8] = {0}, po[4];
+        uint8_t pk[4];
+        memcpy(pt, top, sizeof(float) * 2 * Wo);
+        memcpy(pb, bot, sizeof(float) * 2 * Wo);
+        windows4(pt, pb, po, k ? pk : 0);
+        memcpy(o, po, sizeof(float) * Wo);
+        if (k) memcpy(k, pk, Wo);
     }
 }
 
-/* The gradients of eight windows into their rows (16 floats each). */
-static inline void scatter8(const float *grad, const uint8_t *code, float *top, float *bot) {
-    b8 bytes; memcpy(&bytes, code, 8);
-    i8 k = __builtin_convertvector(bytes, i8);
-    i8 g = as_int(load8(grad));
-    const f8 zero = {0};
-    f8 a = zero + as_float(g & (k == 0)), b = zero + as_float(g & (k == 1));
-    f8 c = zero + as_float(g & (k == 2)), d = zero + as_float(g & (k == 3));
-    store8(top, __builtin_shuffle(a, b, LOW)); store8(top + 8, __builtin_shuffle(a, b, HIGH));
-    store8(bot, __builtin_shuffle(c, d, LOW)); store8(bot + 8, __builtin_shuffle(c, d, HIGH));
+static inline void row_backward(const float *g, const uint8_t *k, float *top, float *bot, int64_t Wo) {
+    if (Wo >= 8) {
+        for (int64_t j = 0; j + 8 <= Wo; j += 8) scatter8(g + j, k + j, top + 2 * j, bot + 2 * j);
+        if (Wo % 8) scatter8(g + Wo - 8, k + Wo - 8, top + 2 * (Wo - 8), bot + 2 * (Wo - 8));
+    } else if (Wo >= 4) {
+        scatter4(g, k, top, bot);
+        if (Wo > 4) scatter4(g + Wo - 4, k + Wo - 4, top + 2 * (Wo - 4), bot + 2 * (Wo - 4));
+    } else if (Wo > 0) {
+        float pg[4] = {0}, pt[8], pb[8];
+        uint8_t pk[4] = {0};
+        memcpy(pg, g, sizeof(float) * Wo);
+        memcpy(pk, k, Wo);
+        scatter4(pg, pk, pt, pb);
+        memcpy(top, pt, sizeof(float) * 2 * Wo);
+        memcpy(bot, pb, sizeof(float) * 2 * Wo);
+    }
 }
 
 static void rows_forward(const float *x, float *out, uint8_t *code, int64_t first, int64_t last,
                          int64_t H, int64_t W) {
-    const int64_t Ho = H / 2, Wo = W / 2, full = Wo / 8 * 8;
+    const int64_t Ho = H / 2, Wo = W / 2;
     for (int64_t r = first; r < last; ++r) {
-        const float *top = x + (r / Ho) * H * W + 2 * (r % Ho) * W, *bot = top + W;
-        float *o = out + r * Wo;
-        uint8_t *k = code ? code + r * Wo : 0;
-        int64_t j = 0;
-        for (; j < full; j += 8) windows8(top + 2 * j, bot + 2 * j, o + j, k ? k + j : 0);
-        if (j < Wo) {  /* the last < 8 windows, through a padded copy */
-            float pt[16] = {0}, pb[16] = {0}, po[8];
-            uint8_t pk[8];
-            memcpy(pt, top + 2 * j, sizeof(float) * 2 * (Wo - j));
-            memcpy(pb, bot + 2 * j, sizeof(float) * 2 * (Wo - j));
-            windows8(pt, pb, po, k ? pk : 0);
-            memcpy(o + j, po, sizeof(float) * (Wo - j));
-            if (k) memcpy(k + j, pk, Wo - j);
-        }
+        const float *top = x + (r / Ho) * H * W + 2 * (r % Ho) * W;
+        row_forward(top, top + W, out + r * Wo, code ? code + r * Wo : 0, Wo);
     }
 }
 
 static void planes_backward(const float *grad, const uint8_t *code, float *gin, int64_t first,
                             int64_t last, int64_t H, int64_t W) {
-    const int64_t Ho = H / 2, Wo = W / 2, full = Wo / 8 * 8;
+    const int64_t Ho = H / 2, Wo = W / 2;
     for (int64_t p = first; p < last; ++p) {
         float *plane = gin + p * H * W;
         if ((H | W) & 1) memset(plane, 0, sizeof(float) * H * W);  /* rows/columns no window covers */
         for (int64_t i = 0; i < Ho; ++i) {
-            float *top = plane + 2 * i * W, *bot = top + W;
-            const float *g = grad + (p * Ho + i) * Wo;
-            const uint8_t *k = code + (p * Ho + i) * Wo;
-            int64_t j = 0;
-            for (; j < full; j += 8) scatter8(g + j, k + j, top + 2 * j, bot + 2 * j);
-            if (j < Wo) {
-                float pg[8] = {0}, pt[16], pb[16];
-                uint8_t pk[8] = {0};
-                memcpy(pg, g + j, sizeof(float) * (Wo - j));
-                memcpy(pk, k + j, Wo - j);
-                scatter8(pg, pk, pt, pb);
-                memcpy(top + 2 * j, pt, sizeof(float) * 2 * (Wo - j));
-                memcpy(bot + 2 * j, pb, sizeof(float) * 2 * (Wo - j));
-            }
+            float *top = plane + 2 * i * W;
+            row_backward(grad + (p * Ho + i) * Wo, code + (p * Ho + i) * Wo, top, top + W, Wo);
         }
     }
 }
