@@ -11,8 +11,9 @@ A kernel is built into ``$KDCORE_CACHE_DIR/kernels/`` (default ``~/.cache/kdcore
 keyed by the source, the compiler and its flags and this CPU's instruction set (``-march=native``),
 so a shared home directory over several machine types keeps one build per type. The build
 writes a temporary file and renames it into place: concurrent processes (torchrun) are safe.
-``CC`` picks the compiler (default ``cc``); ``KDCORE_NATIVE_KERNELS=0`` turns the kernels off.
-Without a compiler, or on an unwritable cache, kdcore runs as before, only slower there.
+``CC`` picks the compiler (default ``cc``; a command line such as ``ccache gcc`` works);
+``KDCORE_NATIVE_KERNELS=0`` turns the kernels off. Without a compiler kdcore runs as before,
+only slower there; an unwritable cache is replaced by this user's folder in the temp dir.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -54,17 +56,17 @@ def _cpu_identity() -> str:
         return platform.machine() + platform.processor()
 
 
-def _compiler_identity(cc: str) -> str:
+def _compiler_identity(cc: list[str]) -> str:
     try:
-        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return ""
     return done.stdout if done.returncode == 0 else ""
 
 
-def _build(source: bytes, name: str, flags: tuple[str, ...], cc: str, folder: str) -> str | None:
+def _build(source: bytes, name: str, flags: tuple[str, ...], cc: list[str], folder: str) -> str | None:
     """Compile ``source`` into ``folder/name-<key>.so`` unless it is there; its path or None."""
-    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(),
+    key = hashlib.sha256(b"\0".join([source, " ".join(cc).encode(), " ".join(flags).encode(),
                                      _compiler_identity(cc).encode(), _cpu_identity().encode()]))
     target = os.path.join(folder, f"{name}-{key.hexdigest()[:16]}.so")
     if os.path.exists(target):
@@ -77,7 +79,7 @@ def _build(source: bytes, name: str, flags: tuple[str, ...], cc: str, folder: st
         fd, tmp = temp_file(folder, suffix=".so")
         os.close(fd)
         try:
-            done = subprocess.run([cc, *flags, *COMMON_FLAGS, "-o", tmp, src],
+            done = subprocess.run([*cc, *flags, *COMMON_FLAGS, "-o", tmp, src],
                                   capture_output=True, timeout=120)
             if done.returncode != 0:
                 return None
@@ -93,8 +95,8 @@ def load(name: str) -> ctypes.CDLL | None:
     """The built kernel library ``kernels/<name>.c``, or None where it cannot be had here."""
     if not enabled():
         return None
-    cc = os.environ.get("CC") or "cc"
-    if shutil.which(cc) is None:
+    cc = shlex.split(os.environ.get("CC") or "cc")  # "ccache gcc" is a compiler too
+    if not cc or shutil.which(cc[0]) is None:
         return None
     source = (resources.files("kdcore.engine") / "kernels" / f"{name}.c").read_bytes()
     folders = [os.path.join(cache_dir(), "kernels"),

@@ -6,13 +6,28 @@
  * zero to the rest. The winner is kept as one byte per window (0..3, scan order), not torch's
  * int64 flat index: an eighth of the memory traffic.
  *
- * Written with GCC/Clang vector extensions, eight windows at a time, branch-free (the winner is
+ * Written with GCC/Clang vector extensions, eight (or four) windows at a time, branch-free (the winner is
  * data-dependent: a branch per window mispredicts about half the time). Threads come from the
  * OpenMP runtime the process already has (torch's libgomp, found by its soname), so
  * torch.set_num_threads applies. No torch headers: it builds in a second with any C compiler.
  */
 #include <stdint.h>
 #include <string.h>
+
+/* Lane shuffles: Clang and GCC 12+ take the indices as arguments, older GCC as a vector. */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define SHUFFLE(mask_type, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(mask_type, a, b, ...) __builtin_shuffle(a, b, (mask_type){__VA_ARGS__})
+#endif
+#define EVEN8(a, b) SHUFFLE(i8, a, b, 0, 2, 4, 6, 8, 10, 12, 14)
+#define ODD8(a, b) SHUFFLE(i8, a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+#define LOW8(a, b) SHUFFLE(i8, a, b, 0, 8, 1, 9, 2, 10, 3, 11)
+#define HIGH8(a, b) SHUFFLE(i8, a, b, 4, 12, 5, 13, 6, 14, 7, 15)
+#define EVEN4(a, b) SHUFFLE(i4, a, b, 0, 2, 4, 6)
+#define ODD4(a, b) SHUFFLE(i4, a, b, 1, 3, 5, 7)
+#define LOW4(a, b) SHUFFLE(i4, a, b, 0, 4, 1, 5)
+#define HIGH4(a, b) SHUFFLE(i4, a, b, 2, 6, 3, 7)
 
 /* Vectors of N windows: N = 8 (AVX-sized) for the bulk of a row, 4 for short rows. */
 #define VECTORS(N)                                                                                \
@@ -34,8 +49,8 @@
     static inline void windows##N(const float *top, const float *bot, float *out,              \
                                   uint8_t *code) {                                              \
         f##N t0 = load##N(top), t1 = load##N(top + N), u0 = load##N(bot), u1 = load##N(bot + N); \
-        f##N a = __builtin_shuffle(t0, t1, EVEN##N), b = __builtin_shuffle(t0, t1, ODD##N);      \
-        f##N c = __builtin_shuffle(u0, u1, EVEN##N), d = __builtin_shuffle(u0, u1, ODD##N);      \
+        f##N a = EVEN##N(t0, t1), b = ODD##N(t0, t1);                                            \
+        f##N c = EVEN##N(u0, u1), d = ODD##N(u0, u1);                                            \
         i##N right_top = later_wins##N(b, a), right_bottom = later_wins##N(d, c);              \
         f##N upper = pick##N(right_top, b, a), lower = pick##N(right_bottom, d, c);            \
         i##N bottom = later_wins##N(lower, upper);                                             \
@@ -55,17 +70,12 @@
         const f##N zero = {0};                                                                  \
         f##N a = zero + float##N(g & (k == 0)), b = zero + float##N(g & (k == 1));             \
         f##N c = zero + float##N(g & (k == 2)), d = zero + float##N(g & (k == 3));             \
-        store##N(top, __builtin_shuffle(a, b, LOW##N));                                         \
-        store##N(top + N, __builtin_shuffle(a, b, HIGH##N));                                    \
-        store##N(bot, __builtin_shuffle(c, d, LOW##N));                                         \
-        store##N(bot + N, __builtin_shuffle(c, d, HIGH##N));                                    \
+        store##N(top, LOW##N(a, b));                                                            \
+        store##N(top + N, HIGH##N(a, b));                                                       \
+        store##N(bot, LOW##N(c, d));                                                            \
+        store##N(bot + N, HIGH##N(c, d));                                                       \
     }
 
-typedef int32_t m8 __attribute__((vector_size(32)));
-typedef int32_t m4 __attribute__((vector_size(16)));
-static const m8 EVEN8 = {0, 2, 4, 6, 8, 10, 12, 14}, ODD8 = {1, 3, 5, 7, 9, 11, 13, 15};
-static const m8 LOW8 = {0, 8, 1, 9, 2, 10, 3, 11}, HIGH8 = {4, 12, 5, 13, 6, 14, 7, 15};
-static const m4 EVEN4 = {0, 2, 4, 6}, ODD4 = {1, 3, 5, 7}, LOW4 = {0, 4, 1, 5}, HIGH4 = {2, 6, 3, 7};
 VECTORS(8)
 VECTORS(4)
 
