@@ -56,7 +56,8 @@ def _cpu_identity() -> str:
         return platform.machine() + platform.processor()
 
 
-def _compiler_identity(cc: list[str]) -> str:
+@functools.cache
+def _compiler_identity(cc: tuple[str, ...]) -> str:
     try:
         done = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
@@ -64,7 +65,8 @@ def _compiler_identity(cc: list[str]) -> str:
     return done.stdout if done.returncode == 0 else ""
 
 
-def _build(source: bytes, name: str, flags: tuple[str, ...], cc: list[str], folder: str) -> str | None:
+def _build(source: bytes, name: str, flags: tuple[str, ...], cc: tuple[str, ...],
+           folder: str) -> str | None:
     """Compile ``source`` into ``folder/name-<key>.so`` unless it is there; its path or None."""
     key = hashlib.sha256(b"\0".join([source, " ".join(cc).encode(), " ".join(flags).encode(),
                                      _compiler_identity(cc).encode(), _cpu_identity().encode()]))
@@ -95,13 +97,17 @@ def load(name: str) -> ctypes.CDLL | None:
     """The built kernel library ``kernels/<name>.c``, or None where it cannot be had here."""
     if not enabled():
         return None
-    cc = shlex.split(os.environ.get("CC") or "cc")  # "ccache gcc" is a compiler too
+    cc = tuple(shlex.split(os.environ.get("CC") or "cc"))  # "ccache gcc" is a compiler too
     if not cc or shutil.which(cc[0]) is None:
         return None
     source = (resources.files("kdcore.engine") / "kernels" / f"{name}.c").read_bytes()
     folders = [os.path.join(cache_dir(), "kernels"),
                os.path.join(tempfile.gettempdir(), f"kdcore-kernels-{os.getuid()}")]
-    for flags in FLAG_SETS:
+    flag_sets = FLAG_SETS
+    if "clang" in _compiler_identity(cc).lower():
+        # Clang's -fopenmp links LLVM's libomp: a second thread pool beside torch's libgomp
+        flag_sets = tuple(f for f in FLAG_SETS if "-fopenmp" not in f)
+    for flags in flag_sets:
         for folder in folders:  # an unwritable cache falls back to this user's temp folder
             try:
                 path = _build(source, name, flags, cc, folder)
