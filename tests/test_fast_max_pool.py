@@ -232,3 +232,14 @@ def test_the_kernel_takes_over_from_small_sizes(monkeypatch) -> None:
     pool(torch.randn(1, 8, 28, 28).contiguous(memory_format=torch.channels_last))  # not NCHW: tensor ops
     pool(torch.randn(1, 8, 28, 28, dtype=torch.float64))  # not float32: tensor ops
     assert len(calls) == 1
+
+
+def test_batched_gradients_and_other_devices_take_torchs_kernel(path) -> None:
+    pool = FastMaxPool2d(2)
+    x = torch.randn(8, 8, 16, 16).relu().round().requires_grad_()
+    vectors = torch.randn(3, 8, 8, 8, 8)
+    ours = torch.autograd.grad(pool(x), x, vectors, is_grads_batched=True)[0]
+    theirs = torch.autograd.grad(F.max_pool2d(x, 2), x, vectors, is_grads_batched=True)[0]
+    assert torch.equal(ours, theirs)
+    meta = torch.empty(2, 2, 4, 4, device="meta")  # the kernel reads host memory: never here
+    assert max_pool_2x2(meta).shape == (2, 2, 2, 2)

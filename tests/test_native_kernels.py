@@ -88,3 +88,27 @@ def test_the_build_is_keyed_by_compiler_and_cpu(fresh, monkeypatch) -> None:
     native_kernels.load.cache_clear()
     assert native_kernels.load("max_pool_2x2") is not None
     assert len(built(fresh / "cache" / "kernels")) == 2
+
+
+def test_code_from_a_folder_others_can_write_is_never_loaded(fresh, monkeypatch) -> None:
+    """Loading a library runs it: a kernels folder (or file) that another user could have
+    written to is refused, the temp folder too, and kdcore stays on its tensor ops."""
+    blocked = fresh / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("KDCORE_CACHE_DIR", str(blocked))  # no cache: the temp folder is next
+    planted = fresh / "tmp" / f"kdcore-kernels-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)  # as someone else's /tmp folder would be to an attacker
+    assert native_kernels.load("max_pool_2x2") is None
+    assert built(planted) == []
+
+
+def test_a_group_writable_umask_still_builds_a_private_kernel(fresh) -> None:
+    old = os.umask(0o002)
+    try:
+        assert native_kernels.load("max_pool_2x2") is not None
+    finally:
+        os.umask(old)
+    folder = fresh / "cache" / "kernels"
+    assert stat.S_IMODE(os.stat(folder).st_mode) & 0o022 == 0
+    assert all(stat.S_IMODE(os.stat(folder / n).st_mode) & 0o022 == 0 for n in built(folder))

@@ -103,7 +103,23 @@ def _native() -> Any:
 
 
 def _native_applies(x: torch.Tensor) -> bool:
-    return x.dtype == torch.float32 and x.is_contiguous() and _native() is not None
+    """Whether the C kernel takes ``x``: a contiguous float32 (C, H, W) or (N, C, H, W) CPU
+    tensor with at least one window, on a machine where the kernel could be built."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() in (3, 4)
+            and x.shape[-2] >= 2 and x.shape[-1] >= 2 and x.is_contiguous()
+            and _has_storage(x) and _native() is not None)
+
+
+def _has_storage(x: torch.Tensor) -> bool:
+    """False for tensors the kernel cannot read memory of: vmap's batched tensors (functorch's,
+    and the batched gradients of ``autograd.grad(..., is_grads_batched=True)``)."""
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    try:
+        x.data_ptr()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _native_forward(x: torch.Tensor, with_winners: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -131,13 +147,15 @@ class _NativeMaxPool2x2(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (winners,) = ctx.saved_tensors
         height, width = ctx.input_shape[-2:]
-        if torch.is_grad_enabled():  # create_graph: torch's kernel, which is differentiable
+        grad = grad.contiguous()
+        if torch.is_grad_enabled() or not _has_storage(grad):
+            # create_graph, or batched gradients (is_grads_batched, vectorised jacobians):
+            # torch's kernel, which is differentiable and has batching rules
             rows = torch.arange(0, winners.shape[-2] * 2 * width, 2 * width).unsqueeze(1)
             cols = torch.arange(0, winners.shape[-1] * 2, 2)
             index = (winners >> 1).long() * width + (winners & 1) + rows + cols
             return torch.ops.aten.max_pool2d_with_indices_backward(
                 grad, grad.new_empty(ctx.input_shape), [2, 2], [2, 2], [0, 0], [1, 1], False, index)
-        grad = grad.contiguous()
         grad_input = grad.new_empty(ctx.input_shape)
         _native().kdcore_max_pool_2x2_backward(grad.data_ptr(), winners.data_ptr(),
                                                grad_input.data_ptr(),

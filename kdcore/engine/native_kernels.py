@@ -25,6 +25,7 @@ import os
 import platform
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from importlib import resources
@@ -65,15 +66,26 @@ def _compiler_identity(cc: tuple[str, ...]) -> str:
     return done.stdout if done.returncode == 0 else ""
 
 
+def _check_private(path: str) -> None:
+    """Refuse (``PermissionError``) a kernel folder or file that someone else could have put
+    there: loading a library runs its code, so it must belong to this user and be writable by
+    no one else. (A shared ``KDCORE_CACHE_DIR`` is shared for teachers, whose files are data;
+    its ``kernels/`` is then refused and the private temp folder used.)"""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise PermissionError(f"{path}: not this user's alone; kdcore does not load code from it")
+
+
 def _build(source: bytes, name: str, flags: tuple[str, ...], cc: tuple[str, ...],
            folder: str) -> str | None:
     """Compile ``source`` into ``folder/name-<key>.so`` unless it is there; its path or None."""
     key = hashlib.sha256(b"\0".join([source, " ".join(cc).encode(), " ".join(flags).encode(),
                                      _compiler_identity(cc).encode(), _cpu_identity().encode()]))
     target = os.path.join(folder, f"{name}-{key.hexdigest()[:16]}.so")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    _check_private(folder)
     if os.path.exists(target):
         return target
-    os.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         src = os.path.join(scratch, f"{name}.c")
         with open(src, "wb") as f:
@@ -85,6 +97,7 @@ def _build(source: bytes, name: str, flags: tuple[str, ...], cc: tuple[str, ...]
                                   capture_output=True, timeout=120)
             if done.returncode != 0:
                 return None
+            os.chmod(tmp, 0o755)  # whatever the umask: _check_private refuses group-writable code
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -107,16 +120,21 @@ def load(name: str) -> ctypes.CDLL | None:
     if "clang" in _compiler_identity(cc).lower():
         # Clang's -fopenmp links LLVM's libomp: a second thread pool beside torch's libgomp
         flag_sets = tuple(f for f in FLAG_SETS if "-fopenmp" not in f)
-    for flags in flag_sets:
-        for folder in folders:  # an unwritable cache falls back to this user's temp folder
+    refused: set[tuple[str, ...]] = set()  # flags the compiler rejects, wherever it builds
+    for folder in folders:  # an unusable cache folder: this user's private temp folder
+        for flags in flag_sets:
+            if flags in refused:
+                continue
             try:
                 path = _build(source, name, flags, cc, folder)
             except (OSError, subprocess.SubprocessError):
-                continue
+                break  # this folder cannot be used: the next one
             if path is None:
-                break  # the compiler refused these flags: the next set
+                refused.add(flags)
+                continue
             try:
+                _check_private(path)
                 return ctypes.CDLL(path)
-            except OSError:
-                break
+            except OSError:  # not ours, or not loadable here (a noexec mount, no libgomp)
+                continue
     return None
