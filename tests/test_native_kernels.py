@@ -88,6 +88,10 @@ def test_the_build_is_keyed_by_compiler_and_cpu(fresh, monkeypatch) -> None:
     native_kernels.load.cache_clear()
     assert native_kernels.load("max_pool_2x2") is not None
     assert len(built(fresh / "cache" / "kernels")) == 2
+    monkeypatch.setenv("CC", "env cc")  # another compiler command line
+    native_kernels.load.cache_clear()
+    assert native_kernels.load("max_pool_2x2") is not None
+    assert len(built(fresh / "cache" / "kernels")) == 3
 
 
 def test_code_from_a_folder_others_can_write_is_never_loaded(fresh, monkeypatch) -> None:

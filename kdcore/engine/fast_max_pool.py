@@ -8,7 +8,7 @@ kdcore has two faster ways, tried in this order:
 - **A C kernel** (``kernels/max_pool_2x2.c``, built at first use by :mod:`.native_kernels`;
   float32, contiguous NCHW/CHW): one pass that writes the output and each window's winner as a
   byte, and one pass back that writes every input gradient. For that batch, forward and
-  backward take 0.9 ms against 1.9 ms for the tensor-op path and 4 ms for torch's. It is exact:
+  backward take 0.44 ms against 2.0 ms for the tensor-op path and 4.2 ms for torch's. It is exact:
   torch's scan order and rule (a later element wins when strictly greater or NaN), so outputs,
   gradients, signed zeros and NaN routing are torch's, bit for bit.
 - **Tensor ops** (other float dtypes, channels_last inference, or no C compiler): three

@@ -7,9 +7,10 @@
  * int64 flat index: an eighth of the memory traffic.
  *
  * Written with GCC/Clang vector extensions, eight (or four) windows at a time, branch-free (the winner is
- * data-dependent: a branch per window mispredicts about half the time). Threads come from the
- * OpenMP runtime the process already has (torch's libgomp, found by its soname), so
- * torch.set_num_threads applies. No torch headers: it builds in a second with any C compiler.
+ * data-dependent: a branch per window mispredicts about half the time). Built by GCC, threads
+ * come from the OpenMP runtime the process already has (torch's libgomp, found by its soname),
+ * so torch.set_num_threads applies; built by Clang (whose OpenMP is another runtime) or a
+ * compiler without OpenMP, it runs on one thread. No torch headers: it builds in a second.
  */
 #include <stdint.h>
 #include <string.h>
@@ -140,7 +141,8 @@ static void planes_backward(const float *grad, const uint8_t *code, float *gin, 
     }
 }
 
-/* Weak: built without OpenMP (a compiler that lacks it) the pragmas vanish and these are NULL. */
+/* Weak: built without OpenMP (Clang, or a compiler that lacks it) the pragmas vanish and these
+ * are NULL. */
 int omp_get_thread_num(void) __attribute__((weak));
 int omp_get_num_threads(void) __attribute__((weak));
 
