@@ -57,6 +57,12 @@ def _window_maximum(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return torch.maximum(bottom, top), top, bottom
 
 
+def _window_origins(rows: int, cols: int, width: int, device: torch.device) -> torch.Tensor:
+    """Flat ``h * W + w`` index of each window's top-left element, as a (rows, cols) grid."""
+    return (torch.arange(0, rows * 2 * width, 2 * width, device=device).unsqueeze(1)
+            + torch.arange(0, cols * 2, 2, device=device))
+
+
 def _first_max_indices(x: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
     """Flat ``h * W + w`` index of each window's winner, as torch's kernel picks it: strict
     comparisons, so the earlier element keeps a tie. The winner's offset in its window (0, 1,
@@ -68,10 +74,8 @@ def _first_max_indices(x: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor)
     right = right_of_top ^ (bottom_wins & (right_of_top ^ right_of_bottom))
     width = x.shape[-1]
     offset = bottom_wins.to(torch.uint8 if width < 255 else torch.int32).mul_(width).add_(right)
-    rows = torch.arange(0, top.shape[-2] * 2 * width, 2 * width, device=x.device).unsqueeze(1)
-    cols = torch.arange(0, top.shape[-1] * 2, 2, device=x.device)
     index = offset.long()
-    index += rows + cols
+    index += _window_origins(top.shape[-2], top.shape[-1], width, x.device)
     return index
 
 
@@ -107,7 +111,7 @@ def _native_applies(x: torch.Tensor) -> bool:
     tensor with at least one window, on a machine where the kernel could be built."""
     return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() in (3, 4)
             and x.shape[-2] >= 2 and x.shape[-1] >= 2 and x.is_contiguous()
-            and _has_storage(x) and _native() is not None)
+            and _native() is not None and _has_storage(x))
 
 
 def _has_storage(x: torch.Tensor) -> bool:
@@ -151,9 +155,8 @@ class _NativeMaxPool2x2(torch.autograd.Function):
         if torch.is_grad_enabled() or not _has_storage(grad):
             # create_graph, or batched gradients (is_grads_batched, vectorised jacobians):
             # torch's kernel, which is differentiable and has batching rules
-            rows = torch.arange(0, winners.shape[-2] * 2 * width, 2 * width).unsqueeze(1)
-            cols = torch.arange(0, winners.shape[-1] * 2, 2)
-            index = (winners >> 1).long() * width + (winners & 1) + rows + cols
+            origins = _window_origins(winners.shape[-2], winners.shape[-1], width, winners.device)
+            index = (winners >> 1).long() * width + (winners & 1) + origins
             return torch.ops.aten.max_pool2d_with_indices_backward(
                 grad, grad.new_empty(ctx.input_shape), [2, 2], [2, 2], [0, 0], [1, 1], False, index)
         grad_input = grad.new_empty(ctx.input_shape)
@@ -163,12 +166,17 @@ class _NativeMaxPool2x2(torch.autograd.Function):
         return grad_input
 
 
+def _native_max_pool(x: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _NativeMaxPool2x2.apply(x)
+    return _native_forward(x, with_winners=False)[0]
+
+
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(x, 2)`` for a (C, H, W) or (N, C, H, W) floating-point CPU tensor."""
-    training = torch.is_grad_enabled() and x.requires_grad
     if _native_applies(x):
-        return _NativeMaxPool2x2.apply(x) if training else _native_forward(x, with_winners=False)[0]
-    if training:
+        return _native_max_pool(x)
+    if torch.is_grad_enabled() and x.requires_grad:
         return _MaxPool2x2.apply(x)
     return _window_maximum(x)[0]
 
@@ -195,8 +203,9 @@ MIN_ELEMENTS_NATIVE_INFERENCE = 1 << 10
 MIN_ELEMENTS_NATIVE_TRAINING = 1 << 13
 
 
-def _faster_here(x: torch.Tensor) -> bool:
-    """Where :func:`max_pool_2x2` beats torch's kernel: large enough floating-point CPU
+def _faster_kernel(x: torch.Tensor) -> str | None:
+    """``"native"`` (the C kernel) or ``"tensor ops"`` where one of kdcore's kernels beats
+    torch's, else None (torch's kernel). Ours win on large enough floating-point CPU
     tensors in the two standard layouts, except in training on a channels_last tensor
     (torch's channels_last kernel vectorises already, and the strided index arithmetic would
     cost more than it saves; in inference ours still wins). Tracing, compiling, ``torch.func``
@@ -205,26 +214,32 @@ def _faster_here(x: torch.Tensor) -> bool:
     if (torch.compiler.is_compiling() or torch.jit.is_tracing()
             or torch._C._functorch.is_functorch_wrapped_tensor(x)
             or torch.autograd.forward_ad._current_level >= 0):
-        return False
+        return None
     if x.device.type != "cpu" or not x.is_floating_point() or x.dim() not in (3, 4):
-        return False
+        return None
     if x.shape[-2] < 2 or x.shape[-1] < 2:
-        return False
+        return None
     training = torch.is_grad_enabled() and x.requires_grad
     if _native_applies(x):
-        return x.numel() >= (MIN_ELEMENTS_NATIVE_TRAINING if training else MIN_ELEMENTS_NATIVE_INFERENCE)
+        enough = MIN_ELEMENTS_NATIVE_TRAINING if training else MIN_ELEMENTS_NATIVE_INFERENCE
+        return "native" if x.numel() >= enough else None
     if training:
-        return x.is_contiguous() and x.numel() >= MIN_ELEMENTS_TRAINING
-    standard = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
-    return standard and x.numel() >= MIN_ELEMENTS_INFERENCE
+        faster = x.is_contiguous() and x.numel() >= MIN_ELEMENTS_TRAINING
+    else:
+        standard = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+        faster = standard and x.numel() >= MIN_ELEMENTS_INFERENCE
+    return "tensor ops" if faster else None
 
 
 class FastMaxPool2d(nn.MaxPool2d):
-    """An ``nn.MaxPool2d(2)`` that takes :func:`max_pool_2x2` where it is faster."""
+    """An ``nn.MaxPool2d(2)`` that takes kdcore's kernels where they are faster."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # covers(self) again: the settings are public attributes and may change after the swap
-        return max_pool_2x2(x) if _faster_here(x) and covers(self) else super().forward(x)
+        kernel = _faster_kernel(x) if covers(self) else None
+        if kernel == "native":
+            return _native_max_pool(x)  # already checked: no second look at x
+        return max_pool_2x2(x) if kernel == "tensor ops" else super().forward(x)
 
 
 def use_fast_max_pool(model: nn.Module) -> int:

@@ -47,6 +47,7 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+@functools.cache
 def _cpu_identity() -> str:
     """What ``-march=native`` compiles for: the CPU's model and flags (Linux), else the machine."""
     try:
@@ -86,22 +87,18 @@ def _build(source: bytes, name: str, flags: tuple[str, ...], cc: tuple[str, ...]
     _check_private(folder)
     if os.path.exists(target):
         return target
-    with tempfile.TemporaryDirectory() as scratch:
-        src = os.path.join(scratch, f"{name}.c")
-        with open(src, "wb") as f:
-            f.write(source)
-        fd, tmp = temp_file(folder, suffix=".so")
-        os.close(fd)
-        try:
-            done = subprocess.run([*cc, *flags, *COMMON_FLAGS, "-o", tmp, src],
-                                  capture_output=True, timeout=120)
-            if done.returncode != 0:
-                return None
-            os.chmod(tmp, 0o755)  # whatever the umask: _check_private refuses group-writable code
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    fd, tmp = temp_file(folder, suffix=".so")
+    os.close(fd)
+    try:  # the source goes in on stdin (-x c -): no file to write, wherever kdcore is installed
+        done = subprocess.run([*cc, *flags, *COMMON_FLAGS, "-o", tmp, "-x", "c", "-"],
+                              input=source, capture_output=True, timeout=120)
+        if done.returncode != 0:
+            return None
+        os.chmod(tmp, 0o755)  # whatever the umask: _check_private refuses group-writable code
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return target
 
 

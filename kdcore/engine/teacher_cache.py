@@ -27,10 +27,10 @@ from tqdm import tqdm
 from ..components import Distiller
 from ..data import TensorSplit
 from ..errors import UserError
-from ..files import temp_folder
+from ..files import cache_dir, temp_folder
 from . import distributed
 from .checkpoint import exclusive
-from .teachers import cache_dir, weights_checksum
+from .teachers import weights_checksum
 
 VERSION = 1
 RESIDENT_BYTES = 4 << 30  # caches up to this size live on the accelerator
