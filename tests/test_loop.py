@@ -95,3 +95,31 @@ def test_every_skipped_step_is_counted_even_once_the_scale_has_fallen_to_zero() 
                  scaler=scaler, on_epoch_end=lambda pos, summary: rows.append(summary))
     assert scaler.get_scale() == 0.0 and torch.equal(algorithm.student.weight, before)
     assert [r["scaler_skipped_steps"] for r in rows] == [len(batches), len(batches)]
+
+
+def test_the_loss_is_the_terms_added_in_order_and_read_once() -> None:
+    from kdcore.engine.loop import read_values, sum_terms
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    terms = {"a": (w * 3).sum(), "b": (w ** 2).sum(), "c": w[0] - w[1]}
+    loss, scalars = sum_terms(terms)
+    assert loss.item() == 9.0 + 5.0 - 1.0 and read_values(scalars, torch.device("cpu")) == [9.0, 5.0, -1.0]
+    loss.backward()
+    assert w.grad.tolist() == [3 + 2 + 1, 3 + 4 - 1]  # every term reaches the gradient
+
+
+def test_low_precision_and_one_element_terms_become_float32_scalars() -> None:
+    from kdcore.engine.loop import sum_terms
+    half = torch.tensor(1.5, dtype=torch.bfloat16)
+    loss, scalars = sum_terms({"a": half, "b": half * 2})  # all bf16: the sum is not float32
+    assert loss.dtype == torch.float32 and loss.dim() == 0 and loss.item() == 4.5
+    assert all(s.dtype == torch.float32 for s in scalars)
+    loss, scalars = sum_terms({"a": torch.tensor([2.0]), "b": torch.tensor(1.0)})
+    assert loss.shape == () and [s.shape for s in scalars] == [(), ()] and loss.item() == 3.0
+
+
+def test_a_term_that_broadcasts_is_named_and_no_terms_is_refused() -> None:
+    from kdcore.engine.loop import sum_terms
+    with pytest.raises(UserError, match=r"loss term 'wide' has shape \(4,\)"):
+        sum_terms({"ok": torch.tensor(1.0), "wide": torch.ones(4)})
+    with pytest.raises(UserError, match="returned no loss terms"):
+        sum_terms({})

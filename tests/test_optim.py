@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from kdcore.config import OptimizerConfig
-from kdcore.engine.optim import make_optimizer
+from kdcore.config import OptimizerConfig, ScheduleConfig
+from kdcore.engine.optim import lr_schedule, make_optimizer
 
 
 def trained(cfg: OptimizerConfig, steps: int = 5) -> torch.Tensor:
@@ -173,3 +175,17 @@ def test_parameter_groups_may_be_generators() -> None:
 
     optimizer = make_optimizer(checked_groups(Gen()), OptimizerConfig())
     assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2]
+
+
+@pytest.mark.parametrize("cfg, expected", [
+    # 10 steps an epoch, 2 epochs: 20 steps in all
+    (ScheduleConfig(type="constant", warmup_epochs=0.5), {0: 0.2, 4: 1.0, 5: 1.0, 19: 1.0}),
+    (ScheduleConfig(type="step", milestones=[1], gamma=0.5), {0: 1.0, 9: 1.0, 10: 0.5, 19: 0.5}),
+    (ScheduleConfig(type="cosine"), {0: 1.0, 5: 0.5 * (1 + math.cos(math.pi / 4)), 10: 0.5, 20: 0.0}),
+    (ScheduleConfig(type="cosine", warmup_epochs=1), {0: 0.1, 9: 1.0, 10: 1.0, 15: 0.5, 20: 0.0}),
+    (ScheduleConfig(type="onecycle"), {0: 0.1, 3: 0.1 + 0.9 * 0.15 / 0.3, 6: 1.0, 13: 0.5, 20: 0.0}),
+])
+def test_schedules_give_their_formulas_learning_rate_factors(cfg: ScheduleConfig, expected: dict) -> None:
+    factor = lr_schedule(cfg, steps_per_epoch=10, epochs=2)
+    for step, value in expected.items():
+        assert factor(step) == pytest.approx(value, abs=1e-12), step

@@ -81,11 +81,14 @@ class TrainBatches:
         step = self.batch_size // self.world
         if self.in_memory:
             order = order.to(self.device)
+            data, relayout = self.data, self.memory_format is not torch.contiguous_format
             for i, chunk in enumerate(order.split(step), start=start_step):
-                inputs = self.data.inputs[chunk]
+                inputs = data.inputs[chunk]
                 if self.augment is not None:
                     inputs = self.augment(inputs, self.seed, epoch, i, (self.rank, self.world))
-                yield Batch(self._format(inputs), self.data.targets[chunk], chunk)
+                if relayout:
+                    inputs = self._format(inputs)
+                yield Batch(inputs, data.targets[chunk], chunk)
             return
         loader = DataLoader(_WithIndex(self.data), batch_size=step,
                             sampler=_OrderSampler(order), num_workers=self.num_workers,

@@ -65,6 +65,36 @@ def _scalar(name: str, value: torch.Tensor) -> torch.Tensor:
     return value if value.dtype == torch.float32 else value.float()
 
 
+def sum_terms(terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loss to backpropagate (the terms added in order) and the terms as float32 scalars.
+
+    Written for the hot path, which every step takes: when the sum is already a float32 scalar,
+    every term was one (a wider term would have broadcast, a low-precision one promoted), and
+    nothing else is done; otherwise each term is checked and converted by :func:`_scalar`."""
+    if not terms:
+        raise UserError("the algorithm's training_step returned no loss terms; it must return "
+                        "{name: scalar tensor} with at least one term")
+    values = list(terms.values())
+    loss = values[0]
+    for value in values[1:]:
+        loss = loss + value
+    if loss.dim() or loss.dtype != torch.float32:
+        values = [_scalar(name, value) for name, value in terms.items()]
+        loss = values[0]
+        for value in values[1:]:
+            loss = loss + value
+    return loss, values
+
+
+def read_values(values: list[torch.Tensor], device: torch.device) -> list[float]:
+    """The terms' values on the host: the step's one readout, for the NaN/Inf check and the logs.
+    On an accelerator one stacked copy (one sync); on the CPU ``item()`` each, which copies
+    nothing and costs less than building a stack."""
+    if device.type == "cpu":
+        return list(map(torch.Tensor.item, values))
+    return torch.stack(values).tolist()
+
+
 def agreed_finite(finite: bool, on_nonfinite: str, device: torch.device) -> bool:
     """Under ``skip`` every DDP rank skips a batch, or none does: a lone skip would leave the
     others waiting in DDP's all-reduce."""
@@ -99,6 +129,21 @@ def step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, stepped: bool
         scheduler.step()
 
 
+def step_function(algorithm: Algorithm, step_module: Callable[..., dict[str, torch.Tensor]] | None,
+                  device: torch.device, amp: str) -> Callable[..., dict[str, torch.Tensor]]:
+    """``(batch, *, epoch, step) -> terms``: the algorithm's ``training_step`` (or its DDP
+    wrapper, ``step_module``), under autocast when ``amp`` asks for it; nothing wraps it otherwise."""
+    inner = step_module if step_module is not None else algorithm.training_step
+    if amp == "none":
+        return inner
+    precision = autocast(device, amp)  # re-entrant: one context for every step
+
+    def with_precision(batch: Any, *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        with precision:
+            return inner(batch, epoch=epoch, step=step)
+    return with_precision
+
+
 def train_epochs(
     algorithm: Algorithm,
     batches: TrainBatches,
@@ -128,7 +173,7 @@ def train_epochs(
     device = params[0].device if params else torch.device("cpu")
     if scaler is None:
         scaler = loss_scaler(amp, device)
-    precision = autocast(device, amp)  # re-entrant: one context for every step
+    step = step_function(algorithm, step_module, device, amp)
     while position.epoch < epochs:
         algorithm.train()
         epoch = position.epoch
@@ -137,16 +182,12 @@ def train_epochs(
                    desc=f"{label} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
         shown_at = 0.0
         for batch in batches.epoch(epoch, position.step_in_epoch):
-            with precision:
-                if step_module is not None:
-                    terms = step_module(batch, epoch, position.global_step)
-                else:
-                    terms = algorithm.training_step(batch, epoch=epoch, step=position.global_step)
-            stacked = torch.stack([_scalar(name, v) for name, v in terms.items()])
-            loss = stacked.sum()
-            # the step's one host sync: every term's value, for the finite check and the logs
-            values = dict(zip(terms, stacked.detach().tolist()))
-            finite = agreed_finite(math.isfinite(sum(values.values())), on_nonfinite, device)
+            terms = step(batch, epoch=epoch, step=position.global_step)
+            loss, scalars = sum_terms(terms)
+            values = dict(zip(terms, read_values(scalars, device)))
+            finite = math.isfinite(sum(values.values()))
+            if on_nonfinite == "skip":
+                finite = agreed_finite(finite, on_nonfinite, device)
             if not finite:
                 bad = next((k for k, v in values.items() if not math.isfinite(v)), None)
                 total = sum(values.values())
@@ -180,7 +221,10 @@ def train_epochs(
                 for name, value in values.items():
                     position.sums[name] = position.sums.get(name, 0.0) + value * n
                 position.seen += n
-            step_schedule(scheduler, stepped)
+            if stepped:
+                scheduler.step()
+            else:
+                step_schedule(scheduler, stepped)
             position.step_in_epoch += 1
             position.global_step += 1
             position.seconds = time.perf_counter() - started

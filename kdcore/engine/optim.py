@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -79,27 +79,33 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: torch.optim.l
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """Multiplier of the base learning rate at global ``step`` (0-based)."""
+def lr_schedule(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
+    """``step -> multiplier of the base learning rate``, with the run's constants worked out
+    once (the scheduler calls it every step)."""
     total = max(1, steps_per_epoch * epochs)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup
-    if cfg.type == "constant":
-        return 1.0
-    if cfg.type == "step":
-        epoch = step // max(1, steps_per_epoch)
-        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if cfg.type == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    # onecycle: linear rise over the first 30% (after any warm-up), then cosine decay to zero
-    if progress < 0.3:
-        return 0.1 + 0.9 * progress / 0.3
-    return 0.5 * (1.0 + math.cos(math.pi * (progress - 0.3) / 0.7))
+    span = max(1, total - warmup)
+    kind, gamma, milestones, per_epoch = cfg.type, cfg.gamma, tuple(cfg.milestones), max(1, steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        if kind == "step":
+            epoch = step // per_epoch
+            return gamma ** sum(epoch >= m for m in milestones)
+        progress = min(1.0, (step - warmup) / span)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        # onecycle: linear rise over the first 30% (after any warm-up), then cosine decay to zero
+        if progress < 0.3:
+            return 0.1 + 0.9 * progress / 0.3
+        return 0.5 * (1.0 + math.cos(math.pi * (progress - 0.3) / 0.7))
+
+    return factor
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int,
                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch, epochs))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, steps_per_epoch, epochs))
