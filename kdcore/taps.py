@@ -100,15 +100,28 @@ class FeatureTaps:
             self._handles.append(module.register_forward_hook(self._hook_for(tap)))
 
     def _hook_for(self, tap: Tap):
+        # one hook per io, _first_tensor inlined: hooks run on every forward of every tap
         key = tap.key
-
-        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-            self.features[key] = _first_tensor(inputs if tap.io == "input" else output)
-
+        if tap.io == "input":
+            def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+                self.features[key] = inputs[0] if len(inputs) == 1 else inputs
+        else:
+            def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+                self.features[key] = output[0] if isinstance(output, tuple) and len(output) == 1 else output
         return hook
 
     def record_output(self, output: Any) -> None:
         self.features[OUTPUT] = output
+
+    def run(self, model: nn.Module, inputs: Any) -> tuple[Any, dict[str, Any]]:
+        """``model(inputs)`` and the features it recorded (``output`` included), as a fresh
+        dict: the taps keep no reference, so a step's features die with the step. One call per
+        forward, because it runs every training step."""
+        self.features = {}
+        output = model(inputs)
+        features, self.features = self.features, {}
+        features[OUTPUT] = output
+        return output, features
 
     def clear(self) -> None:
         self.features = {}

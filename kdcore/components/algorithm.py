@@ -66,11 +66,7 @@ class Algorithm(nn.Module):
 
     def student_forward(self, inputs: torch.Tensor) -> tuple[Any, dict[str, Any]]:
         """Run the student; return its output and the tapped features."""
-        self.student_taps.clear()
-        outputs = self.student(inputs)
-        self.student_taps.record_output(outputs)
-        features, self.student_taps.features = self.student_taps.features, {}  # no copy kept alive
-        return outputs, features
+        return self.student_taps.run(self.student, inputs)
 
     def evaluation_models(self) -> dict[str, nn.Module]:
         """The networks scored after each epoch, by name. The first is the one exported."""

@@ -54,6 +54,10 @@ class Distiller(nn.Module):
             )
             for name, teacher in self.teachers.items()
         }
+        # what every step walks, resolved once (the taps bind teachers and paths at construction
+        # anyway): no module-attribute lookups and no property calls on the hot path
+        self._runs = [(name, teacher, self._taps[name]) for name, teacher in self.teachers.items()]
+        self._routes = [(self.heads[p.name], p.student_tap.key, p.teacher, p.teacher_tap.key) for p in points]
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -80,15 +84,18 @@ class Distiller(nn.Module):
             return features
         return self.compute_teacher_features(inputs)
 
-    @torch.no_grad()
     def compute_teacher_features(self, inputs: torch.Tensor) -> dict[str, dict[str, Any]]:
-        """Run every teacher on ``inputs`` without autograd and collect its taps."""
+        """Run every teacher on ``inputs`` without autograd and collect its taps.
+
+        ``no_grad`` rather than ``inference_mode``: losses save teacher features for their
+        backward (an MSE does), which inference tensors cannot be, and copying every tapped
+        feature out of inference mode costs more than the mode saves (docs/benchmarks.md).
+        Where teacher outputs never meet autograd (the teacher-output cache, evaluation) they
+        run under ``inference_mode``."""
         features: dict[str, dict[str, Any]] = {}
-        for name, teacher in self.teachers.items():
-            taps = self._taps[name]
-            taps.clear()
-            taps.record_output(teacher(inputs))
-            features[name], taps.features = taps.features, {}
+        with torch.no_grad():
+            for name, teacher, taps in self._runs:
+                features[name] = taps.run(teacher, inputs)[1]
         return features
 
     def losses(
@@ -99,12 +106,8 @@ class Distiller(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Every head's weighted loss terms, keyed by term name (unique across heads)."""
         terms: dict[str, torch.Tensor] = {}
-        for point in self.points:
-            terms.update(self.heads[point.name](
-                student_features[point.student_tap.key],
-                teacher_features[point.teacher][point.teacher_tap.key],
-                **extra,
-            ))
+        for head, student_key, teacher, teacher_key in self._routes:
+            terms.update(head(student_features[student_key], teacher_features[teacher][teacher_key], **extra))
         return terms
 
     def remove_taps(self) -> None:

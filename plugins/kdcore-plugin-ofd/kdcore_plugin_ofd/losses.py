@@ -71,8 +71,11 @@ class OFDLoss(kdcore.Loss):
             raise kdcore.UserError(
                 f"ofd: the teacher feature has {tuple(teacher.shape[1:])} per sample but its "
                 f"BatchNorm has {self.margin.numel()} channels; tap the BatchNorm's output")
-        s = student.float()
+        # no-op casts and detaches skipped: each is still a dispatched op a step
+        s = student if student.dtype == torch.float32 else student.float()
+        if teacher.requires_grad:  # a trainable teacher connector: OFD's target stays fixed
+            teacher = teacher.detach()
         margin = self.margin.view(1, -1, *([1] * (teacher.dim() - 2)))
-        t = torch.maximum(teacher.detach().float(), margin)
+        t = torch.maximum(teacher if teacher.dtype == torch.float32 else teacher.float(), margin)
         keep = ((s > t) | (t > 0)).to(s.dtype)
         return ((s - t).pow(2) * keep).sum() / (s.shape[0] * self.div_factor)
