@@ -207,3 +207,48 @@ def test_a_single_process_with_a_stray_local_rank_still_fills_its_cache(tmp_path
     folder = tc.attach_teacher_cache(distiller, data, checkpoints, torch.device("cpu"), progress=False,
                                      log=lambda _: None)["t"]
     assert os.path.isfile(os.path.join(folder, "keys.json"))
+
+
+def test_teachers_run_under_inference_mode_only_where_autograd_never_sees_their_outputs(tmp_path) -> None:
+    import kdcore
+    from kdcore.components.distiller import DistillPoint
+    from kdcore.data import TensorSplit
+    from kdcore.engine.evaluate import evaluate
+    from kdcore.engine.teacher_cache import attach_teacher_cache
+    from kdcore.task import ClassificationTask
+    from kdcore.taps import Tap
+
+    modes: list[tuple[bool, bool]] = []
+
+    class Teacher(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    head = kdcore.DistillationHead({"fitnet": (1.0, kdcore.build("loss", "fitnet"))})
+    distiller = kdcore.Distiller({"t": Teacher()}, [DistillPoint("p", "t", Tap("output"), Tap("output"), head)])
+    data = TensorSplit(torch.randn(8, 4), torch.arange(8) % 3)
+
+    # the training step's teacher pass: no autograd, but plain tensors that a loss may save
+    student = torch.randn(8, 3, requires_grad=True)
+    teacher = distiller.compute_teacher_features(data.inputs)["t"]["output"]
+    assert modes.pop() == (False, False) and not teacher.is_inference() and not teacher.requires_grad
+    torch.nn.functional.mse_loss(student, teacher).backward()  # MSE saves the teacher side
+    assert student.grad is not None
+
+    # filling the teacher-output cache and scoring a frozen teacher: inference mode
+    attach_teacher_cache(distiller, data, {"t": str(tmp_path / "t.pt")}, torch.device("cpu"),
+                         batch_size=4, progress=False, log=lambda s: None)
+    assert modes and all(mode == (True, False) for mode in modes)
+    modes.clear()
+    evaluate(distiller.teachers["t"], data, ClassificationTask(3), batch_size=4, device=torch.device("cpu"),
+             frozen=True)
+    assert modes == [(True, False)] * 2
+    modes.clear()
+    evaluate(distiller.teachers["t"], data, ClassificationTask(3), batch_size=4, device=torch.device("cpu"))
+    assert modes == [(False, False)] * 2  # a model that trains on afterwards: no_grad only

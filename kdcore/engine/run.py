@@ -336,7 +336,7 @@ def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str
         if weights_checksum(model) != info["running_sha256"]:
             raise RuntimeError(f"teacher {name!r} weights changed during the run; this is a bug")
         per_teacher[name] = {**evaluate(model, splits.test, task, batch_size=config.data.eval_batch_size,
-                                        device=device),
+                                        device=device, frozen=True),
                              "params": info["params"], "checkpoint": info["checkpoint"],
                              "sha256": checksums[name]}
     if per_teacher:

@@ -117,7 +117,7 @@ class TeacherOutputCache:
                 for key, array in self.arrays.items()}
 
 
-@torch.no_grad()
+@torch.inference_mode()  # the features go to disk, never to autograd
 def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
           batch_size: int, device: torch.device, progress: bool) -> None:
     tmp = temp_folder(os.path.dirname(folder))  # not mkdtemp's 0700: runs of other users share it

@@ -116,7 +116,7 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
         model.to(device)
         if tcfg.expect_top1 is not None:
             top1 = evaluate(model, splits.test, splits.source.task,
-                            batch_size=config.data.eval_batch_size, device=device)["top1"]
+                            batch_size=config.data.eval_batch_size, device=device, frozen=True)["top1"]
             if abs(top1 - tcfg.expect_top1) > 1.0:
                 raise UserError(f"{where}.expect_top1: the teacher scores {top1:.2f} top-1 on the "
                                 f"test split, expected {tcfg.expect_top1:.2f} (+/- 1.0); check "
