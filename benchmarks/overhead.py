@@ -112,21 +112,18 @@ class KdcoreSetup:
         self.scheduler = make_scheduler(self.optimizer, config.schedule, len(self.batches),
                                         config.trainer.epochs)
         self.position = Position()
-        self._stream = self._forever()
+        # every epoch's batches, one after another; chain and islice are C iterators, so a step
+        # pulls its batch through TrainBatches.epoch's generator alone, as in ``kdcore run``
+        self._stream = itertools.chain.from_iterable(self.batches.epoch(e) for e in itertools.count())
 
-    def _forever(self) -> Iterator[Batch]:
-        epoch = 0
-        while True:
-            yield from self.batches.epoch(epoch)
-            epoch += 1
-
-    def block(self, n: int, stamp: Callable[[], None], progress: bool = False) -> None:
-        """``n`` steps through :func:`train_epochs`, one "epoch" per block."""
+    def block(self, n: int, stamp: Callable[..., None], progress: bool = False) -> None:
+        """``n`` steps through :func:`train_epochs`, one "epoch" per block (its set-up before
+        the first step and its summary after the last fall outside the timed intervals)."""
         self.position = train_epochs(
             self.algorithm, _Take(self._stream, n), self.optimizer, self.scheduler,
             epochs=self.position.epoch + 1, position=self.position,
             on_nonfinite=self.config.trainer.on_nonfinite, grad_clip=self.config.trainer.grad_clip,
-            progress=progress, on_step=lambda _pos: stamp())
+            progress=progress, on_step=stamp)
 
 
 class _Take:
@@ -139,8 +136,7 @@ class _Take:
         return self.n
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        for _ in range(self.n - start_step):
-            yield next(self.stream)
+        return itertools.islice(self.stream, self.n - start_step)
 
 
 # --- the hand-written arm --------------------------------------------------------------------
@@ -294,7 +290,7 @@ def timed(run_block: Callable[[int, Callable[[], None]], None], n: int,
     """Per-step seconds of one block of ``n`` steps (``n - 1`` intervals between step ends)."""
     stamps: list[float] = []
 
-    def stamp() -> None:
+    def stamp(*_position: Any) -> None:  # also train_epochs' on_step(position)
         sync()
         stamps.append(clock())
 

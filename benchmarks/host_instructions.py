@@ -1,0 +1,133 @@
+"""Host work per training step, counted in CPU instructions: kdcore against the hand-written loop.
+
+On a launch-bound GPU step (tiny models) the step's time is the host's: Python, the dispatcher
+and kernel launches. ``overhead.py --set data.batch_size=1`` times that on the CPU, but on a
+shared machine single blocks move by 5-10%, which hides a 1-3% difference. Instructions do not
+move: this script runs each arm of ``overhead.py`` (the same models, batches and optimizer) in
+its own process under valgrind's callgrind, counts only the timed steps (instrumentation is
+switched on at the end of the first step and off at the end of the last, by callgrind's client
+requests from a tiny C library built here with ``cc``), and prints instructions per step and
+the ratio kdcore / hand. Counts say nothing about caches or branch prediction, so they are a
+floor for the time ratio, not the time ratio itself.
+
+Needs valgrind (Debian: ``apt-get install -y valgrind``) and a C compiler. Each arm takes about
+a minute and a half (torch's start-up under valgrind); two run at a time.
+
+Usage::
+
+    python benchmarks/host_instructions.py --steps 20 --json host-instructions.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CLIENT_REQUESTS = r"""
+#include <valgrind/callgrind.h>
+void count_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
+void count_stop(void) { CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
+"""
+
+
+def child(method: str, arm: str, steps: int, overrides: list[str], library: str) -> None:
+    """Build both arms as overhead.py does, warm up, and count ``steps`` steps of ``arm``."""
+    import ctypes
+
+    import torch
+
+    sys.path.insert(0, HERE)
+    import overhead
+    from kdcore.assemble import load_data
+    from kdcore.config import load_config, read_yaml
+    from kdcore.engine.cpu import tune_cpu
+
+    tune_cpu(1)
+    config = load_config(read_yaml(overhead.preset_path(method)), overrides)
+    kd = overhead.KdcoreSetup(config, load_data(config.data), torch.device("cpu"))
+    hand = overhead.HandLoop(method, kd)
+    kd.block(5, lambda *_: None)
+    hand.block(5, lambda *_: None)
+    counter = ctypes.CDLL(library)
+    ends = [0]
+
+    def stamp(*_position: Any) -> None:  # the end of a step: count from the first to the last
+        if ends[0] == 0:
+            counter.count_start()
+        elif ends[0] == steps:
+            counter.count_stop()
+        ends[0] += 1
+
+    (kd.block if arm == "kdcore" else hand.block)(steps + 1, stamp)
+
+
+def count(method: str, arm: str, steps: int, overrides: list[str], library: str, folder: str) -> int:
+    out = os.path.join(folder, f"callgrind.{method}.{arm}")
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+               sys.executable, os.path.abspath(__file__), "--child", method, arm, "--steps", str(steps),
+               "--library", library, *[f"--set={o}" for o in overrides]]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    dumps = [f for f in os.listdir(folder) if f.startswith(f"callgrind.{method}.{arm}.")]
+    if done.returncode or len(dumps) != 1:
+        raise SystemExit(f"{method} {arm}: valgrind failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    with open(os.path.join(folder, dumps[0]), encoding="utf-8") as f:
+        totals = [line.split()[1] for line in f if line.startswith("totals:")]
+    return int(totals[0]) // steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="counted steps per arm")
+    parser.add_argument("--methods", default="kd,ofd", help="comma-separated: kd, ofd")
+    parser.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
+                        help="config override (default: data.batch_size=1 data.train_limit=2000)")
+    parser.add_argument("--json", dest="json_out", default=None, metavar="OUT")
+    parser.add_argument("--child", nargs=2, metavar=("METHOD", "ARM"), help=argparse.SUPPRESS)
+    parser.add_argument("--library", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    overrides = args.overrides if args.overrides is not None else ["data.batch_size=1", "data.train_limit=2000"]
+    if args.child:
+        child(*args.child, args.steps, overrides, args.library)
+        return 0
+    for tool, how in (("valgrind", "apt-get install -y valgrind"), (os.environ.get("CC", "cc"), "apt-get install -y gcc")):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"host_instructions.py needs {tool!r} on PATH ({how})")
+    methods = [m.strip() for m in args.methods.split(",")]
+    with tempfile.TemporaryDirectory(prefix="kdcore-instructions-") as folder:
+        library = os.path.join(folder, "count.so")
+        built = subprocess.run([os.environ.get("CC", "cc"), "-O1", "-shared", "-fPIC", "-x", "c", "-",
+                                "-o", library], input=CLIENT_REQUESTS, capture_output=True, text=True)
+        if built.returncode:
+            raise SystemExit(f"building the client-request library failed (valgrind's headers: "
+                             f"apt-get install -y valgrind):\n{built.stderr}")
+        jobs = [(m, a) for m in methods for a in ("kdcore", "hand")]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            counts = dict(zip(jobs, pool.map(lambda job: count(*job, args.steps, overrides, library, folder), jobs)))
+    print(f"host instructions per step (callgrind), {args.steps} steps per arm, "
+          f"overrides: {' '.join(overrides)}\n")
+    print("| method | kdcore | hand | kdcore / hand | kdcore - hand |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    results = []
+    for m in methods:
+        k, h = counts[(m, "kdcore")], counts[(m, "hand")]
+        results.append({"method": m, "kdcore": k, "hand": h, "ratio": k / h})
+        print(f"| {m} | {k:,} | {h:,} | {k / h:.4f} | {k - h:+,} |")
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump({"steps": args.steps, "overrides": overrides, "results": results}, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
