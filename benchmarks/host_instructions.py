@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "ARM"), help=argparse.SUPPRESS)
     parser.add_argument("--library", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
     overrides = args.overrides if args.overrides is not None else ["data.batch_size=1", "data.train_limit=2000"]
     if args.child:
         child(*args.child, args.steps, overrides, args.library)

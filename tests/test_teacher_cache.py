@@ -252,3 +252,14 @@ def test_teachers_run_under_inference_mode_only_where_autograd_never_sees_their_
     modes.clear()
     evaluate(distiller.teachers["t"], data, ClassificationTask(3), batch_size=4, device=torch.device("cpu"))
     assert modes == [(False, False)] * 2  # a model that trains on afterwards: no_grad only
+
+
+def test_a_compiled_teacher_keeps_no_grad_so_it_is_not_compiled_twice() -> None:
+    from kdcore.engine.evaluate import frozen_pass
+
+    model = torch.nn.Linear(2, 2)
+    with frozen_pass(model):
+        assert torch.is_inference_mode_enabled()
+    model.compile(backend="eager")  # compiles lazily: nothing is traced here
+    with frozen_pass(model):
+        assert not torch.is_inference_mode_enabled() and not torch.is_grad_enabled()

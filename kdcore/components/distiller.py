@@ -37,7 +37,8 @@ class Distiller(nn.Module):
 
     Teachers stay in eval mode whatever ``train()`` is called with, run without autograd, and
     their weights never change. Subclasses may override :meth:`teacher_features` (e.g. to read
-    a cache) or :meth:`losses` (e.g. to combine teachers).
+    a cache) or :meth:`losses` (e.g. to combine teachers). Teachers, points and heads are fixed
+    at construction (the taps are bound to them then, and the step walks lists resolved then).
     """
 
     def __init__(self, teachers: Mapping[str, nn.Module], points: list[DistillPoint]) -> None:

@@ -29,6 +29,8 @@ class DistillationHead(nn.Module):
     :param student_connector: applied to the student feature (trainable).
     :param teacher_connector: applied to the teacher feature (trainable; the teacher is not).
     :param label: where the head comes from in the config, used in error messages.
+
+    The losses and their weights are fixed at construction: the step walks a list resolved then.
     """
 
     def __init__(
@@ -61,8 +63,7 @@ class DistillationHead(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> dict[str, torch.Tensor]:
         # written for the hot path: it runs every step, and on a launch-bound GPU step each
         # Python call shows (docs/benchmarks.md, framework overhead)
-        if self.student_connector is not None or self.teacher_connector is not None:
-            student, teacher = self.connect(student, teacher)
+        student, teacher = self.connect(student, teacher)
         terms: dict[str, torch.Tensor] = {}
         checked = self._shapes_checked
         for key, name, weight, loss in self._plan:

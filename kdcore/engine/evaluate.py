@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -10,18 +11,27 @@ from torch import nn
 from .batches import eval_batches
 
 
+def frozen_pass(model: nn.Module) -> contextlib.AbstractContextManager:
+    """The autograd mode for a frozen teacher's pass whose outputs never meet autograd:
+    ``inference_mode``, cheaper than ``no_grad``; but ``no_grad`` for a compiled teacher
+    (``trainer.compile``), whose graph compiled for the step's ``no_grad`` would be compiled
+    again for inference tensors."""
+    compiled = getattr(model, "_compiled_call_impl", None) is not None
+    return torch.no_grad() if compiled else torch.inference_mode()
+
+
 def evaluate(model: nn.Module, data: Any, task: Any, *, batch_size: int,
              device: torch.device, frozen: bool = False) -> dict[str, float]:
     """The task's metric of ``model`` on ``data``, in eval mode and without autograd.
 
-    ``frozen``: the model is a frozen teacher, so it runs under ``inference_mode`` (cheaper than
-    ``no_grad``). Not for a model that trains on afterwards: a tensor it creates and keeps during
+    ``frozen``: the model is a frozen teacher, so it runs under :func:`frozen_pass`'s mode
+    (``inference_mode`` unless compiled). Not for a model that trains on afterwards: a tensor it creates and keeps during
     the pass (a lazily built cache) would be an inference tensor, which autograd refuses later."""
     was_training = model.training
     model.eval()
     metric = task.new_metric()
     try:
-        with torch.inference_mode() if frozen else torch.no_grad():
+        with frozen_pass(model) if frozen else torch.no_grad():
             for inputs, targets in eval_batches(data, batch_size, device):
                 metric.update(model(inputs), targets)
     finally:

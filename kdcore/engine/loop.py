@@ -66,11 +66,12 @@ def _scalar(name: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def sum_terms(terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The loss to backpropagate (the terms added in order) and the terms as float32 scalars.
+    """The loss to backpropagate (the terms added in order) and the terms to read.
 
     Written for the hot path, which every step takes: when the sum is already a float32 scalar,
-    every term was one (a wider term would have broadcast, a low-precision one promoted), and
-    nothing else is done; otherwise each term is checked and converted by :func:`_scalar`."""
+    every term was a scalar (a wider one would have broadcast) and the sum is what float32 terms
+    would give (a low-precision term next to a float32 one was promoted), so nothing else is
+    done; otherwise each term is checked and made a float32 scalar by :func:`_scalar`."""
     if not terms:
         raise UserError("the algorithm's training_step returned no loss terms; it must return "
                         "{name: scalar tensor} with at least one term")

@@ -30,6 +30,7 @@ from ..errors import UserError
 from ..files import cache_dir, temp_folder
 from . import distributed
 from .checkpoint import exclusive
+from .evaluate import frozen_pass
 from .teachers import weights_checksum
 
 VERSION = 1
@@ -117,9 +118,14 @@ class TeacherOutputCache:
                 for key, array in self.arrays.items()}
 
 
-@torch.inference_mode()  # the features go to disk, never to autograd
 def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
           batch_size: int, device: torch.device, progress: bool) -> None:
+    with frozen_pass(distiller.teachers[name]):  # the features go to disk, never to autograd
+        _fill_files(distiller, name, data, folder, keys, batch_size, device, progress)
+
+
+def _fill_files(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
+                batch_size: int, device: torch.device, progress: bool) -> None:
     tmp = temp_folder(os.path.dirname(folder))  # not mkdtemp's 0700: runs of other users share it
     try:
         arrays: dict[str, Any] = {}
