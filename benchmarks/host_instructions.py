@@ -23,12 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from kdcore.engine.native_kernels import _build
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -101,17 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(*args.child, args.steps, overrides, args.library)
         return 0
-    for tool, how in (("valgrind", "apt-get install -y valgrind"), (os.environ.get("CC", "cc"), "apt-get install -y gcc")):
+    for tool, how in (("valgrind", "apt-get install -y valgrind"),
+                      (shlex.split(os.environ.get("CC") or "cc")[0], "apt-get install -y gcc")):
         if shutil.which(tool) is None:
             raise SystemExit(f"host_instructions.py needs {tool!r} on PATH ({how})")
     methods = [m.strip() for m in args.methods.split(",")]
     with tempfile.TemporaryDirectory(prefix="kdcore-instructions-") as folder:
-        library = os.path.join(folder, "count.so")
-        built = subprocess.run([os.environ.get("CC", "cc"), "-O1", "-shared", "-fPIC", "-x", "c", "-",
-                                "-o", library], input=CLIENT_REQUESTS, capture_output=True, text=True)
-        if built.returncode:
-            raise SystemExit(f"building the client-request library failed (valgrind's headers: "
-                             f"apt-get install -y valgrind):\n{built.stderr}")
+        # built the way kdcore builds its own C kernels (from stdin, into a private folder)
+        library = _build(CLIENT_REQUESTS.encode(), "count", ("-O1",),
+                         tuple(shlex.split(os.environ.get("CC") or "cc")), folder)
+        if library is None:
+            raise SystemExit("building the client-request library failed (valgrind's headers: "
+                             "apt-get install -y valgrind)")
         jobs = [(m, a) for m in methods for a in ("kdcore", "hand")]
         with ThreadPoolExecutor(max_workers=2) as pool:
             counts = dict(zip(jobs, pool.map(lambda job: count(*job, args.steps, overrides, library, folder), jobs)))

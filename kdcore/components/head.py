@@ -71,8 +71,7 @@ class DistillationHead(nn.Module):
                 if getattr(loss, "same_shape", True):
                     self.check_shapes(name, student, teacher)
                 checked.add(key)  # per-sample shapes do not change within a run
-            value = loss(student, teacher, **extra)
-            terms[name] = value if weight == 1.0 else weight * value
+            terms[name] = weighted(weight, loss(student, teacher, **extra))
         return terms
 
     def check_shapes(self, name: str, student: Any, teacher: Any) -> None:

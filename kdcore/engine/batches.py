@@ -81,14 +81,11 @@ class TrainBatches:
         step = self.batch_size // self.world
         if self.in_memory:
             order = order.to(self.device)
-            data, relayout = self.data, self.memory_format is not torch.contiguous_format
             for i, chunk in enumerate(order.split(step), start=start_step):
-                inputs = data.inputs[chunk]
+                inputs = self.data.inputs[chunk]
                 if self.augment is not None:
                     inputs = self.augment(inputs, self.seed, epoch, i, (self.rank, self.world))
-                if relayout:
-                    inputs = self._format(inputs)
-                yield Batch(inputs, data.targets[chunk], chunk)
+                yield Batch(self._format(inputs), self.data.targets[chunk], chunk)
             return
         loader = DataLoader(_WithIndex(self.data), batch_size=step,
                             sampler=_OrderSampler(order), num_workers=self.num_workers,

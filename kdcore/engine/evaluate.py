@@ -25,8 +25,9 @@ def evaluate(model: nn.Module, data: Any, task: Any, *, batch_size: int,
     """The task's metric of ``model`` on ``data``, in eval mode and without autograd.
 
     ``frozen``: the model is a frozen teacher, so it runs under :func:`frozen_pass`'s mode
-    (``inference_mode`` unless compiled). Not for a model that trains on afterwards: a tensor it creates and keeps during
-    the pass (a lazily built cache) would be an inference tensor, which autograd refuses later."""
+    (``inference_mode`` unless compiled). Not for a model that trains on afterwards: a tensor
+    it creates and keeps during the pass (a lazily built cache) would be an inference tensor,
+    which autograd refuses later."""
     was_training = model.training
     model.eval()
     metric = task.new_metric()

@@ -76,14 +76,10 @@ def sum_terms(terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.
         raise UserError("the algorithm's training_step returned no loss terms; it must return "
                         "{name: scalar tensor} with at least one term")
     values = list(terms.values())
-    loss = values[0]
-    for value in values[1:]:
-        loss = loss + value
+    loss = sum(values[1:], values[0])  # left to right
     if loss.dim() or loss.dtype != torch.float32:
         values = [_scalar(name, value) for name, value in terms.items()]
-        loss = values[0]
-        for value in values[1:]:
-            loss = loss + value
+        loss = sum(values[1:], values[0])
     return loss, values
 
 
@@ -186,9 +182,7 @@ def train_epochs(
             terms = step(batch, epoch=epoch, step=position.global_step)
             loss, scalars = sum_terms(terms)
             values = dict(zip(terms, read_values(scalars, device)))
-            finite = math.isfinite(sum(values.values()))
-            if on_nonfinite == "skip":
-                finite = agreed_finite(finite, on_nonfinite, device)
+            finite = agreed_finite(math.isfinite(sum(values.values())), on_nonfinite, device)
             if not finite:
                 bad = next((k for k, v in values.items() if not math.isfinite(v)), None)
                 total = sum(values.values())
@@ -222,10 +216,7 @@ def train_epochs(
                 for name, value in values.items():
                     position.sums[name] = position.sums.get(name, 0.0) + value * n
                 position.seen += n
-            if stepped:
-                scheduler.step()
-            else:
-                step_schedule(scheduler, stepped)
+            step_schedule(scheduler, stepped)
             position.step_in_epoch += 1
             position.global_step += 1
             position.seconds = time.perf_counter() - started

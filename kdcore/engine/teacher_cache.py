@@ -120,12 +120,6 @@ class TeacherOutputCache:
 
 def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
           batch_size: int, device: torch.device, progress: bool) -> None:
-    with frozen_pass(distiller.teachers[name]):  # the features go to disk, never to autograd
-        _fill_files(distiller, name, data, folder, keys, batch_size, device, progress)
-
-
-def _fill_files(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
-                batch_size: int, device: torch.device, progress: bool) -> None:
     tmp = temp_folder(os.path.dirname(folder))  # not mkdtemp's 0700: runs of other users share it
     try:
         arrays: dict[str, Any] = {}
@@ -167,7 +161,8 @@ def _fill_once(distiller: Distiller, name: str, data: TensorSplit, folder: str, 
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     with exclusive(folder, log):
         if not os.path.isdir(folder):
-            _fill(distiller, name, data, folder, keys, batch_size, device, progress)
+            with frozen_pass(distiller.teachers[name]):  # the features go to disk, never to autograd
+                _fill(distiller, name, data, folder, keys, batch_size, device, progress)
 
 
 def _check_complete(name: str, folder: str) -> None:

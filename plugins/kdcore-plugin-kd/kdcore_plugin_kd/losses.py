@@ -27,10 +27,8 @@ class KDLoss(kdcore.Loss):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
         t = self.temperature
         # upcast only what is not float32 already (a no-op cast is still a dispatched op a step)
-        if student.dtype != torch.float32:
-            student = student.float()
-        if teacher.dtype != torch.float32:
-            teacher = teacher.float()
+        student = student if student.dtype == torch.float32 else student.float()
+        teacher = teacher if teacher.dtype == torch.float32 else teacher.float()
         log_p_student = F.log_softmax(student / t, dim=1)
         log_p_teacher = F.log_softmax(teacher / t, dim=1)
         kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
