@@ -73,9 +73,19 @@ def child(method: str, arm: str, steps: int, overrides: list[str], library: str)
     (kd.block if arm == "kdcore" else hand.block)(steps + 1, stamp)
 
 
-def count(method: str, arm: str, steps: int, overrides: list[str], library: str, folder: str) -> int:
+# cachegrind's rough cost model, in cycles: an L1 miss costs about 10, a last-level miss about
+# 100, a mispredicted branch about 15 (the valgrind manual's figures; real cores differ)
+MISS_COST = {"I1mr": 10, "D1mr": 10, "D1mw": 10, "ILmr": 100, "DLmr": 100, "DLmw": 100,
+             "Bcm": 15, "Bim": 15}
+
+
+def count(method: str, arm: str, steps: int, overrides: list[str], library: str, folder: str,
+          simulate: bool = False) -> dict[str, int]:
+    """Events per counted step: ``Ir`` (instructions); with ``simulate`` also callgrind's cache
+    and branch-predictor events and ``cycles``, the cost model :data:`MISS_COST` applied."""
     out = os.path.join(folder, f"callgrind.{method}.{arm}")
-    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+    sim = ["--cache-sim=yes", "--branch-sim=yes"] if simulate else []
+    command = ["valgrind", "--tool=callgrind", *sim, "--instr-atstart=no", f"--callgrind-out-file={out}",
                sys.executable, os.path.abspath(__file__), "--child", method, arm, "--steps", str(steps),
                "--library", library, *[f"--set={o}" for o in overrides]]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -84,8 +94,13 @@ def count(method: str, arm: str, steps: int, overrides: list[str], library: str,
     if done.returncode or len(dumps) != 1:
         raise SystemExit(f"{method} {arm}: valgrind failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     with open(os.path.join(folder, dumps[0]), encoding="utf-8") as f:
-        totals = [line.split()[1] for line in f if line.startswith("totals:")]
-    return int(totals[0]) // steps
+        lines = f.read().splitlines()
+    names = next(line.split()[1:] for line in lines if line.startswith("events:"))
+    totals = next(line.split()[1:] for line in lines if line.startswith("totals:"))
+    events = {name: int(value) // steps for name, value in zip(names, totals)}
+    if simulate:
+        events["cycles"] = events["Ir"] + sum(cost * events.get(name, 0) for name, cost in MISS_COST.items())
+    return events
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="kd,ofd", help="comma-separated: kd, ofd")
     parser.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
                         help="config override (default: data.batch_size=1 data.train_limit=2000)")
+    parser.add_argument("--simulate", action="store_true",
+                        help="also simulate caches and branch prediction and report estimated cycles "
+                             "(cachegrind's cost model; about twice as slow)")
     parser.add_argument("--json", dest="json_out", default=None, metavar="OUT")
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "ARM"), help=argparse.SUPPRESS)
     parser.add_argument("--library", help=argparse.SUPPRESS)
@@ -118,19 +136,28 @@ def main(argv: list[str] | None = None) -> int:
                              "apt-get install -y valgrind)")
         jobs = [(m, a) for m in methods for a in ("kdcore", "hand")]
         with ThreadPoolExecutor(max_workers=2) as pool:
-            counts = dict(zip(jobs, pool.map(lambda job: count(*job, args.steps, overrides, library, folder), jobs)))
+            counts = dict(zip(jobs, pool.map(lambda job: count(*job, args.steps, overrides, library, folder,
+                                                                   args.simulate), jobs)))
     print(f"host instructions per step (callgrind), {args.steps} steps per arm, "
           f"overrides: {' '.join(overrides)}\n")
-    print("| method | kdcore | hand | kdcore / hand | kdcore - hand |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    measures = ["Ir", "cycles"] if args.simulate else ["Ir"]
+    print("| method | measure | kdcore | hand | kdcore / hand | kdcore - hand |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     results = []
     for m in methods:
         k, h = counts[(m, "kdcore")], counts[(m, "hand")]
-        results.append({"method": m, "kdcore": k, "hand": h, "ratio": k / h})
-        print(f"| {m} | {k:,} | {h:,} | {k / h:.4f} | {k - h:+,} |")
+        results.append({"method": m, "kdcore": k["Ir"], "hand": h["Ir"], "ratio": k["Ir"] / h["Ir"],
+                        "events": {"kdcore": k, "hand": h}})
+        for measure in measures:
+            label = "instructions" if measure == "Ir" else "estimated cycles"
+            print(f"| {m} | {label} | {k[measure]:,} | {h[measure]:,} | {k[measure] / h[measure]:.4f} | "
+                  f"{k[measure] - h[measure]:+,} |")
+        if args.simulate:
+            results[-1]["cycles_ratio"] = k["cycles"] / h["cycles"]
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as f:
-            json.dump({"steps": args.steps, "overrides": overrides, "results": results}, f, indent=2)
+            json.dump({"steps": args.steps, "overrides": overrides, "simulate": args.simulate,
+                       "miss_cost": MISS_COST if args.simulate else None, "results": results}, f, indent=2)
             f.write("\n")
     return 0
 

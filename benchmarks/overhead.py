@@ -18,6 +18,12 @@ block (batch fetch included on both sides); with ``--device cuda`` the GPU is sy
 before every timestamp. Before timing, one batch is run through both arms and their losses and
 gradients are compared, so the two arms are known to compute the same thing.
 
+Each ratio is reported two ways: the ratio of the arms' median step times, and the median of
+the per-block ratios (each block of one arm against the hand block of the same round) with a
+bootstrap 95% interval. ``--control`` adds the hand loop a second time as its own arm: its
+ratio to the hand arm should be 1.000, and how far it is not is the noise a ratio carries on
+that machine (on a shared CPU or a launch-bound GPU step, a few percent).
+
 Usage::
 
     python benchmarks/overhead.py --device cpu --steps 400 --json overhead.json
@@ -32,6 +38,7 @@ import json
 import math
 import os
 import platform
+import random
 import resource
 import statistics
 import sys
@@ -303,9 +310,20 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def bootstrap_median(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of the median of ``values`` (seeded: reruns agree)."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+# the arms besides "kdcore" and "hand", with the label of their table rows
+EXTRA_ARMS = {"kdcore+bar": "kdcore with progress bar", "hand+again": "control: hand against itself"}
+
+
 def measure(method: str, config: RunConfig, splits: Splits, device: torch.device, *, steps: int,
             block: int, warmup: int, progress_arm: bool, clock: Callable[[], float],
-            log: Callable[[str], None]) -> dict[str, Any]:
+            log: Callable[[str], None], control_arm: bool = False) -> dict[str, Any]:
     kd = KdcoreSetup(config, splits, device)
     hand = HandLoop(method, kd)
     check = parity(kd, hand)
@@ -324,6 +342,8 @@ def measure(method: str, config: RunConfig, splits: Splits, device: torch.device
     arms: dict[str, Callable[[int, Callable[[], None]], None]] = {"kdcore": kd_block, "hand": hand.block}
     if progress_arm:
         arms["kdcore+bar"] = kd_bar_block
+    if control_arm:  # the hand loop again, as an arm of its own: what the method reads when
+        arms["hand+again"] = hand.block  # nothing differs (ideally 1.000) is its noise floor
     for fn in arms.values():
         timed(fn, warmup + 1, sync, clock)
     per_arm: dict[str, list[float]] = {name: [] for name in arms}
@@ -354,28 +374,29 @@ def measure(method: str, config: RunConfig, splits: Splits, device: torch.device
         pair = [a / b for a, b in zip(block_medians[name], block_medians["hand"])]
         key = "ratio" if name == "kdcore" else f"ratio_{name}"
         out[key] = out[name]["median_ms"] / out["hand"]["median_ms"]
+        low, high = bootstrap_median(pair)
         out[f"{key}_blocks"] = {"median": statistics.median(pair), "p25": quantile(pair, 0.25),
-                                "p75": quantile(pair, 0.75)}
+                                "p75": quantile(pair, 0.75), "ci95": [low, high]}
     return out
 
 
 def table(results: list[dict[str, Any]]) -> str:
     header = ("| method | kdcore ms/step | hand ms/step | kdcore / hand | per-block ratio median [p25, p75] "
-              f"| faults/step kdcore / hand | goal <= {GOAL} |")
-    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+              f"| 95% CI of that median | faults/step kdcore / hand | goal <= {GOAL} |")
+    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
-        b = r["ratio_blocks"]
-        ok = "met" if r["ratio"] <= GOAL else "NOT met"
-        lines.append(f"| {r['method']} | {r['kdcore']['median_ms']:.2f} | {r['hand']['median_ms']:.2f} | "
-                     f"{r['ratio']:.3f} | {b['median']:.3f} [{b['p25']:.3f}, {b['p75']:.3f}] | "
-                     f"{r['kdcore']['minor_faults_per_step']:.0f} / {r['hand']['minor_faults_per_step']:.0f} | {ok} |")
-        if "kdcore+bar" in r:
-            bb = r["ratio_kdcore+bar_blocks"]
-            lines.append(f"| {r['method']} (kdcore with progress bar) | {r['kdcore+bar']['median_ms']:.2f} | "
-                         f"{r['hand']['median_ms']:.2f} | {r['ratio_kdcore+bar']:.3f} | "
-                         f"{bb['median']:.3f} [{bb['p25']:.3f}, {bb['p75']:.3f}] | "
-                         f"{r['kdcore+bar']['minor_faults_per_step']:.0f} / {r['hand']['minor_faults_per_step']:.0f} | "
-                         f"{'met' if r['ratio_kdcore+bar'] <= GOAL else 'NOT met'} |")
+        hand = r["hand"]
+        for name in ("kdcore", *EXTRA_ARMS):
+            if name not in r:
+                continue
+            key = "ratio" if name == "kdcore" else f"ratio_{name}"
+            b, arm = r[f"{key}_blocks"], r[name]
+            label = r["method"] if name == "kdcore" else f"{r['method']} ({EXTRA_ARMS[name]})"
+            verdict = "-" if name == "hand+again" else "met" if r[key] <= GOAL else "NOT met"
+            lines.append(f"| {label} | {arm['median_ms']:.2f} | {hand['median_ms']:.2f} | {r[key]:.3f} | "
+                         f"{b['median']:.3f} [{b['p25']:.3f}, {b['p75']:.3f}] | "
+                         f"[{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}] | "
+                         f"{arm['minor_faults_per_step']:.0f} / {hand['minor_faults_per_step']:.0f} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -391,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="kd,ofd", help="comma-separated: kd, ofd")
     parser.add_argument("--progress", action="store_true",
                         help="add a third arm: kdcore with its progress bar on (drawn to /dev/null)")
+    parser.add_argument("--control", action="store_true",
+                        help="add an arm that runs the hand loop again: its ratio to the hand arm "
+                             "(ideally 1.000) shows how far this machine's noise alone moves a ratio")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override applied to every preset (e.g. data.root=DIR)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -423,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{method}: {path}")
         results.append(measure(method.strip(), config, splits, device, steps=args.steps,
                                block=args.block, warmup=args.warmup, progress_arm=args.progress,
-                               clock=clock, log=log))
+                               control_arm=args.control, clock=clock, log=log))
     info["loadavg_end"] = list(os.getloadavg())
     print(f"kdcore step overhead, {info['device']}{' (' + info['gpu'] + ')' if 'gpu' in info else ''}, "
           f"{info['threads']} threads, {args.clock} clock, torch {info['torch']}, load {info['loadavg'][0]:.1f} -> "

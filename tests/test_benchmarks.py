@@ -1,0 +1,67 @@
+"""The benchmark scripts still run: a GPU session is short and rare, and a script that breaks
+there wastes it. Tiny settings; these assert the output's shape and the arms' parity, not speed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overhead_runs_every_arm_and_checks_parity(tmp_path, capsys):
+    overhead = load("overhead")
+    out = tmp_path / "overhead.json"
+    assert overhead.main(["--methods", "kd,ofd", "--steps", "4", "--block", "3", "--warmup", "1",
+                          "--threads", "1", "--progress", "--control",
+                          "--set", "data.train_limit=256", "--set", "data.batch_size=8",
+                          "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["method"] for r in results] == ["kd", "ofd"]
+    for r in results:
+        assert r["parity"]["loss_rel_diff"] <= 1e-4
+        for key in ("ratio", "ratio_kdcore+bar", "ratio_hand+again"):
+            low, high = r[f"{key}_blocks"]["ci95"]
+            assert 0 < low <= r[f"{key}_blocks"]["median"] <= high
+    printed = capsys.readouterr().out
+    assert "control: hand against itself" in printed and "kdcore with progress bar" in printed
+
+
+def test_bootstrap_interval_brackets_the_median_and_is_repeatable():
+    overhead = load("overhead")
+    values = [1.0, 1.1, 0.9, 1.05, 0.95, 1.2, 1.0]
+    low, high = overhead.bootstrap_median(values)
+    assert low <= 1.0 <= high
+    assert (low, high) == overhead.bootstrap_median(values)
+    assert overhead.bootstrap_median([2.0] * 5) == (2.0, 2.0)
+
+
+def test_host_instruction_cost_model(tmp_path, monkeypatch):
+    """The cycle estimate applies MISS_COST to callgrind's events, per counted step."""
+    host = load("host_instructions")
+    folder = tmp_path
+    dump = folder / "callgrind.kd.hand.1"
+    dump.write_text("events: Ir I1mr D1mr Bcm\nfn=x\n1 10 0 0 0\ntotals: 2000 20 10 4\n")
+
+    def fake_run(command, **kwargs):
+        class Done:
+            returncode = 0
+            stderr = ""
+        return Done()
+
+    monkeypatch.setattr(host.subprocess, "run", fake_run)
+    events = host.count("kd", "hand", 2, [], "lib.so", str(folder), simulate=True)
+    assert events["Ir"] == 1000 and events["I1mr"] == 10
+    assert events["cycles"] == 1000 + 10 * 10 + 10 * 5 + 15 * 2
