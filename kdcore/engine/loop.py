@@ -212,7 +212,7 @@ def train_epochs(
                 else:
                     optimizer.step()
                     stepped = True
-                n = len(batch.indices)
+                n = batch.indices.shape[0]  # not len(): Tensor.__len__ is Python, four calls a step
                 for name, value in values.items():
                     position.sums[name] = position.sums.get(name, 0.0) + value * n
                 position.seen += n
