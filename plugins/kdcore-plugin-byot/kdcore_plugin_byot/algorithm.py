@@ -102,6 +102,9 @@ class SelfDistillation(kdcore.Algorithm):
                 raise kdcore.UserError(f"algorithm.exits[{i}] ({path!r}): {exc}") from None
         self.classifiers = nn.ModuleList(classifiers)
         self.taps = FeatureTaps(student, taps, where="algorithm exit path")
+        # the feature keys the step reads, worked out once (it runs every batch)
+        self._deep_key = Tap(deep_feature).key
+        self._exit_keys = [Tap(path).key for path in exits]
 
     @staticmethod
     @torch.no_grad()
@@ -116,15 +119,13 @@ class SelfDistillation(kdcore.Algorithm):
             return {t.path: tuple(recorder[t].shape[1:]) for t in taps}
 
     def training_step(self, batch: kdcore.Batch, *, epoch: int, step: int) -> dict[str, torch.Tensor]:
-        self.taps.clear()
-        logits = self.student(batch.inputs)
-        self.taps.record_output(logits)
-        features = self.taps.features
+        # the step's features live in this dict alone, so they die with the step
+        logits, features = self.taps.run(self.student, batch.inputs)
         teacher_logits = logits.detach()
-        deep = features[Tap(self.deep_feature).key].detach()
+        deep = features[self._deep_key].detach()
         terms = {"ce": self.deep_ce_weight * self.task.loss(logits, batch.targets)}
-        for path, classifier in zip(self.exits, self.classifiers):
-            feature, exit_logits = classifier(features[Tap(path).key])
+        for path, key, classifier in zip(self.exits, self._exit_keys, self.classifiers):
+            feature, exit_logits = classifier(features[key])
             if self.ce_weight:
                 terms[f"ce_{path}"] = self.ce_weight * self.task.loss(exit_logits, batch.targets)
             if self.kl_weight:

@@ -142,6 +142,14 @@ def test_terms_match_loop_arithmetic():
         assert terms[f"l2_{name}"].item() == pytest.approx(0.03 * l2 / len(y), rel=1e-5)
 
 
+def test_step_keeps_no_features():
+    """A step's tapped features live only in the step: nothing of them is held until the next
+    one (they would keep activations alive through evaluation)."""
+    algo = make()
+    algo.training_step(batch(), epoch=0, step=0)
+    assert algo.taps.features == {}
+
+
 def test_zero_weights_drop_terms():
     terms = make(kl_weight=0.0, feature_weight=0.0).training_step(batch(), epoch=0, step=0)
     assert set(terms) == {"ce", "ce_stage1", "ce_stage2"}
