@@ -73,8 +73,9 @@ def child(method: str, arm: str, steps: int, overrides: list[str], library: str)
     (kd.block if arm == "kdcore" else hand.block)(steps + 1, stamp)
 
 
-# cachegrind's rough cost model, in cycles: an L1 miss costs about 10, a last-level miss about
-# 100, a mispredicted branch about 15 (the valgrind manual's figures; real cores differ)
+# a rough cost model, in cycles, from the valgrind manual's orders of magnitude (an L1 miss
+# "around 10", a last-level miss "as much as 200", a mispredicted branch "10 to 30"): 10 per L1
+# miss, 100 per last-level miss, 15 per mispredicted branch; real cores overlap much of it
 MISS_COST = {"I1mr": 10, "D1mr": 10, "D1mw": 10, "ILmr": 100, "DLmr": 100, "DLmw": 100,
              "Bcm": 15, "Bim": 15}
 
