@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="config override (default: data.batch_size=1 data.train_limit=2000)")
     parser.add_argument("--simulate", action="store_true",
                         help="also simulate caches and branch prediction and report estimated cycles "
-                             "(cachegrind's cost model; about twice as slow)")
+                             "(MISS_COST; about twice as slow)")
     parser.add_argument("--json", dest="json_out", default=None, metavar="OUT")
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "ARM"), help=argparse.SUPPRESS)
     parser.add_argument("--library", help=argparse.SUPPRESS)
