@@ -27,7 +27,8 @@ def kdcore_losses() -> list:
     context: ``targets``, ``indices`` (sample ids), ``epoch`` and ``step``; take what you need
     and accept ``**extra`` for the rest. The loss's weight is applied by the head, not the loss.
 
-    Called once when the plugin manager is built; the returned specs are not built until used.
+    Called once per plugin set, when a command first needs this kind; the returned specs are not
+    built until used.
 
     Example::
 

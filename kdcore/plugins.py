@@ -98,6 +98,10 @@ class Plugins:
     def __init__(self, *, load_entry_points: bool = True) -> None:
         self.pm = _new_manager()
         self.status: dict[str, PluginStatus] = {}
+        #: each kind's registered components, collected on first use (``registry.components``)
+        self.found: dict[str, list[Any]] = {}
+        #: whether warnings are printed as they are found (the process-wide set: ``get_plugins``)
+        self.echo = False
         for module_name in BUILTIN_MODULES:
             module = importlib.import_module(module_name)
             self.pm.register(module, name=module_name.rsplit(".", 1)[-1])
@@ -144,12 +148,41 @@ class Plugins:
     @staticmethod
     def _incompatible(status: PluginStatus, declared: str) -> bool:
         status.requires_kdcore = declared
-        if declared and not version_in_range(__version__, declared):
+        try:
+            fits = not declared or version_in_range(__version__, declared)
+        except Exception as exc:  # a malformed range, e.g. KDCORE_REQUIRES = "0.2"
+            status.state = "failed"
+            status.error = (f"declares an invalid kdcore range {declared!r} ({type(exc).__name__}); "
+                            f"write it like '>=0.1,<0.2'")
+            return True
+        if not fits:
             status.state = "incompatible"
             status.error = (f"needs kdcore {declared}, this is kdcore {__version__}; "
                             f"upgrade one of them")
             return True
         return False
+
+    def warn(self, name: str, message: str) -> None:
+        """Record a problem of plugin ``name`` that skips part of it, not all of it."""
+        status = self.status.get(name)
+        if status is not None:
+            status.warnings.append(message)
+        if self.echo:
+            where = f" ({' '.join(filter(None, (status.distribution, status.version)))})" if status else ""
+            print(f"kdcore: plugin {name!r}{where} warning: {message}", file=sys.stderr)
+
+    def unmatched_selection(self) -> list[str]:
+        """Names in ``KDCORE_PLUGINS`` that match no installed plugin, each with a did-you-mean."""
+        wanted = os.environ.get("KDCORE_PLUGINS")
+        if not wanted:
+            return []
+        known = {s.name for s in self.status.values()} | {s.distribution for s in self.status.values()}
+        notes = []
+        for name in sorted({w.strip() for w in wanted.split(",") if w.strip()} - known):
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            notes.append(f"kdcore: KDCORE_PLUGINS names {name!r}, which matches no installed plugin{hint}")
+        return notes
 
     def failures(self) -> list[PluginStatus]:
         return [s for s in self.status.values() if s.state in ("failed", "incompatible")]
@@ -158,10 +191,12 @@ class Plugins:
         """Register an in-process plugin (tests, notebooks)."""
         self.pm.register(module, name=name)
         self.status[name] = PluginStatus(name, "<in-process>", "")
+        self.found.clear()
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self.status.pop(name, None)
+        self.found.clear()
 
     def plugin_name(self, plugin_obj: Any) -> str:
         name = self.pm.get_name(plugin_obj) or "?"
@@ -178,6 +213,9 @@ def get_plugins() -> Plugins:
         _current = Plugins()
         for failure in _current.failures():
             print(failure.line(), file=sys.stderr)
+        for note in _current.unmatched_selection():
+            print(note, file=sys.stderr)
+        _current.echo = True
     return _current
 
 

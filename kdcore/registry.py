@@ -7,7 +7,9 @@ hook is called on its own, so a hook that raises is reported for that plugin alo
 from __future__ import annotations
 
 import inspect
-from collections.abc import Collection
+import os
+import re
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -25,6 +27,8 @@ _INSTALL_HINTS = {
     "connector": {"conv_reg": "fitnet", "paraphraser": "ft", "translator": "ft"},
     "algorithm": {"self_distillation": "byot", "meal_v2": "meal", "data_free": "datafree"},
 }
+#: Kinds whose factories must build an ``nn.Module`` (datasets build data sets).
+MODULE_KINDS = frozenset({"algorithm", "distiller", "head", "connector", "loss", "model"})
 #: Values the core offers to factories; never user parameters.
 CONTEXT_KEYS = frozenset({
     "in_shape", "out_shape", "student_shape", "teacher_shape", "num_samples", "num_classes",
@@ -41,22 +45,38 @@ def _check_kind(kind: str) -> None:
 
 
 def components(kind: str, plugins: Plugins | None = None) -> list[Registered]:
-    """Every registered component of ``kind``, sorted by id, with the plugin that provides it."""
+    """Every registered component of ``kind``, sorted by id, with the plugin that provides it.
+
+    Each plugin's hook is called once per plugin set (the answer is kept), on its own: a hook
+    that raises or returns something other than a list of :class:`Component` is a warning of
+    that plugin, and the other plugins' components are still found."""
     _check_kind(kind)
     plugins = plugins or get_plugins()
+    found = plugins.found.get(kind)
+    if found is None:
+        found = plugins.found[kind] = _collect(kind, plugins)
+    return list(found)
+
+
+def _collect(kind: str, plugins: Plugins) -> list[Registered]:
+    hook = f"{_HOOK[kind]}()"
     found: list[Registered] = []
     for impl in getattr(plugins.pm.hook, _HOOK[kind]).get_hookimpls():
         plugin = plugins.plugin_name(impl.plugin)
         try:
-            specs = impl.function() or []
-        except Exception as exc:
-            status = plugins.status.get(plugin)
-            if status is not None:
-                status.warnings.append(f"{_HOOK[kind]}() raised {type(exc).__name__}: {exc}")
-            continue
-        for spec in specs:
-            if isinstance(spec, Component):
-                found.append(Registered(kind, plugin, spec))
+            specs = impl.function()
+            if isinstance(specs, (Component, str, bytes, Mapping)) or not isinstance(specs, Iterable):
+                plugins.warn(plugin, f"{hook} must return a list of kdcore.Component, got "
+                                     f"{type(specs).__name__}; its {_HOOK[kind][len('kdcore_'):]} are skipped")
+                continue
+            for spec in specs:
+                if isinstance(spec, Component):
+                    found.append(Registered(kind, plugin, spec))
+                else:
+                    plugins.warn(plugin, f"{hook} returned {spec!r} ({type(spec).__name__}), not a "
+                                         f"kdcore.Component; skipped")
+        except Exception as exc:  # a broken plugin must not take the rest down
+            plugins.warn(plugin, f"{hook} raised {type(exc).__name__}: {exc}")
     return sorted(found, key=lambda r: r.id)
 
 
@@ -76,17 +96,31 @@ def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str =
         raise UserError(f"{label}{kind} {name!r} is ambiguous, provided by {ids}; "
                         f"write one of these ids instead")
     names = [r.component.name for r in available] + [r.id for r in available]
-    hint = did_you_mean(name, names)
-    short = _INSTALL_HINTS.get(kind, {}).get(name)
-    dist = f"kdcore-plugin-{short}" if short else None
-    failed = [s for s in plugins.failures()]
-    if dist:
-        hint += f"; it is provided by {dist}: pip install ./plugins/{dist}"
-    elif failed:
-        hint += "; note: plugins failed to load: " + ", ".join(s.name for s in failed)
-    else:
-        hint += f"; a plugin's {kind} needs its package installed ('kdcore plugins' lists them)"
+    hint = did_you_mean(name, names) + _why_missing(kind, name, plugins)
     raise UserError(f"{label}unknown {kind} {name!r}{hint} (see 'kdcore list {kind}')")
+
+
+def _why_missing(kind: str, name: str, plugins: Plugins) -> str:
+    """Why no plugin offers ``name``: the plugin of this repository that would, installed or not
+    (left out by ``KDCORE_PLUGINS``, failed to load), or the plugins that did not load."""
+    short = _INSTALL_HINTS.get(kind, {}).get(name)
+    if short:
+        dist = f"kdcore-plugin-{short}"
+        status = next((s for s in plugins.status.values() if s.distribution == dist), None)
+        if status is None:
+            return f"; it is provided by {dist}: pip install ./plugins/{dist}"
+        if status.state == "disabled":
+            return (f"; it comes from plugin {status.name!r} ({dist}), which "
+                    f"KDCORE_PLUGINS={os.environ.get('KDCORE_PLUGINS', '')!r} leaves out")
+        if status.state != "ok":
+            return f"; it comes from plugin {status.name!r} ({dist}), which did not load: {status.error}"
+    troubled = [s.name for s in plugins.failures()] + [s.name for s in plugins.status.values() if s.warnings]
+    if troubled:
+        return "; note: plugins failed to load or skipped components: " + ", ".join(dict.fromkeys(troubled))
+    disabled = [s.name for s in plugins.status.values() if s.state == "disabled"]
+    if disabled:
+        return "; note: KDCORE_PLUGINS leaves out " + ", ".join(disabled)
+    return f"; a plugin's {kind} needs its package installed ('kdcore plugins' lists them)"
 
 
 def accepted_params(factory: Any) -> tuple[set[str], bool]:
@@ -106,6 +140,27 @@ def _signature(factory: Any) -> tuple[set[str], bool, set[str]]:
     keyword = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     return {p.name for p in keyword}, var_kw, {p.name for p in keyword if p.default is p.empty}
+
+
+def _check_scalar(factory: Any, key: str, value: Any, where: str) -> None:
+    """Text given for a parameter that takes a number or a flag (its default is one, and its
+    annotation allows no text) is refused here, by name: the factory would fail with a Python
+    error such as "'<=' not supported between 'str' and 'int'"."""
+    if not isinstance(value, str):
+        return
+    try:
+        param = inspect.signature(factory).parameters.get(key)
+    except (TypeError, ValueError):
+        return
+    if param is None or not isinstance(param.default, (bool, int, float)):
+        return
+    annotation = param.annotation if isinstance(param.annotation, str) else getattr(
+        param.annotation, "__name__", str(param.annotation))
+    if param.annotation is not param.empty and ("str" in annotation or "Any" in annotation):
+        return
+    expected = ("true or false" if isinstance(param.default, bool) else
+                "an integer" if isinstance(param.default, int) else "a number")
+    raise UserError(f"config key {where}.{key}: expected {expected}, got {value!r}")
 
 
 def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], *,
@@ -131,6 +186,8 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
             block = f"keys of this block: {', '.join(sorted(block_keys))}; " if block_keys else ""
             what = "key" if block_keys else "parameter"
             raise UserError(f"{where}.{key}: unknown {what}{hint}; {block}parameters it takes: {choices}")
+    for key, value in params.items():
+        _check_scalar(factory, key, value, where)
     kwargs = {k: v for k, v in context.items() if var_kw or k in names}
     kwargs.update(params)
     missing = required - set(kwargs)
@@ -138,8 +195,11 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
         raise UserError(f"{where}.{sorted(missing)[0]}: required, missing")
     try:
         return factory(**kwargs)
-    except UserError:
-        raise
+    except UserError as exc:
+        message = str(exc)
+        if message.startswith(re.split(r"[.\[ ]", where, maxsplit=1)[0]):
+            raise  # already says where (algorithm.exits[0]: ...)
+        raise UserError(f"{where}: {message}") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"{where}: {exc}") from exc
 
@@ -154,6 +214,17 @@ def build(kind: str, name: str, *, plugins: Plugins | None = None, where: str = 
     own keys, for the did-you-mean of a misspelled one.)
     """
     registered = lookup(kind, name, plugins, where=where)
-    factory = registered.component.resolve()
-    return call_factory(factory, params, context or {}, where=where or f"{kind} {name!r}",
-                        block_keys=_block_keys)
+    label = where or f"{kind} {name!r}"
+    broken = (f"plugin {registered.plugin!r} is broken (reinstall it, or tell its authors)"
+              if registered.plugin != "kdcore" else "this is a bug in kdcore")
+    try:
+        factory = registered.component.resolve()
+    except Exception as exc:  # a lazy "module:attr" factory that does not import
+        raise UserError(f"{label}: {kind} {registered.id!r} cannot be loaded: its factory "
+                        f"{registered.component.factory!r} failed with {type(exc).__name__}: {exc}; "
+                        f"{broken}") from None
+    built = call_factory(factory, params, context or {}, where=label, block_keys=_block_keys)
+    if kind in MODULE_KINDS and not isinstance(built, nn.Module):
+        raise UserError(f"{label}: {kind} {registered.id!r} built a {type(built).__name__}, not a "
+                        f"torch.nn.Module; {broken}")
+    return built

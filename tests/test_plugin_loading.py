@@ -213,6 +213,132 @@ def test_a_hook_that_raises_is_a_warning_of_that_plugin() -> None:
     assert listing.exit_code == 0 and "kdcore:linear" in listing.stdout
 
 
+def _hook_module(name: str, returns: object):
+    import types
+
+    module = types.ModuleType(name)
+
+    @kdcore.hookimpl
+    def kdcore_losses():
+        return returns
+
+    module.kdcore_losses = kdcore_losses
+    return module
+
+
+@pytest.mark.parametrize("returns, says", [
+    (kdcore.Component("solo", "x:y", "one loss, not in a list"),
+     "kdcore_losses() must return a list of kdcore.Component, got Component; its losses are skipped"),
+    (42, "kdcore_losses() must return a list of kdcore.Component, got int"),
+    (None, "kdcore_losses() must return a list of kdcore.Component, got NoneType"),
+    ("cosine", "kdcore_losses() must return a list of kdcore.Component, got str"),
+    (["cosine"], "kdcore_losses() returned 'cosine' (str), not a kdcore.Component; skipped"),
+])
+def test_a_hook_returning_the_wrong_type_is_a_warning_and_the_rest_works(returns, says) -> None:
+    """Seen in an audit: one Component instead of a list crashed every command."""
+    with using_plugins(isolated_plugins(wrong=_hook_module("wrong_plugin", returns))):
+        listing = CliRunner().invoke(main, ["plugins"])
+        losses = CliRunner().invoke(main, ["list", "loss"])
+    assert listing.exit_code == 0, listing.output
+    assert f"warning: {says}" in listing.stdout
+    assert losses.exit_code == 0 and "kdcore:linear" not in losses.stdout  # loss list, no crash
+
+
+def test_hooks_are_called_once_per_plugin_set() -> None:
+    calls = []
+    module = _hook_module("counting_plugin", [])
+    module.kdcore_losses = kdcore.hookimpl(lambda: calls.append(1) or [])
+    loaded = isolated_plugins(counting=module)
+    for _ in range(3):
+        components("loss", loaded)
+    assert len(calls) == 1
+
+
+def test_warnings_are_printed_once_as_found_by_the_process_wide_set(capsys) -> None:
+    loaded = isolated_plugins(wrong=_hook_module("wrong_plugin", 42))
+    loaded.echo = True
+    components("loss", loaded)
+    components("loss", loaded)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["kdcore: plugin 'wrong' (<in-process>) warning: kdcore_losses() must return a "
+                   "list of kdcore.Component, got int; its losses are skipped"]
+
+
+def test_malformed_kdcore_range_fails_that_plugin_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "kdfix_badrange"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "plugin.py").write_text('import kdcore\nKDCORE_REQUIRES = "0.2"\n'
+                                       "@kdcore.hookimpl\ndef kdcore_losses():\n    return []\n")
+    info = tmp_path / "kdcore_fixture_badrange-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdcore-fixture-badrange\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[kdcore]\nfix_badrange = kdfix_badrange.plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("KDCORE_PLUGINS", raising=False)
+    loaded = Plugins()
+    status = loaded.status["fix_badrange"]
+    assert status.state == "failed"
+    assert "declares an invalid kdcore range '0.2'" in status.error and "'>=0.1,<0.2'" in status.error
+    assert loaded.status["kd"].state == "ok"
+    assert "kd:kd" in {r.id for r in components("loss", loaded)}
+
+
+def test_kdcore_plugins_typo_is_named_and_the_missing_loss_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDCORE_PLUGINS", "kdd")
+    loaded = Plugins()
+    assert loaded.unmatched_selection() == [
+        "kdcore: KDCORE_PLUGINS names 'kdd', which matches no installed plugin (did you mean 'kd'?)"]
+    with pytest.raises(kdcore.UserError) as err:
+        lookup("loss", "kd", loaded)
+    assert ("it comes from plugin 'kd' (kdcore-plugin-kd), which KDCORE_PLUGINS='kdd' leaves out"
+            in str(err.value))
+    assert "pip install" not in str(err.value)
+
+
+def test_a_broken_factory_is_one_line_naming_the_plugin() -> None:
+    import types
+
+    module = types.ModuleType("lazy_plugin")
+
+    @kdcore.hookimpl
+    def kdcore_losses():
+        return [kdcore.Component("gone", "kdfix_not_a_module:Loss", "factory that does not import"),
+                kdcore.Component("number", lambda: 1.5, "factory that builds no module")]
+
+    module.kdcore_losses = kdcore_losses
+    loaded = isolated_plugins(lazy=module)
+    with pytest.raises(kdcore.UserError) as err:
+        kdcore.build("loss", "gone", plugins=loaded, where="teachers[0].distill[0].head.losses[0]")
+    assert str(err.value).startswith("teachers[0].distill[0].head.losses[0]: loss 'lazy:gone' cannot be "
+                                     "loaded: its factory 'kdfix_not_a_module:Loss' failed with "
+                                     "ModuleNotFoundError")
+    assert "plugin 'lazy' is broken" in str(err.value)
+    with pytest.raises(kdcore.UserError, match="loss 'lazy:number' built a float, not a torch.nn.Module"):
+        kdcore.build("loss", "number", plugins=loaded)
+
+
+def test_a_factory_user_error_gets_the_config_path() -> None:
+    import types
+
+    module = types.ModuleType("strict_plugin")
+
+    def factory(mode: str = "sample"):
+        raise kdcore.UserError(f"cosine: mode must be 'sample' or 'position', got {mode!r}")
+
+    @kdcore.hookimpl
+    def kdcore_losses():
+        return [kdcore.Component("strict", factory, "raises a UserError")]
+
+    module.kdcore_losses = kdcore_losses
+    loaded = isolated_plugins(strict=module)
+    with pytest.raises(kdcore.UserError) as err:
+        kdcore.build("loss", "strict", plugins=loaded, where="teachers[0].distill[0].head.losses[0]",
+                     mode="bogus")
+    assert str(err.value) == ("teachers[0].distill[0].head.losses[0]: cosine: mode must be 'sample' "
+                              "or 'position', got 'bogus'")
+
+
 # --- the third-party example: pip install --target, then a real `kdcore run` --------------------
 
 @pytest.fixture(scope="module")
