@@ -9,6 +9,7 @@ is checked against its signature when the component is built.
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -163,6 +164,36 @@ def block_keys(cls: type) -> list[str]:
     return [f.name for f in attrs.fields(cls) if not f.metadata.get("params")]
 
 
+# --- reading YAML --------------------------------------------------------------------------
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two things a config needs: numbers such as ``1e-3`` are numbers
+    (YAML 1.2; PyYAML's 1.1 rules read them as text without a dot), and a key written twice in
+    one mapping is an error (PyYAML keeps the last one and drops the first silently)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if key_node.value in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value!r} appears twice (first at line "
+                        f"{first[key_node.value] + 1}); merge the two into one", key_node.start_mark)
+                first[key_node.value] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+ConfigLoader.add_implicit_resolver(  # 1e-3, -2E5, 1.5e+3: floats with an exponent and no dot
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(text: Any) -> Any:
+    """Parse config YAML (a string or a file) with :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 # --- structuring ---------------------------------------------------------------------------
 
 def _type_name(tp: Any) -> str:
@@ -306,7 +337,7 @@ def unstructure(obj: Any) -> Any:
 def read_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = load_yaml(f)
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
     except IsADirectoryError:
@@ -342,7 +373,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set trainer.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except Exception:  # not YAML, or a value PyYAML's constructors refuse (2001-02-30): text
         value = raw
     return key.split("."), value
@@ -400,7 +431,6 @@ def check(config: RunConfig) -> None:
     non_negative = {"trainer.epochs": config.trainer.epochs,
                     "trainer.checkpoint_every": config.trainer.checkpoint_every,
                     "optimizer.weight_decay": config.optimizer.weight_decay,
-                    "optimizer.momentum": config.optimizer.momentum,
                     "schedule.warmup_epochs": config.schedule.warmup_epochs}
     non_negative.update({f"teachers[{i}].train.epochs": t.train.epochs for i, t in enumerate(config.teachers)})
     for key, value in non_negative.items():
@@ -418,8 +448,18 @@ def check(config: RunConfig) -> None:
             raise UserError(f"config key data.{key}: must be at least 1 or null, got {value}")
     if config.data.val_split < 0:
         raise UserError(f"config key data.val_split: must be >= 0, got {config.data.val_split}")
-    if config.optimizer.lr <= 0:
-        raise UserError(f"config key optimizer.lr: must be > 0, got {config.optimizer.lr}")
+    optimizers = {"optimizer": config.optimizer}
+    optimizers.update({f"teachers[{i}].train.optimizer": t.train.optimizer for i, t in enumerate(config.teachers)})
+    for key, optimizer in optimizers.items():
+        if optimizer.lr <= 0:
+            raise UserError(f"config key {key}.lr: must be > 0, got {optimizer.lr}")
+        if not 0 <= optimizer.momentum < 1:  # at 1 or more the updates grow without bound
+            raise UserError(f"config key {key}.momentum: must be in [0, 1), got {optimizer.momentum}")
+    for i, teacher in enumerate(config.teachers):
+        if teacher.checkpoint is None and teacher.train.epochs == 0:
+            raise UserError(f"config key teachers[{i}].train.epochs: must be at least 1 when "
+                            f"teachers[{i}].checkpoint is null (the teacher is trained first; an "
+                            f"untrained one would be cached and taught from)")
     names = [t.name for t in config.teachers]
     for i, name in enumerate(names):
         if names.index(name) != i:

@@ -108,6 +108,29 @@ def test_read_yaml_errors(tmp_path) -> None:
         read_yaml(str(listy))
 
 
+def test_numbers_with_an_exponent_are_numbers(tmp_path) -> None:
+    """YAML 1.2 reads 1e-3 as a number; PyYAML's 1.1 rules read it as text (seen in an audit:
+    'optimizer.lr: expected a number, got '1e-3'')."""
+    path = tmp_path / "sci.yaml"
+    path.write_text("optimizer: {type: sgd, lr: 1e-3, weight_decay: 5E-4}\ntrainer: {grad_clip: +2e0}\n")
+    config = load_config(read_yaml(str(path)), ["schedule.gamma=1e-1"])
+    assert (config.optimizer.lr, config.optimizer.weight_decay) == (0.001, 0.0005)
+    assert (config.trainer.grad_clip, config.schedule.gamma) == (2.0, 0.1)
+    assert load_config({}, ["name=1e3x"]).name == "1e3x"  # text that is not a number stays text
+
+
+def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("trainer: {epochs: 1, progress: false}\ntrainer: {epochs: 2}\n")
+    with pytest.raises(UserError) as err:
+        read_yaml(str(path))
+    assert str(err.value) == (f"config file {path}: key 'trainer' appears twice (first at line 1); "
+                              f"merge the two into one at line 2, column 1")
+    merged = tmp_path / "merge.yaml"  # a YAML merge key may be overridden: not a duplicate
+    merged.write_text("base: &b {epochs: 1, progress: false}\ntrainer: {<<: *b, epochs: 2}\n")
+    assert read_yaml(str(merged))["trainer"] == {"epochs": 2, "progress": False}
+
+
 def test_defaults_without_any_keys() -> None:
     config = structure(RunConfig, {})
     assert config.algorithm.type == "teacher_student" and config.teachers == []
