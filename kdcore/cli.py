@@ -47,7 +47,52 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _config_key(option: str) -> str | None:
+    """The config key an option such as ``--epochs`` or ``--batch-size`` probably means
+    (``trainer.epochs``, ``data.batch_size``), when exactly one key has that name."""
+    import typing
+
+    import attrs
+
+    from .config import RunConfig
+
+    leaf = option.lstrip("-").replace("-", "_")
+    found = []
+    for name, tp in typing.get_type_hints(RunConfig).items():
+        if name == leaf:
+            found.append(name)
+        if isinstance(tp, type) and attrs.has(tp):
+            found.extend(f"{name}.{key}" for key in typing.get_type_hints(tp) if key == leaf)
+    return found[0] if len(found) == 1 else None
+
+
+def _usage_error(exc: click.UsageError) -> str:
+    """click's usage errors as kdcore's one line, with the config key a missing option means."""
+    message = exc.format_message().rstrip(".")
+    if isinstance(exc, click.NoSuchOption):
+        key = _config_key(exc.option_name)
+        if key is not None:  # click's did-you-mean would offer an unrelated option here
+            message = f"no option {exc.option_name!r}; it is the config key {key}: --set {key}=VALUE"
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return f"{message}{where}"
+
+
 class KdcoreGroup(click.Group):
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """click's own handling, except that usage errors are one ``kdcore: error:`` line."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            _fail(_usage_error(exc), exc.exit_code)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         try:
             return super().resolve_command(ctx, args)
@@ -60,7 +105,7 @@ class KdcoreGroup(click.Group):
             raise
 
 
-@click.group(cls=KdcoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="kdcore", cls=KdcoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kdcore")
 def main() -> None:
     """Knowledge distillation for PyTorch: a small core plus plugins."""
@@ -191,7 +236,8 @@ def plugins(as_json: bool) -> None:
         return
     for row in rows:
         extra = f"  requires kdcore {row['requires_kdcore']}" if row["requires_kdcore"] else ""
-        click.echo(f"{row['name']}  ({row['distribution']} {row['version']})  {row['state']}{extra}")
+        origin = " ".join(filter(None, (row["distribution"], row["version"])))
+        click.echo(f"{row['name']}  ({origin})  {row['state']}{extra}")
         for kind, names in row["components"].items():
             click.echo(f"    {kind}: {', '.join(names)}")
         if row["error"]:

@@ -81,6 +81,13 @@ def test_vanilla_has_no_teacher(tmp_path, tiny) -> None:
     (["list", "conector"], "unknown component kind 'conector' (did you mean 'connector'?)"),
     (["inspect", "cnn_studnet", "--input-shape", "1,28,28"], "unknown model 'cnn_studnet' (did you mean 'cnn_student'"),
     (["frobnicate"], "no command 'frobnicate'"),
+    (["run", "--epochs", "3"], "no option '--epochs'; it is the config key trainer.epochs: --set trainer.epochs=VALUE"),
+    (["plugins", "--jsn"], "No such option '--jsn'. Did you mean '--json'? (see 'kdcore plugins --help')"),
+    (["list"], "Missing argument 'KIND' (see 'kdcore list --help')"),
+    (["run", "--set", "optimizer.momentum=2"], "optimizer.momentum: must be in [0, 1), got 2.0"),
+    (["run", "--set", "teachers.0.train.epochs=0"], "teachers[0].train.epochs: must be at least 1 when teachers[0].checkpoint is null"),
+    (["run", "--set", "teachers.0.distill.0.head.losses.0.temperature=abc"],
+     "config key teachers[0].distill[0].head.losses[0].temperature: expected a number, got 'abc'"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, args, expected) -> None:
     result = CliRunner().invoke(main, args + (["--output-dir", str(tmp_path)] if args[0] == "run" else []))
@@ -89,6 +96,25 @@ def test_user_errors_exit_2_with_one_line(tmp_path, args, expected) -> None:
     lines = [l for l in result.output.splitlines() if l.strip()]
     assert lines[-1].startswith("kdcore: error: ") and expected in lines[-1], lines
     assert not os.listdir(tmp_path) if os.path.isdir(tmp_path) else True  # no empty run dir left
+
+
+def test_usage_errors_are_one_line_too() -> None:
+    """click's own errors (unknown option, missing argument) in kdcore's one-line form."""
+    result = CliRunner().invoke(main, ["run", "--bogus"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "kdcore: error: No such option '--bogus' (see 'kdcore run --help')"]
+
+
+def test_output_dir_that_is_a_file_is_a_user_error(tmp_path, tiny) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    sets = [arg for kv in tiny for arg in ("--set", kv)]
+    result = CliRunner().invoke(main, ["run", *sets, "--output-dir", str(afile)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"kdcore: error: config key output_dir: {afile} is a file or lies under one; pass another "
+        f"folder (--output-dir DIR)")
 
 
 def test_teacher_cache_with_random_augmentation_is_refused_before_any_teacher_work(tmp_path) -> None:
