@@ -213,7 +213,8 @@ def next_steps(target: str, name: str, kind: str) -> list[str]:
              f"  pip install -e {target}", f"  kdcore plugins              # lists {names.ident}",
              f"  pytest {os.path.join(target, 'tests')}", f"  {run}"]
     if names.kind in ("connector", "head", "distiller"):
-        lines.append("  (the example config uses the 'kd' loss: pip install kdcore-plugin-kd)")
+        lines.append("  (the example config uses the 'kd' loss of kdcore-plugin-kd; in a kdcore "
+                     "checkout: pip install ./plugins/kdcore-plugin-kd)")
     return lines
 
 

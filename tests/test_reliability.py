@@ -469,6 +469,18 @@ def test_an_extension_killed_before_its_summary_is_not_taken_for_finished(stoppe
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 3
 
 
+def test_a_damaged_resume_checkpoint_says_how_to_go_on(tmp_path) -> None:
+    """last.pt holds the whole training state: re-saving a state_dict cannot mend it."""
+    from kdcore.engine.resume import restore
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"hello\n" * 20)
+    with pytest.raises(UserError) as info:
+        restore(str(path), None, None, None, {}, None)
+    assert "torch.save(model.state_dict()" not in str(info.value)
+    assert "start a new run (or delete checkpoints/last.pt" in str(info.value)
+
+
 def test_damaged_checkpoints_are_named(tmp_path) -> None:
     good = tmp_path / "good.pt"
     torch.save({"w": torch.arange(1000.0), "b": torch.ones(3)}, good)

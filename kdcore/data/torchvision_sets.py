@@ -245,6 +245,10 @@ def image_folder(root: str, val_root: str | None = None, image_size: int = 224,
     from torchvision import transforms
 
     root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+        raise UserError(f"image_folder: root {root} is not a folder; it must hold train/ and val/ "
+                        "(or set data.val_root), one sub-folder of images per class; kdcore never "
+                        "downloads data")
     if val_root is None:
         train_root, val_root = os.path.join(root, "train"), os.path.join(root, "val")
         if not (os.path.isdir(train_root) and os.path.isdir(val_root)):

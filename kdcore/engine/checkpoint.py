@@ -113,8 +113,12 @@ def write_json_atomic(obj: Any, path: str) -> None:
     write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
-def load_checkpoint(path: str, *, what: str = "checkpoint") -> Any:
-    """Load ``path`` with ``weights_only=True``, naming the file in every error."""
+SAVE_STATE_DICT = "re-save it with torch.save(model.state_dict(), path)"
+
+
+def load_checkpoint(path: str, *, what: str = "checkpoint", remedy: str = SAVE_STATE_DICT) -> Any:
+    """Load ``path`` with ``weights_only=True``, naming the file in every error; ``remedy`` is
+    what the error suggests for a file that is not a safe checkpoint of tensors."""
     if not os.path.exists(path):
         raise UserError(f"{what} {path} does not exist")
     if os.path.isdir(path):
@@ -131,10 +135,10 @@ def load_checkpoint(path: str, *, what: str = "checkpoint") -> Any:
                             f"(re-save it as a plain state_dict)") from None
         detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
         raise UserError(f"{what} {path} is not a checkpoint of tensors that can be loaded safely"
-                        f" ({detail.group(1).strip() if detail else _first(exc)}); re-save it "
-                        f"with torch.save(model.state_dict(), path)") from None
+                        f" ({detail.group(1).strip() if detail else _first(exc)}); {remedy}") from None
     except Exception as exc:  # damaged bytes can fail anywhere in the unpickler (KeyError, ...)
-        raise UserError(f"{what} {path} is corrupted or truncated ({_first(exc)})") from None
+        ending = "" if remedy == SAVE_STATE_DICT else f"; {remedy}"
+        raise UserError(f"{what} {path} is corrupted or truncated ({_first(exc)}){ending}") from None
 
 
 def _first(exc: BaseException) -> str:

@@ -23,6 +23,9 @@ from .loop import Position
 from .optim import restore_optimizer
 
 CHECKPOINT = os.path.join("checkpoints", "last.pt")
+#: what to do about a damaged last.pt: it holds the whole training state, which no re-save makes
+DAMAGED = ("it is damaged and cannot be resumed from; start a new run (or delete "
+           "checkpoints/last.pt and resume to train this run again from its start)")
 
 
 def metrics_rows(path: str) -> list[dict[str, Any]]:
@@ -77,7 +80,7 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
     """Load a run checkpoint into the built run; returns (position, stages_done). The teachers
     must be the ones the run started with. ``metrics.jsonl`` (rank 0 only: ``metrics_path``) is
     cut back to the rows the checkpoint covers: later ones belong to an epoch to be replayed."""
-    state = load_checkpoint(checkpoint_path, what="resume checkpoint")
+    state = load_checkpoint(checkpoint_path, what="resume checkpoint", remedy=DAMAGED)
     if not isinstance(state, dict) or state.get("format") != 1:
         raise UserError(f"resume checkpoint {checkpoint_path} is not a kdcore run checkpoint")
     for name, digest in state.get("teachers_sha256", {}).items():
@@ -186,7 +189,7 @@ def finished(run_dir: str, epochs: int) -> bool:
             summary_epochs = json.load(f).get("epochs")
     except (OSError, ValueError):
         return False
-    state = load_checkpoint(checkpoint_path, what="resume checkpoint")
+    state = load_checkpoint(checkpoint_path, what="resume checkpoint", remedy=DAMAGED)
     position = state.get("position", {}) if isinstance(state, dict) else {}
     return (summary_epochs == epochs == position.get("epoch") and position.get("step_in_epoch") == 0)
 

@@ -68,7 +68,13 @@ def new_run_dir(config: RunConfig) -> str:
     while os.path.exists(path):
         n += 1
         path = f"{base}-{n}"
-    os.makedirs(path)
+    try:
+        os.makedirs(path)
+    except (NotADirectoryError, FileExistsError, PermissionError) as exc:
+        what = {NotADirectoryError: "is a file or lies under one", FileExistsError: "is a file, not a folder",
+                PermissionError: "cannot be written to"}[type(exc)]
+        raise UserError(f"config key output_dir: {config.output_dir} {what}; pass another folder "
+                        f"(--output-dir DIR)") from None
     return path
 
 
