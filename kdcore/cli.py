@@ -212,7 +212,9 @@ def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def plugins(as_json: bool) -> None:
+@click.option("--strict", is_flag=True,
+              help="exit with code 1 when a plugin failed, is incompatible or has warnings (for CI)")
+def plugins(as_json: bool, strict: bool) -> None:
     """Installed plugins: distribution, version, kdcore range, components, load errors."""
     from .plugins import get_plugins
     from .registry import components
@@ -233,6 +235,8 @@ def plugins(as_json: bool) -> None:
                      "warnings": status.warnings, "components": by_plugin.get(status.name, {})})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
+        if strict:
+            _exit_if_troubled(rows)
         return
     for row in rows:
         extra = f"  requires kdcore {row['requires_kdcore']}" if row["requires_kdcore"] else ""
@@ -244,6 +248,15 @@ def plugins(as_json: bool) -> None:
             click.echo(f"    {'note' if row['state'] == 'disabled' else 'error'}: {row['error']}")
         for warning in row.get("warnings", []):
             click.echo(f"    warning: {warning}")
+    if strict:
+        _exit_if_troubled(rows)
+
+
+def _exit_if_troubled(rows: list[dict[str, Any]]) -> None:
+    troubled = [r["name"] for r in rows if r["state"] in ("failed", "incompatible") or r["warnings"]]
+    if troubled:
+        click.echo(f"kdcore: --strict: {len(troubled)} plugin(s) with problems: {', '.join(troubled)}", err=True)
+        sys.exit(1)
 
 
 def _version() -> str:

@@ -12,6 +12,7 @@ import difflib
 import importlib
 import os
 import sys
+import traceback
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -67,6 +68,13 @@ def _unknown_hooks(module: Any) -> list[str]:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"hook {attr!r} matches no kdcore hookspec{hint}")
     return problems
+
+
+def _origin(exc: BaseException) -> str:
+    """`` (at FILE:LINE)``: the plugin's own line that failed, below importlib's frames."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "importlib" not in f.filename and not f.filename.startswith("<")]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _declared_range(module: Any, ep: EntryPoint) -> str:
@@ -131,7 +139,7 @@ class Plugins:
         try:
             module = ep.load()
         except Exception as exc:  # a broken plugin must not take the rest down
-            status.state, status.error = "failed", f"import failed: {type(exc).__name__}: {exc}"
+            status.state, status.error = "failed", f"import failed: {type(exc).__name__}: {exc}{_origin(exc)}"
             return
         if self._incompatible(status, _declared_range(module, ep)):
             return

@@ -88,9 +88,10 @@ def test_broken_plugins_are_one_line_each_and_the_rest_works(site: Path) -> None
     by_plugin = {name: [line for line in lines if f"'{name}'" in line]
                  for name in ("fix_broken", "fix_typo", "fix_future", "fix_pinned")}
     assert all(len(found) == 1 for found in by_plugin.values()), proc.stderr
-    assert by_plugin["fix_broken"][0] == (
+    assert by_plugin["fix_broken"][0].startswith(
         "kdcore: plugin 'fix_broken' (kdcore-fixture-broken 0.0.1) failed: import failed: "
-        "ModuleNotFoundError: No module named 'kdcore_fixture_missing_dependency'")
+        "ModuleNotFoundError: No module named 'kdcore_fixture_missing_dependency' (at ")
+    assert by_plugin["fix_broken"][0].endswith(os.path.join("kdfix_broken", "plugin.py") + ":3)")
     assert "Traceback" not in proc.stderr
 
 
@@ -242,6 +243,16 @@ def test_a_hook_returning_the_wrong_type_is_a_warning_and_the_rest_works(returns
     assert listing.exit_code == 0, listing.output
     assert f"warning: {says}" in listing.stdout
     assert losses.exit_code == 0 and "kdcore:linear" not in losses.stdout  # loss list, no crash
+
+
+def test_plugins_strict_fails_ci_on_any_problem() -> None:
+    with using_plugins(isolated_plugins(wrong=_hook_module("wrong_plugin", 42))):
+        strict = CliRunner().invoke(main, ["plugins", "--strict"])
+        as_json = CliRunner().invoke(main, ["plugins", "--json", "--strict"])
+    assert strict.exit_code == 1 and as_json.exit_code == 1
+    assert "kdcore: --strict: 1 plugin(s) with problems: wrong" in strict.stderr
+    with using_plugins(isolated_plugins()):
+        assert CliRunner().invoke(main, ["plugins", "--strict"]).exit_code == 0
 
 
 def test_hooks_are_called_once_per_plugin_set() -> None:
