@@ -159,12 +159,17 @@ def preset(names: Names) -> str:
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
 
 
+# what pip install -e and pytest leave in the project folder
+GITIGNORE = "__pycache__/\n*.egg-info/\n.pytest_cache/\nbuild/\ndist/\n"
+
+
 def plan(names: Names) -> dict[str, str]:
     """``{relative path: text}`` of every file of the new plugin."""
     p = names.package
     return {
         "pyproject.toml": render(PYPROJECT, names),
         "README.md": render(README + README_KIND[names.kind], names),
+        ".gitignore": GITIGNORE,
         f"{p}/__init__.py": render(INIT, names),
         f"{p}/plugin.py": render(PLUGIN_ALGORITHM if names.kind == "algorithm" else PLUGIN, names),
         f"{p}/{names.module}.py": render(COMPONENTS[names.kind], names),

@@ -77,6 +77,7 @@ def test_generated_package_layout(generated: dict[str, Path], kind: str) -> None
     assert project["name"] == f"kdcore-plugin-{name_for(kind)}"
     assert project["dependencies"] == ["kdcore>=0.1,<0.2"]
     assert project["entry-points"]["kdcore"] == {ident: f"{package}.plugin"}
+    assert "*.egg-info/" in (folder / ".gitignore").read_text().splitlines()
     plugin_src = (folder / package / "plugin.py").read_text()
     tree = ast.parse(plugin_src)
     hooks = [f for f in tree.body if isinstance(f, ast.FunctionDef)
