@@ -167,26 +167,36 @@ def block_keys(cls: type) -> list[str]:
 # --- reading YAML --------------------------------------------------------------------------
 
 class ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with two things a config needs: numbers such as ``1e-3`` are numbers
-    (YAML 1.2; PyYAML's 1.1 rules read them as text without a dot), and a key written twice in
-    one mapping is an error (PyYAML keeps the last one and drops the first silently)."""
+    """PyYAML's safe loader with two things a config needs: numbers with an exponent and no dot
+    (``1e-3``) are numbers, as in YAML 1.2 (PyYAML's 1.1 rules read them as text; its other
+    1.1 rules, ``1_000`` or ``0777``, are kept), and a key written twice in one mapping is an
+    error (PyYAML keeps the last one and drops the first silently)."""
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            first: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                if key_node.value in first:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key_node.value!r} appears twice (first at line "
-                        f"{first[key_node.value] + 1}); merge the two into one", key_node.start_mark)
-                first[key_node.value] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        # checked as written, before merge keys (<<) are flattened into the node
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, Any], int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in first:
+                raise yaml.composer.ComposerError(
+                    None, None, f"key {key_node.value!r} appears twice (first at line "
+                    f"{first[key] + 1}); merge the two into one", key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        return node
 
 
-ConfigLoader.add_implicit_resolver(  # 1e-3, -2E5, 1.5e+3: floats with an exponent and no dot
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+class ConfigDumper(yaml.SafeDumper):
+    """Writes text that :class:`ConfigLoader` would read as a number (``name: '2e5'``) quoted, so
+    a saved ``config.yaml`` reads back as it was."""
+
+
+# 1e-3, -2E5: floats with an exponent and no dot
+EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+for _cls in (ConfigLoader, ConfigDumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
 
 
 def load_yaml(text: Any) -> Any:
@@ -453,10 +463,10 @@ def check(config: RunConfig) -> None:
     for key, optimizer in optimizers.items():
         if optimizer.lr <= 0:
             raise UserError(f"config key {key}.lr: must be > 0, got {optimizer.lr}")
-        if not 0 <= optimizer.momentum < 1:  # at 1 or more the updates grow without bound
+        if optimizer.type == "sgd" and not 0 <= optimizer.momentum < 1:  # >= 1: updates grow without bound
             raise UserError(f"config key {key}.momentum: must be in [0, 1), got {optimizer.momentum}")
     for i, teacher in enumerate(config.teachers):
-        if teacher.checkpoint is None and teacher.train.epochs == 0:
+        if not teacher.checkpoint and teacher.train.epochs == 0:
             raise UserError(f"config key teachers[{i}].train.epochs: must be at least 1 when "
                             f"teachers[{i}].checkpoint is null (the teacher is trained first; an "
                             f"untrained one would be cached and taught from)")
@@ -472,4 +482,4 @@ def check(config: RunConfig) -> None:
 
 
 def dump_yaml(config: RunConfig) -> str:
-    return yaml.safe_dump(unstructure(config), sort_keys=False)
+    return yaml.dump(unstructure(config), Dumper=ConfigDumper, sort_keys=False)

@@ -129,6 +129,20 @@ def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path) -> None:
     merged = tmp_path / "merge.yaml"  # a YAML merge key may be overridden: not a duplicate
     merged.write_text("base: &b {epochs: 1, progress: false}\ntrainer: {<<: *b, epochs: 2}\n")
     assert read_yaml(str(merged))["trainer"] == {"epochs": 2, "progress": False}
+    nested = tmp_path / "nested.yaml"  # an anchored mapping that merges, merged again later
+    nested.write_text("base: &sgd {type: sgd, lr: 0.1}\n"
+                      "teachers: [{type: cnn_teacher, train: {optimizer: &slow {<<: *sgd, lr: 0.05}}}]\n"
+                      "optimizer: {<<: *slow, weight_decay: 0.0}\n")
+    assert read_yaml(str(nested))["optimizer"] == {"type": "sgd", "lr": 0.05, "weight_decay": 0.0}
+
+
+def test_saved_config_reads_back_as_it_was() -> None:
+    """Text that now reads as a number (a run named 2e5) is written quoted, so --resume works."""
+    from kdcore.config import load_yaml
+
+    config = load_config({"name": "2e5", "optimizer": {"lr": 1e-4}}, [])
+    again = load_config(load_yaml(dump_yaml(config)), [])
+    assert (again.name, again.optimizer.lr) == ("2e5", 1e-4)
 
 
 def test_defaults_without_any_keys() -> None:
