@@ -1,4 +1,4 @@
-"""The ``kdcore`` command line: run, plugins, list, inspect.
+"""The ``kdcore`` command line: run, plugins, list, inspect, new-plugin.
 
 Mistakes a user can fix exit with code 2 and one line on stderr, never a traceback. Plugins are
 loaded when a command needs them, so ``kdcore --help`` and ``kdcore plugins`` work whatever a
@@ -69,9 +69,10 @@ def _config_key(option: str) -> str | None:
 def _usage_error(exc: click.UsageError) -> str:
     """click's usage errors as kdcore's one line, with the config key a missing option means."""
     message = exc.format_message().rstrip(".")
-    if isinstance(exc, click.NoSuchOption):
+    takes_set = exc.ctx is not None and any(p.name == "overrides" for p in exc.ctx.command.params)
+    if isinstance(exc, click.NoSuchOption) and not exc.possibilities and takes_set:
         key = _config_key(exc.option_name)
-        if key is not None:  # click's did-you-mean would offer an unrelated option here
+        if key is not None:
             message = f"no option {exc.option_name!r}; it is the config key {key}: --set {key}=VALUE"
     where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
     return f"{message}{where}"
@@ -84,6 +85,9 @@ class KdcoreGroup(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `kdcore`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             _fail(_usage_error(exc), exc.exit_code)
         except click.ClickException as exc:
@@ -253,7 +257,10 @@ def plugins(as_json: bool, strict: bool) -> None:
 
 
 def _exit_if_troubled(rows: list[dict[str, Any]]) -> None:
+    from .plugins import get_plugins
+
     troubled = [r["name"] for r in rows if r["state"] in ("failed", "incompatible") or r["warnings"]]
+    troubled += [f"KDCORE_PLUGINS ({note.split(': ', 1)[1]})" for note in get_plugins().unmatched_selection()]
     if troubled:
         click.echo(f"kdcore: --strict: {len(troubled)} plugin(s) with problems: {', '.join(troubled)}", err=True)
         sys.exit(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import re
 import sys
 import traceback
 from importlib.metadata import EntryPoint, entry_points
@@ -71,7 +72,8 @@ def _unknown_hooks(module: Any) -> list[str]:
 
 
 def _origin(exc: BaseException) -> str:
-    """`` (at FILE:LINE)``: the plugin's own line that failed, below importlib's frames."""
+    """`` (at FILE:LINE)``: the innermost line that failed outside importlib (the plugin's own,
+    or a module it imports)."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if "importlib" not in f.filename and not f.filename.startswith("<")]
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
@@ -85,7 +87,7 @@ def _declared_range(module: Any, ep: EntryPoint) -> str:
         return declared
     dist = ep.dist
     for req in (dist.requires or []) if dist else []:
-        name = req.split(";")[0].strip()
+        name = re.sub(r"\[[^\]]*\]", "", req.split(";")[0]).strip()  # kdcore[extra]>=0.1: no extras
         if name.lower().startswith("kdcore") and not name.lower().startswith("kdcore-"):
             return name[len("kdcore"):].strip().strip("()") or ""
     return ""
@@ -106,8 +108,9 @@ class Plugins:
     def __init__(self, *, load_entry_points: bool = True) -> None:
         self.pm = _new_manager()
         self.status: dict[str, PluginStatus] = {}
-        #: each kind's registered components, collected on first use (``registry.components``)
-        self.found: dict[str, list[Any]] = {}
+        #: each kind's (hook implementations, registered components), collected on first use
+        #: and again when the implementations change (``registry.components``)
+        self.found: dict[str, tuple[tuple[Any, ...], list[Any]]] = {}
         #: whether warnings are printed as they are found (the process-wide set: ``get_plugins``)
         self.echo = False
         for module_name in BUILTIN_MODULES:
@@ -174,6 +177,8 @@ class Plugins:
         """Record a problem of plugin ``name`` that skips part of it, not all of it."""
         status = self.status.get(name)
         if status is not None:
+            if message in status.warnings:  # the same hook collected again: said already
+                return
             status.warnings.append(message)
         if self.echo:
             where = f" ({' '.join(filter(None, (status.distribution, status.version)))})" if status else ""
@@ -199,12 +204,10 @@ class Plugins:
         """Register an in-process plugin (tests, notebooks)."""
         self.pm.register(module, name=name)
         self.status[name] = PluginStatus(name, "<in-process>", "")
-        self.found.clear()
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self.status.pop(name, None)
-        self.found.clear()
 
     def plugin_name(self, plugin_obj: Any) -> str:
         name = self.pm.get_name(plugin_obj) or "?"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import types
+import typing
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -52,10 +54,11 @@ def components(kind: str, plugins: Plugins | None = None) -> list[Registered]:
     that plugin, and the other plugins' components are still found."""
     _check_kind(kind)
     plugins = plugins or get_plugins()
-    found = plugins.found.get(kind)
-    if found is None:
-        found = plugins.found[kind] = _collect(kind, plugins)
-    return list(found)
+    impls = tuple(getattr(plugins.pm.hook, _HOOK[kind]).get_hookimpls())
+    cached = plugins.found.get(kind)
+    if cached is None or cached[0] != impls:  # first use, or plugins (un)registered since
+        cached = plugins.found[kind] = (impls, _collect(kind, plugins))
+    return list(cached[1])
 
 
 def _collect(kind: str, plugins: Plugins) -> list[Registered]:
@@ -143,24 +146,26 @@ def _signature(factory: Any) -> tuple[set[str], bool, set[str]]:
 
 
 def _check_scalar(factory: Any, key: str, value: Any, where: str) -> None:
-    """Text given for a parameter that takes a number or a flag (its default is one, and its
-    annotation allows no text) is refused here, by name: the factory would fail with a Python
-    error such as "'<=' not supported between 'str' and 'int'"."""
+    """Text given for a parameter annotated as a number or a flag only (``float``, ``int``,
+    ``bool``, with a default of that kind) is refused here, by name: the factory would fail with
+    a Python error such as "'<=' not supported between 'str' and 'int'"."""
     if not isinstance(value, str):
         return
     try:
         param = inspect.signature(factory).parameters.get(key)
-    except (TypeError, ValueError):
+        target = factory.__init__ if inspect.isclass(factory) else factory
+        annotation = typing.get_type_hints(target).get(key)
+    except Exception:  # unresolvable annotations: leave the value to the factory
         return
-    if param is None or not isinstance(param.default, (bool, int, float)):
+    if param is None or not isinstance(param.default, (bool, int, float)) or annotation is None:
         return
-    annotation = param.annotation if isinstance(param.annotation, str) else getattr(
-        param.annotation, "__name__", str(param.annotation))
-    if param.annotation is not param.empty and ("str" in annotation or "Any" in annotation):
-        return
-    expected = ("true or false" if isinstance(param.default, bool) else
-                "an integer" if isinstance(param.default, int) else "a number")
-    raise UserError(f"config key {where}.{key}: expected {expected}, got {value!r}")
+    allowed = set(typing.get_args(annotation)) if typing.get_origin(annotation) in (
+        typing.Union, types.UnionType) else {annotation}
+    if not allowed <= {bool, int, float, type(None)}:
+        return  # str, Any, Literal["auto"], ...: text may be meant
+    expected = ("true or false" if allowed - {type(None)} == {bool} else
+                "an integer" if allowed - {type(None)} == {int} else "a number")
+    raise UserError(f"{where}.{key}: expected {expected}, got {value!r}")
 
 
 def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], *,
@@ -197,8 +202,9 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
         return factory(**kwargs)
     except UserError as exc:
         message = str(exc)
-        if message.startswith(re.split(r"[.\[ ]", where, maxsplit=1)[0]):
-            raise  # already says where (algorithm.exits[0]: ...)
+        first = re.split(r"[.\[ ]", where, maxsplit=1)[0]
+        if message.startswith("config key ") or re.match(rf"{re.escape(first)}(\b|[.\[:])", message):
+            raise  # already says where (algorithm.exits[0]: ..., config key ...)
         raise UserError(f"{where}: {message}") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"{where}: {exc}") from exc

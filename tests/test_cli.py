@@ -87,7 +87,7 @@ def test_vanilla_has_no_teacher(tmp_path, tiny) -> None:
     (["run", "--set", "optimizer.momentum=2"], "optimizer.momentum: must be in [0, 1), got 2.0"),
     (["run", "--set", "teachers.0.train.epochs=0"], "teachers[0].train.epochs: must be at least 1 when teachers[0].checkpoint is null"),
     (["run", "--set", "teachers.0.distill.0.head.losses.0.temperature=abc"],
-     "config key teachers[0].distill[0].head.losses[0].temperature: expected a number, got 'abc'"),
+     "kdcore: error: teachers[0].distill[0].head.losses[0].temperature: expected a number, got 'abc'"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, args, expected) -> None:
     result = CliRunner().invoke(main, args + (["--output-dir", str(tmp_path)] if args[0] == "run" else []))
@@ -104,6 +104,25 @@ def test_usage_errors_are_one_line_too() -> None:
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "kdcore: error: No such option '--bogus' (see 'kdcore run --help')"]
+
+
+def test_click_keeps_its_own_suggestions_and_bare_kdcore_shows_help() -> None:
+    result = CliRunner().invoke(main, ["run", "--output_dir", "x"])
+    assert "Did you mean '--output-dir'?" in result.output  # not "it is the config key output_dir"
+    listing = CliRunner().invoke(main, ["list", "--epochs", "3"])  # list takes no --set
+    assert "--set" not in listing.output
+    bare = CliRunner().invoke(main, [])
+    assert bare.output.startswith("Usage: kdcore [OPTIONS] COMMAND") and "kdcore: error" not in bare.output
+
+
+def test_a_run_dir_taken_meanwhile_gets_the_next_suffix(tmp_path, monkeypatch) -> None:
+    from kdcore.config import load_config
+    from kdcore.engine import run as run_module
+
+    config = load_config({"output_dir": str(tmp_path), "name": "x"}, [])
+    monkeypatch.setattr(run_module.time, "strftime", lambda _: "stamp")
+    (tmp_path / "x-stamp").symlink_to(tmp_path / "nowhere")  # exists() is False, makedirs fails
+    assert run_module.new_run_dir(config) == str(tmp_path / "x-stamp-2")
 
 
 def test_output_dir_that_is_a_file_is_a_user_error(tmp_path, tiny) -> None:

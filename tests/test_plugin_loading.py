@@ -17,6 +17,7 @@ import subprocess
 import sys
 import unittest
 from pathlib import Path
+from typing import Any, Literal, Optional, Union
 
 import pytest
 from click.testing import CliRunner
@@ -242,7 +243,7 @@ def test_a_hook_returning_the_wrong_type_is_a_warning_and_the_rest_works(returns
         losses = CliRunner().invoke(main, ["list", "loss"])
     assert listing.exit_code == 0, listing.output
     assert f"warning: {says}" in listing.stdout
-    assert losses.exit_code == 0 and "kdcore:linear" not in losses.stdout  # loss list, no crash
+    assert losses.exit_code == 0 and losses.stdout == ""  # no losses from it, and no crash
 
 
 def test_plugins_strict_fails_ci_on_any_problem() -> None:
@@ -263,6 +264,18 @@ def test_hooks_are_called_once_per_plugin_set() -> None:
     for _ in range(3):
         components("loss", loaded)
     assert len(calls) == 1
+
+
+def test_components_follow_registration_and_warnings_do_not_repeat() -> None:
+    loaded = isolated_plugins(wrong=_hook_module("wrong_plugin", 42))
+    components("loss", loaded)
+    loaded.register(_hook_module("good_plugin", [kdcore.Component("fresh", lambda: None, "new")]), "good")
+    assert [r.id for r in components("loss", loaded)] == ["good:fresh"]
+    loaded.pm.register(_hook_module("direct", [kdcore.Component("direct", lambda: None, "x")]), name="direct")
+    assert [r.id for r in components("loss", loaded)] == ["direct:direct", "good:fresh"]
+    loaded.unregister("good")
+    assert [r.id for r in components("loss", loaded)] == ["direct:direct"]
+    assert len(loaded.status["wrong"].warnings) == 1
 
 
 def test_warnings_are_printed_once_as_found_by_the_process_wide_set(capsys) -> None:
@@ -327,6 +340,25 @@ def test_a_broken_factory_is_one_line_naming_the_plugin() -> None:
     assert "plugin 'lazy' is broken" in str(err.value)
     with pytest.raises(kdcore.UserError, match="loss 'lazy:number' built a float, not a torch.nn.Module"):
         kdcore.build("loss", "number", plugins=loaded)
+
+
+def _loose(a: Union[float, str] = 1.0, b: Optional[Union[int, str]] = 1,
+           c: float | Literal["auto"] = 1.0, d=0, e: Any = 1.0) -> None:
+    """Numeric defaults whose annotations allow text (or say nothing)."""
+
+
+def _strict(t: float = 4.0, n: Optional[int] = 1, flag: bool = False) -> None:
+    """Numeric defaults whose annotations allow no text."""
+
+
+def test_text_is_refused_only_where_the_annotation_allows_no_text() -> None:
+    from kdcore.registry import _check_scalar
+
+    for key in "abcde":
+        _check_scalar(_loose, key, "auto", "w")  # accepted: the factory decides
+    for key, expected in (("t", "a number"), ("n", "an integer"), ("flag", "true or false")):
+        with pytest.raises(kdcore.UserError, match=rf"^w\.{key}: expected {expected}, got 'x'$"):
+            _check_scalar(_strict, key, "x", "w")
 
 
 def test_a_factory_user_error_gets_the_config_path() -> None:
