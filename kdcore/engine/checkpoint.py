@@ -18,7 +18,7 @@ import socket
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -78,13 +78,15 @@ def exclusive(path: str, log: Callable[[str], None] | None = None) -> Iterator[N
                 lock.flush()
 
 
-def save_atomic(obj: Any, path: str) -> None:
+def _write_atomic(path: str, write: Callable[[BinaryIO], None], suffix: str) -> None:
+    """``write`` into a temporary file next to ``path``, fsync it, rename it over ``path`` and
+    fsync the folder: a kill at any moment leaves the old file or the new one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = temp_file(folder, suffix=".pt")  # the umask's mode, not mkstemp's 0600
+    fd, tmp = temp_file(folder, suffix=suffix)  # the umask's mode, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -99,31 +101,30 @@ def save_atomic(obj: Any, path: str) -> None:
         os.close(dir_fd)
 
 
+def save_atomic(obj: Any, path: str) -> None:
+    """A checkpoint (``torch.save``), written atomically (temporary ``.tmp-*.pt``)."""
+    _write_atomic(path, lambda f: torch.save(obj, f), ".pt")
+
+
 def write_text_atomic(text: str, path: str) -> None:
-    """Text files (config.yaml, summary.json) the same way: a kill leaves the old file or the new."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Text files (config.yaml, summary.json) the same way (temporary ``.tmp-*.tmp``)."""
+    _write_atomic(path, lambda f: f.write(text.encode("utf-8")), ".tmp")
 
 
 def write_json_atomic(obj: Any, path: str) -> None:
     write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
-SAVE_STATE_DICT = "re-save it with torch.save(model.state_dict(), path)"
-
-
-def load_checkpoint(path: str, *, what: str = "checkpoint", remedy: str = SAVE_STATE_DICT) -> Any:
+def load_checkpoint(path: str, *, what: str = "checkpoint", remedy: str | None = None) -> Any:
     """Load ``path`` with ``weights_only=True``, naming the file in every error; ``remedy`` is
-    what the error suggests for a file that is not a safe checkpoint of tensors."""
+    what every error about the file's contents suggests (default: re-save the weights, which
+    fits a file of weights, not a training state)."""
     if not os.path.exists(path):
         raise UserError(f"{what} {path} does not exist")
     if os.path.isdir(path):
         raise UserError(f"{what} {path} is a directory, expected a .pt file")
-    _check_crc(path, what)
+    ending = f"; {remedy}" if remedy else ""
+    _check_crc(path, what, ending)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -132,12 +133,12 @@ def load_checkpoint(path: str, *, what: str = "checkpoint", remedy: str = SAVE_S
         if blocked:
             raise UserError(f"{what} {path} contains Python objects that would run code when "
                             f"loaded ({blocked.group(1) or blocked.group(2)}); kdcore refuses it "
-                            f"(re-save it as a plain state_dict)") from None
+                            f"({remedy or 're-save it as a plain state_dict'})") from None
         detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
         raise UserError(f"{what} {path} is not a checkpoint of tensors that can be loaded safely"
-                        f" ({detail.group(1).strip() if detail else _first(exc)}); {remedy}") from None
+                        f" ({detail.group(1).strip() if detail else _first(exc)}); "
+                        f"{remedy or 're-save it with torch.save(model.state_dict(), path)'}") from None
     except Exception as exc:  # damaged bytes can fail anywhere in the unpickler (KeyError, ...)
-        ending = "" if remedy == SAVE_STATE_DICT else f"; {remedy}"
         raise UserError(f"{what} {path} is corrupted or truncated ({_first(exc)}){ending}") from None
 
 
@@ -147,7 +148,7 @@ def _first(exc: BaseException) -> str:
     return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
 
 
-def _check_crc(path: str, what: str) -> None:
+def _check_crc(path: str, what: str, ending: str = "") -> None:
     """torch.load does not check the CRC32 each zip member carries: a flipped bit in tensor
     data would load as silently wrong weights. Read every member once and compare."""
     try:
@@ -156,9 +157,9 @@ def _check_crc(path: str, what: str) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
-        raise UserError(f"{what} {path} is corrupted or truncated ({_first(exc)})") from None
+        raise UserError(f"{what} {path} is corrupted or truncated ({_first(exc)}){ending}") from None
     if bad is not None:
-        raise UserError(f"{what} {path} is corrupted: {bad} fails its CRC check")
+        raise UserError(f"{what} {path} is corrupted: {bad} fails its CRC check{ending}")
 
 
 def state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:

@@ -24,8 +24,7 @@ from .optim import restore_optimizer
 
 CHECKPOINT = os.path.join("checkpoints", "last.pt")
 #: what to do about a damaged last.pt: it holds the whole training state, which no re-save makes
-DAMAGED = ("it is damaged and cannot be resumed from; start a new run (or delete "
-           "checkpoints/last.pt and resume to train this run again from its start)")
+DAMAGED = "this run cannot be resumed from it; start a new run"
 
 
 def metrics_rows(path: str) -> list[dict[str, Any]]:

@@ -65,17 +65,17 @@ def new_run_dir(config: RunConfig) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = os.path.join(config.output_dir, f"{config.name or config.algorithm.type}-{stamp}")
     path, n = base, 1
-    while os.path.exists(path):
-        n += 1
-        path = f"{base}-{n}"
-    try:
-        os.makedirs(path)
-    except (NotADirectoryError, FileExistsError, PermissionError) as exc:
-        what = {NotADirectoryError: "is a file or lies under one", FileExistsError: "is a file, not a folder",
-                PermissionError: "cannot be written to"}[type(exc)]
-        raise UserError(f"config key output_dir: {config.output_dir} {what}; pass another folder "
-                        f"(--output-dir DIR)") from None
-    return path
+    while True:
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:  # taken (another run started this second): the next suffix
+            n += 1
+            path = f"{base}-{n}"
+        except (NotADirectoryError, PermissionError) as exc:
+            what = "is a file or lies under one" if isinstance(exc, NotADirectoryError) else "cannot be written to"
+            raise UserError(f"config key output_dir: {config.output_dir} {what}; pass another "
+                            f"folder (--output-dir DIR)") from None
 
 
 def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = None) -> None:
@@ -138,8 +138,8 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
     """Train as configured; returns the run directory ("" on ranks other than 0 under torchrun).
 
     A config mistake found before the student's training (a wrong path, a missing checkpoint, a
-    teacher below ``expect_top1``) leaves no run directory behind: the one this call created holds
-    only its ``config.yaml`` then."""
+    teacher below ``expect_top1``) leaves no run directory behind: the one this call created is
+    removed."""
     created: list[str] = []
     try:
         return _run(config, resume_dir, log, created)
