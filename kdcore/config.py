@@ -384,6 +384,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set trainer.epochs=3")
     try:
         value = load_yaml(raw) if raw.strip() else None
+    except yaml.composer.ComposerError as exc:  # {a: 1, a: 2}: a key written twice
+        raise UserError(f"--set {text!r}: {exc.problem}") from None
     except Exception:  # not YAML, or a value PyYAML's constructors refuse (2001-02-30): text
         value = raw
     return key.split("."), value

@@ -136,6 +136,11 @@ def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path) -> None:
     assert read_yaml(str(nested))["optimizer"] == {"type": "sgd", "lr": 0.05, "weight_decay": 0.0}
 
 
+def test_a_key_written_twice_in_a_set_value_is_named() -> None:
+    with pytest.raises(UserError, match=r"^--set 'trainer=\{epochs: 1, epochs: 2\}': key 'epochs' appears twice"):
+        load_config({}, ["trainer={epochs: 1, epochs: 2}"])
+
+
 def test_saved_config_reads_back_as_it_was() -> None:
     """Text that now reads as a number (a run named 2e5) is written quoted, so --resume works."""
     from kdcore.config import load_yaml
