@@ -250,6 +250,8 @@ def test_image_folder_errors_name_the_path(tmp_path):
         kdcore.build("dataset", "image_folder", root=str(missing), val_root=str(tmp_path))
     with pytest.raises(kdcore.UserError, match="val_root"):
         kdcore.build("dataset", "image_folder", root=str(tmp_path))
+    with pytest.raises(kdcore.UserError, match=rf"^data: image_folder: root {re.escape(str(missing))} is not a folder"):
+        kdcore.build("dataset", "image_folder", root=str(missing), where="data")  # not "val_root is not set"
     _png_tree(tmp_path / "a", ["cat", "dog"])
     _png_tree(tmp_path / "b", ["cat", "emu"])
     with pytest.raises(kdcore.UserError, match="emu"):
