@@ -220,7 +220,7 @@ def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
               help="exit with code 1 when a plugin failed, is incompatible or has warnings (for CI)")
 def plugins(as_json: bool, strict: bool) -> None:
     """Installed plugins: distribution, version, kdcore range, components, load errors."""
-    from .plugins import get_plugins
+    from .plugins import get_plugins, origin
     from .registry import components
     from .specs import KINDS
 
@@ -240,12 +240,11 @@ def plugins(as_json: bool, strict: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         if strict:
-            _exit_if_troubled(rows)
+            _exit_if_troubled(loaded)
         return
     for row in rows:
         extra = f"  requires kdcore {row['requires_kdcore']}" if row["requires_kdcore"] else ""
-        origin = " ".join(filter(None, (row["distribution"], row["version"])))
-        click.echo(f"{row['name']}  ({origin})  {row['state']}{extra}")
+        click.echo(f"{row['name']}  ({origin(row['distribution'], row['version'])})  {row['state']}{extra}")
         for kind, names in row["components"].items():
             click.echo(f"    {kind}: {', '.join(names)}")
         if row["error"]:
@@ -253,14 +252,13 @@ def plugins(as_json: bool, strict: bool) -> None:
         for warning in row.get("warnings", []):
             click.echo(f"    warning: {warning}")
     if strict:
-        _exit_if_troubled(rows)
+        _exit_if_troubled(loaded)
 
 
-def _exit_if_troubled(rows: list[dict[str, Any]]) -> None:
-    from .plugins import get_plugins
-
-    troubled = [r["name"] for r in rows if r["state"] in ("failed", "incompatible") or r["warnings"]]
-    troubled += [f"KDCORE_PLUGINS ({note.split(': ', 1)[1]})" for note in get_plugins().unmatched_selection()]
+def _exit_if_troubled(loaded: Any) -> None:
+    troubled = loaded.troubled()
+    if loaded.unmatched_selection():  # each already said on stderr when the set was built
+        troubled.append("KDCORE_PLUGINS")
     if troubled:
         click.echo(f"kdcore: --strict: {len(troubled)} plugin(s) with problems: {', '.join(troubled)}", err=True)
         sys.exit(1)

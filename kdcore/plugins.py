@@ -34,6 +34,11 @@ BUILTIN_MODULES = (
 )
 
 
+def origin(distribution: str, version: str) -> str:
+    """``distribution version`` as plugin lines show it (an in-process plugin has no version)."""
+    return " ".join(filter(None, (distribution, version)))
+
+
 @attrs.define
 class PluginStatus:
     """What happened to one plugin. ``state`` is ``ok``, ``failed``, ``incompatible`` or
@@ -47,9 +52,12 @@ class PluginStatus:
     requires_kdcore: str = ""
     warnings: list[str] = attrs.field(factory=list)
 
+    @property
+    def origin(self) -> str:
+        return origin(self.distribution, self.version)
+
     def line(self) -> str:
-        return (f"kdcore: plugin {self.name!r} ({self.distribution} {self.version}) "
-                f"{self.state}: {self.error}")
+        return f"kdcore: plugin {self.name!r} ({self.origin}) {self.state}: {self.error}"
 
 
 def _new_manager() -> pluggy.PluginManager:
@@ -93,11 +101,16 @@ def _declared_range(module: Any, ep: EntryPoint) -> str:
     return ""
 
 
-def _selected(ep: EntryPoint) -> bool:
+def _selection() -> set[str] | None:
+    """The names in ``KDCORE_PLUGINS`` (``None`` when it is not set: every plugin loads)."""
     wanted = os.environ.get("KDCORE_PLUGINS")
-    if wanted is None:
+    return None if wanted is None else {w.strip() for w in wanted.split(",") if w.strip()}
+
+
+def _selected(ep: EntryPoint) -> bool:
+    names = _selection()
+    if names is None:
         return True
-    names = {w.strip() for w in wanted.split(",") if w.strip()}
     dist = ep.dist.metadata["Name"] if ep.dist else ""
     return ep.name in names or dist in names
 
@@ -181,17 +194,14 @@ class Plugins:
                 return
             status.warnings.append(message)
         if self.echo:
-            where = f" ({' '.join(filter(None, (status.distribution, status.version)))})" if status else ""
+            where = f" ({status.origin})" if status is not None else ""
             print(f"kdcore: plugin {name!r}{where} warning: {message}", file=sys.stderr)
 
     def unmatched_selection(self) -> list[str]:
         """Names in ``KDCORE_PLUGINS`` that match no installed plugin, each with a did-you-mean."""
-        wanted = os.environ.get("KDCORE_PLUGINS")
-        if not wanted:
-            return []
         known = {s.name for s in self.status.values()} | {s.distribution for s in self.status.values()}
         notes = []
-        for name in sorted({w.strip() for w in wanted.split(",") if w.strip()} - known):
+        for name in sorted((_selection() or set()) - known):
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             notes.append(f"kdcore: KDCORE_PLUGINS names {name!r}, which matches no installed plugin{hint}")
@@ -199,6 +209,10 @@ class Plugins:
 
     def failures(self) -> list[PluginStatus]:
         return [s for s in self.status.values() if s.state in ("failed", "incompatible")]
+
+    def troubled(self) -> list[str]:
+        """Plugins that failed to load, or loaded with warnings (components skipped)."""
+        return [s.name for s in self.status.values() if s.state in ("failed", "incompatible") or s.warnings]
 
     def register(self, module: Any, name: str) -> None:
         """Register an in-process plugin (tests, notebooks)."""

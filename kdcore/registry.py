@@ -117,9 +117,9 @@ def _why_missing(kind: str, name: str, plugins: Plugins) -> str:
                     f"KDCORE_PLUGINS={os.environ.get('KDCORE_PLUGINS', '')!r} leaves out")
         if status.state != "ok":
             return f"; it comes from plugin {status.name!r} ({dist}), which did not load: {status.error}"
-    troubled = [s.name for s in plugins.failures()] + [s.name for s in plugins.status.values() if s.warnings]
+    troubled = plugins.troubled()
     if troubled:
-        return "; note: plugins failed to load or skipped components: " + ", ".join(dict.fromkeys(troubled))
+        return "; note: plugins failed to load or skipped components: " + ", ".join(troubled)
     disabled = [s.name for s in plugins.status.values() if s.state == "disabled"]
     if disabled:
         return "; note: KDCORE_PLUGINS leaves out " + ", ".join(disabled)

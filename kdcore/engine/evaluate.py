@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 from torch import nn
 
 from .batches import eval_batches
-
-
-def frozen_pass(model: nn.Module) -> contextlib.AbstractContextManager:
-    """The autograd mode for a frozen teacher's pass whose outputs never meet autograd:
-    ``inference_mode``, cheaper than ``no_grad``; but ``no_grad`` for a compiled teacher
-    (``trainer.compile``), whose graph compiled for the step's ``no_grad`` would be compiled
-    again for inference tensors."""
-    compiled = getattr(model, "_compiled_call_impl", None) is not None
-    return torch.no_grad() if compiled else torch.inference_mode()
+from .frozen import frozen_pass
 
 
 def evaluate(model: nn.Module, data: Any, task: Any, *, batch_size: int,

@@ -13,12 +13,26 @@ inference-only rewrites are safe:
   address the same values. A pair is left alone when either module carries a hook (a tap on
   either, or a plugin's), or when the teacher has trainable parameters. Run it after the taps
   are installed; the teacher's checkpoint and checksum are those of the unfolded weights.
+
+And the autograd mode of a frozen teacher's pass whose outputs never meet autograd
+(:func:`frozen_pass`).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+
+
+def frozen_pass(model: nn.Module) -> contextlib.AbstractContextManager:
+    """The autograd mode for a frozen teacher's pass whose outputs never meet autograd:
+    ``inference_mode``, cheaper than ``no_grad``; but ``no_grad`` for a compiled teacher
+    (``trainer.compile``), whose graph compiled for the step's ``no_grad`` would be compiled
+    again for inference tensors."""
+    compiled = getattr(model, "_compiled_call_impl", None) is not None
+    return torch.no_grad() if compiled else torch.inference_mode()
 
 
 def teacher_memory_format(setting: str, device: torch.device, channels_last: bool) -> torch.memory_format:

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..files import cache_dir, temp_folder
 from . import distributed
 from .checkpoint import exclusive
-from .evaluate import frozen_pass
+from .frozen import frozen_pass
 from .teachers import weights_checksum
 
 VERSION = 1
