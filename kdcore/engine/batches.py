@@ -82,17 +82,17 @@ class TrainBatches:
         if self.in_memory:
             order = order.to(self.device)
             for i, chunk in enumerate(order.split(step), start=start_step):
-                inputs = self.data.inputs[chunk]
+                inputs, targets = self.data.inputs[chunk], self.data.targets[chunk]
                 if self.augment is not None:
-                    inputs = self.augment(inputs, self.seed, epoch, i, (self.rank, self.world))
-                yield Batch(self._format(inputs), self.data.targets[chunk], chunk)
+                    inputs, targets = self.augment(inputs, targets, self.seed, epoch, i, (self.rank, self.world))
+                yield Batch(self._format(inputs), targets, chunk)
             return
         loader = DataLoader(_WithIndex(self.data), batch_size=step,
                             sampler=_OrderSampler(order), num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda")
         for i, (inputs, targets, indices) in enumerate(loader, start=start_step):
             if self.augment is not None:
-                inputs = self.augment(inputs, self.seed, epoch, i, (self.rank, self.world))
+                inputs, targets = self.augment(inputs, targets, self.seed, epoch, i, (self.rank, self.world))
             yield Batch(self._format(inputs), targets, indices).to(self.device)
 
     def _format(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,15 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -133,6 +136,38 @@ def checked_groups(algorithm: Any) -> list[dict[str, Any]]:
     return groups
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (how schedulers and ``kill`` stop a job), raised where the main thread is, so
+    it unwinds like Ctrl-C: locks released, partial files left as atomic writes leave them."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM; ``run_dir`` is what ``--resume`` takes (``None``
+    when it stopped before creating one)."""
+
+    def __init__(self, run_dir: str | None, how: str) -> None:
+        super().__init__(how)
+        self.run_dir, self.how = run_dir, how
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the block (main thread only: signal handlers
+    can be set nowhere else), restoring the previous handler after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(config: RunConfig, *, resume_dir: str | None = None,
         log: Callable[[str], None] = print) -> str:
     """Train as configured; returns the run directory ("" on ranks other than 0 under torchrun).
@@ -142,7 +177,11 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
     removed."""
     created: list[str] = []
     try:
-        return _run(config, resume_dir, log, created)
+        with sigterm_as_interrupt():
+            return _run(config, resume_dir, log, created)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run dir stays, to be resumed
+        where = resume_dir or (created[0] if created else None)
+        raise Interrupted(where, "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C") from None
     except UserError:
         for path in created:
             if os.path.isdir(path) and set(os.listdir(path)) <= {"config.yaml"}:
@@ -167,7 +206,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     if device.type == "cpu" and config.trainer.cpu_tuning:
         tune_cpu(config.trainer.threads)
     splits = load_data(config.data)
-    augment = build_augment(config.data.augment)  # checked now, before any teacher trains
+    augment = build_augment(config.data.augment, splits.source.task)  # checked now, before any teacher trains
     check_teacher_cache(config, splits.student_train, augment)
     distributed.check_batch(config.data.batch_size)
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))

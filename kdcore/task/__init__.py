@@ -1,7 +1,17 @@
 """The task: how a data set's targets are scored. Classification is one task among others.
 
 The core never assumes classes: the student's own loss and the evaluation metric come from the
-data set's task, so detection or segmentation plug in as data-set plugins.
+data set's task, so detection or segmentation plug in as data-set plugins. Dense tasks live
+beside this module (``kdcore.task.segmentation``, ``kdcore.task.detection``).
+
+What a task declares beside its loss and metric:
+
+- ``primary_metric``: the headline number's key in the metric's ``compute()`` (``top1``,
+  ``miou``, ``map50``), used by the summary, the progress line and the method tables.
+- ``target_kind``: how targets move when a batch augmentation moves pixels: ``label`` (they do
+  not), ``mask`` (``(N, H, W)`` integers, moved like the image, filled with ``ignore_index``)
+  or ``boxes`` (``(N, M, 5)`` float rows ``x1, y1, x2, y2, class`` in pixels, class ``-1`` for
+  padding). See :mod:`kdcore.data.augment`.
 """
 
 from __future__ import annotations
@@ -20,8 +30,10 @@ class Metric(Protocol):
 class Task(Protocol):
     """What the engine needs to train and score a model on a data set."""
 
-    #: name of the metric reported as the headline number (``summary.json`` ``top1``).
+    #: key of the headline number in the metric's ``compute()`` (``top1``, ``miou``, ``map50``).
     primary_metric: str
+    #: how targets move with the pixels: ``label``, ``mask`` or ``boxes`` (module docstring).
+    target_kind: str
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor: ...
     def new_metric(self) -> Metric: ...
@@ -52,6 +64,7 @@ class ClassificationTask:
     """Cross-entropy (optionally label-smoothed) and top-k accuracy."""
 
     primary_metric = "top1"
+    target_kind = "label"
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0, partial_labels: bool = False) -> None:
         self.num_classes = num_classes
