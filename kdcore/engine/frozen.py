@@ -24,6 +24,7 @@ import contextlib
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 
 def frozen_pass(model: nn.Module) -> contextlib.AbstractContextManager:
@@ -55,20 +56,12 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
 
 @torch.no_grad()
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """conv(x) * s + (b - mean * s), with s = gamma / sqrt(var + eps), in float64 then cast."""
-    dtype = conv.weight.dtype
-    var, mean = bn.running_var.double(), bn.running_mean.double()
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
-    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
-    conv.weight.copy_(weight.to(dtype))
-    folded_bias = ((bias - mean) * scale + beta).to(dtype)
-    if conv.bias is None:
-        conv.bias = nn.Parameter(folded_bias, requires_grad=False)
-    else:
-        conv.bias.copy_(folded_bias)
+    """Fold ``bn`` into ``conv`` in place with torch's own fusion (:mod:`torch.nn.utils.fusion`);
+    the convolution module stays, so its path and hooks do."""
+    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                        bn.eps, bn.weight, bn.bias)
+    conv.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    conv.bias = nn.Parameter(bias.detach(), requires_grad=False)
 
 
 def fold_batchnorm(model: nn.Module) -> list[str]:
