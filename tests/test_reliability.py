@@ -366,12 +366,16 @@ def test_torn_metrics_line_is_dropped_on_resume(stopped_run, tmp_path) -> None:
 @pytest.mark.fashion
 def test_resume_removes_the_partial_writes_a_kill_left(stopped_run, tmp_path) -> None:
     run_dir = copy_run(stopped_run[0], tmp_path)
-    torn = [run_dir / "checkpoints" / ".tmp-abc123.pt", run_dir / "summary.json.tmp"]
-    for path in torn:
+    torn = [run_dir / "checkpoints" / ".kdcore-tmp-4242-0123456789ab.pt",
+            run_dir / ".kdcore-tmp-4242-0123456789ab.txt",
+            run_dir / "checkpoints" / ".tmp-4242-0123456789ab.pt"]  # 0.1.6's writer
+    mine = [run_dir / "notes.tmp", run_dir / "checkpoints" / ".tmp-mine.pt", run_dir / "summary.json.tmp"]
+    for path in torn + mine:
         path.write_bytes(b"half a write")
     result = invoke(["run", "--resume", str(run_dir), "--set", "trainer.on_nonfinite=skip"])
     assert result.exit_code == 0, result.output
     assert not any(path.exists() for path in torn)
+    assert all(path.read_bytes() == b"half a write" for path in mine)  # a user's files stay
     assert (run_dir / "checkpoints" / "last.pt").exists()
 
 

@@ -115,7 +115,7 @@ if __name__ == "__main__":
 #: 512 images / 64 = 8 steps per epoch, 2 epochs. Checkpoints (saves): #1 after the stage,
 #: #2 at step 3, #3 at step 6, #4 at the end of epoch 1, #5 at step 9, #6 at 12, #7 at 15, #8 end.
 SETS = ["data.train_limit=512", "data.test_limit=256", "trainer.epochs=2",
-        "teachers.0.train.epochs=1", "data.batch_size=64", "trainer.progress=false",
+        "teachers.0.train.epochs=1", "teachers.0.train.train_limit=512", "data.batch_size=64", "trainer.progress=false",
         "trainer.checkpoint_every=3", "trainer.threads=1",
         ("teachers.0.distill.0.head.losses=[{type: kd, weight: 0.5, temperature: 4.0}, "
          "{type: kdrel_mse, weight: 0.01}]")]
@@ -247,7 +247,7 @@ def test_run_killed_three_times_resumes_to_identical_metrics(driver, reference, 
     #    complete but not renamed, so last.pt is still the step-6 checkpoint
     output = finish_killed(driver.start(["run", "--resume", str(run_dir)], KDREL_KILL="write:4"))
     assert "stage kdrel_warmup" in output and "resumed at" not in output
-    assert list((run_dir / "checkpoints").glob(".tmp-*.pt"))
+    assert list((run_dir / "checkpoints").glob(".kdcore-tmp-*.pt"))
     position = checkpoint_position(run_dir)
     assert (position["epoch"], position["step_in_epoch"], position["metrics_rows"]) == (0, 6, 0)
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1

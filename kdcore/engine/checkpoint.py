@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import os
 import pickle
@@ -27,6 +28,87 @@ from ..files import temp_file
 
 # flock errors that mean "this filesystem cannot lock" rather than a real failure
 NO_LOCKING = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+#: errors that mean the disk (or the user's quota) is full
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+#: the atomic writer's temporary files are ``.kdcore-tmp-<pid>-<12 hex>.pt`` (or ``.txt``); a
+#: resume removes only names of this shape (and 0.1.6's ``.tmp-<pid>-<12 hex>.pt|.tmp``), never
+#: a user's own ``notes.tmp``
+TEMP_PREFIX = ".kdcore-tmp-"
+TEMP_NAME = re.compile(r"\.(?:kdcore-)?tmp-[0-9]+-[0-9a-f]{12}\.(?:pt|txt|tmp)\Z")
+#: the lock a run holds on its directory for its whole lifetime
+RUN_LOCK = ".kdcore-run.lock"
+
+
+def disk_full(path: str, error: OSError) -> UserError:
+    """The one line for a write that found no space: which file, and what to do."""
+    return UserError(f"no space left to write {path} ({error.strerror}); free space on that disk "
+                     f"(or point the path elsewhere) and run again; a stopped run continues with "
+                     f"--resume RUN_DIR")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _holder_pid(text: str) -> int | None:
+    """The pid in a lock file's ``kdcore process PID on HOST`` when HOST is this machine."""
+    found = re.fullmatch(r"kdcore process (\d+) on (\S+)", text.strip())
+    if found and found.group(2) == socket.gethostname():
+        return int(found.group(1))
+    return None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold ``RUN_DIR/.kdcore-run.lock`` for the block (a run's lifetime): a second process on the
+    same run directory (two ``--resume`` at once) stops at once with one line naming the holder,
+    instead of both writing checkpoints and duplicate metrics rows. The lock is ``flock``'s, so
+    a killed holder's lock is released by the kernel; a file still naming a dead process is taken
+    over (and said so). Without ``flock`` (some network mounts) the run goes on unlocked."""
+    say = log or (lambda message: None)
+    path = os.path.join(run_dir, RUN_LOCK)
+    try:
+        lock = open(path, "a+")
+    except FileNotFoundError:
+        raise UserError(f"run dir {run_dir} does not exist (removed?); nothing to resume there") from None
+    except PermissionError:
+        raise UserError(f"run dir {run_dir} is not writable; a run needs to write there") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another kdcore process"
+        lock.close()
+        raise UserError(f"run dir {run_dir} is in use by {holder} (lock file {path}); wait for "
+                        f"that run to end (or stop it), then resume") from None
+    except OSError as error:
+        if error.errno not in NO_LOCKING:
+            lock.close()
+            raise
+        say(f"no file locking where {run_dir} lives ({error.strerror}); make sure no other "
+            f"process runs in it")
+    lock.seek(0)
+    stale = _holder_pid(lock.read())
+    if stale is not None and stale != os.getpid() and not _alive(stale):
+        say(f"run dir lock {path} named process {stale}, which is no longer running; taken over")
+    try:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"kdcore process {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # the run dir may be gone: nothing to clear then
+            lock.truncate(0)
+            lock.flush()
+        lock.close()
 
 
 @contextlib.contextmanager
@@ -56,7 +138,10 @@ def exclusive(path: str, log: Callable[[str], None] | None = None) -> Iterator[N
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
-            holder = lock.read().strip() or "another process"
+            holder = lock.read().strip()
+            dead = _holder_pid(holder)
+            if not holder or (dead is not None and not _alive(dead)):  # its successor not named yet
+                holder = "another process"
             say(f"waiting for {holder} to finish {path} (lock file {lock_path})")
             fcntl.flock(lock, fcntl.LOCK_EX)
         except OSError as error:
@@ -80,19 +165,27 @@ def exclusive(path: str, log: Callable[[str], None] | None = None) -> Iterator[N
 
 def _write_atomic(path: str, write: Callable[[BinaryIO], None], suffix: str) -> None:
     """``write`` into a temporary file next to ``path``, fsync it, rename it over ``path`` and
-    fsync the folder: a kill at any moment leaves the old file or the new one."""
+    fsync the folder: a kill at any moment leaves the old file or the new one. A full disk is a
+    :class:`UserError` naming ``path``; the old file stays."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = temp_file(folder, suffix=suffix)  # the umask's mode, not mkstemp's 0600
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = temp_file(folder, prefix=TEMP_PREFIX, suffix=suffix)  # umask's mode, not 0600
+    except OSError as error:
+        if error.errno in DISK_FULL:
+            raise disk_full(path, error) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            raise disk_full(path, error) from None
         raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
@@ -102,13 +195,17 @@ def _write_atomic(path: str, write: Callable[[BinaryIO], None], suffix: str) -> 
 
 
 def save_atomic(obj: Any, path: str) -> None:
-    """A checkpoint (``torch.save``), written atomically (temporary ``.tmp-*.pt``)."""
-    _write_atomic(path, lambda f: torch.save(obj, f), ".pt")
+    """A checkpoint (``torch.save``), written atomically (temporary ``.kdcore-tmp-*.pt``).
+    Serialised in memory first: torch's own file writer reports a full disk as ``unexpected
+    pos``, a plain write as ``ENOSPC``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _write_atomic(path, lambda f: f.write(buffer.getbuffer()), ".pt")
 
 
 def write_text_atomic(text: str, path: str) -> None:
-    """Text files (config.yaml, summary.json) the same way (temporary ``.tmp-*.tmp``)."""
-    _write_atomic(path, lambda f: f.write(text.encode("utf-8")), ".tmp")
+    """Text files (config.yaml, summary.json) the same way (temporary ``.kdcore-tmp-*.txt``)."""
+    _write_atomic(path, lambda f: f.write(text.encode("utf-8")), ".txt")
 
 
 def write_json_atomic(obj: Any, path: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from ..components.algorithm import is_teacher_state
 from ..config import RunConfig, dump_yaml, load_config, read_yaml, unstructure
 from ..errors import UserError
-from .checkpoint import load_checkpoint, write_text_atomic
+from .checkpoint import TEMP_NAME, load_checkpoint, write_text_atomic
 from .loop import Position
 from .optim import restore_optimizer
 
@@ -114,14 +114,15 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
 
 
 def remove_partial_writes(run_dir: str) -> list[str]:
-    """Delete the temporary files a killed run left mid-write in its own directory (atomic writes
-    go through ``.tmp-*.pt`` and ``*.tmp`` files before their rename); returns their paths."""
+    """Delete the temporary files a killed run left mid-write in its own directory: only names
+    kdcore's atomic writer gives them (:data:`~.checkpoint.TEMP_NAME`), so a user's own
+    ``notes.tmp`` stays; returns their paths."""
     removed = []
     for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
         if not os.path.isdir(folder):
             continue
         for name in os.listdir(folder):
-            if (name.startswith(".tmp-") and name.endswith(".pt")) or name.endswith(".tmp"):
+            if TEMP_NAME.match(name):
                 path = os.path.join(folder, name)
                 os.unlink(path)
                 removed.append(path)

@@ -31,7 +31,7 @@ from ..data.augment import build_augment
 from ..errors import UserError
 from . import distributed
 from .batches import TrainBatches
-from .checkpoint import load_weights, save_atomic, write_json_atomic, write_text_atomic
+from .checkpoint import RUN_LOCK, load_weights, run_lock, save_atomic, write_json_atomic, write_text_atomic
 from .cpu import tune_cpu
 from .evaluate import evaluate
 from .fast_max_pool import use_fast_max_pool
@@ -177,14 +177,14 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
     removed."""
     created: list[str] = []
     try:
-        with sigterm_as_interrupt():
-            return _run(config, resume_dir, log, created)
+        with sigterm_as_interrupt(), contextlib.ExitStack() as held:  # held: the run dir's lock
+            return _run(config, resume_dir, log, created, held)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run dir stays, to be resumed
         where = resume_dir or (created[0] if created else None)
         raise Interrupted(where, "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C") from None
     except UserError:
         for path in created:
-            if os.path.isdir(path) and set(os.listdir(path)) <= {"config.yaml"}:
+            if os.path.isdir(path) and set(os.listdir(path)) <= {"config.yaml", RUN_LOCK}:
                 shutil.rmtree(path, ignore_errors=True)
                 log(f"run dir {path} removed: the run stopped before training the student")
         raise
@@ -193,7 +193,7 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
 
 
 def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
-         created: list[str]) -> str:
+         created: list[str], held: contextlib.ExitStack) -> str:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = distributed.setup(config.trainer.device) or pick_device(config.trainer.device)
@@ -212,6 +212,9 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
     if resume_dir is None and main:
         created.append(run_dir)
+    if main:  # before anything is written: a second process on this run dir stops here
+        held.enter_context(run_lock(run_dir, log))
+    if resume_dir is None and main:
         write_text_atomic(dump_yaml(config), os.path.join(run_dir, "config.yaml"))
     log(f"run dir: {run_dir}")
     started = time.perf_counter()

@@ -1,0 +1,206 @@
+"""Fault injection: every fault of issue #19 (a hostile tester's trial), repeated as a test.
+
+Each case ends in one of three ways, and docs/reliability.md's fault table lists which: the run
+goes on correctly, it stops with one ``kdcore: error:`` line (exit 2; exit 3 for NaN/Inf), or it
+is refused before anything is changed. Never a traceback, a signal, or silently wrong data.
+
+Runs use a 256-image slice of Fashion-MNIST (4 steps an epoch) and a randomly initialised
+teacher checkpoint, so no test trains a teacher unless it says so. The faults are test-only
+losses of this module, registered in-process.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import kdcore
+from kdcore.cli import main
+from kdcore.data.fashion_mnist import FASHION_MNIST_ROOT, FILES
+from kdcore.data.idx import read_idx
+from kdcore.engine.checkpoint import load_checkpoint, run_lock
+from kdcore.models.cnn import cnn_teacher
+from kdcore.plugins import Plugins
+from kdcore.testing import using_plugins
+
+pytestmark = pytest.mark.fashion
+
+
+# --- test-only losses ------------------------------------------------------------------------
+
+class BadAt(kdcore.Loss):
+    """0, except ``value`` ("nan"/"inf") at the global steps in ``steps`` (all steps from
+    ``start`` on, when given)."""
+
+    def __init__(self, steps: list[int] | None = None, start: int | None = None,
+                 value: str = "nan") -> None:
+        super().__init__()
+        self.steps, self.start, self.value = set(steps or []), start, float(value)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
+        step = extra["step"]
+        bad = step in self.steps or (self.start is not None and step >= self.start)
+        return (student * 0).sum() + (self.value if bad else 0.0)
+
+
+class NaNGradientAt(kdcore.Loss):
+    """A finite loss (0) whose gradient is NaN at the global steps ``steps``: the weights turn
+    NaN while every loss read so far was finite (sqrt at 0)."""
+
+    def __init__(self, steps: list[int]) -> None:
+        super().__init__()
+        self.steps = set(steps)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
+        if extra["step"] not in self.steps:
+            return (student * 0).sum()
+        return torch.sqrt(((student - student.detach()) ** 2).sum(1)).mean()
+
+
+class RemovesRunDir(kdcore.Loss):
+    """0; at global step ``step`` it deletes every folder in ``output_dir`` (the run dir)."""
+
+    def __init__(self, output_dir: str, step: int) -> None:
+        super().__init__()
+        self.output_dir, self.step = output_dir, step
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
+        if extra["step"] == self.step:
+            for name in os.listdir(self.output_dir):
+                shutil.rmtree(os.path.join(self.output_dir, name))
+        return (student * 0).sum()
+
+
+@kdcore.hookimpl
+def kdcore_losses() -> list[kdcore.Component]:
+    return [kdcore.Component("kdfault_bad", BadAt, "test-only: NaN/Inf at chosen steps"),
+            kdcore.Component("kdfault_nan_grad", NaNGradientAt, "test-only: NaN gradient"),
+            kdcore.Component("kdfault_rmdir", RemovesRunDir, "test-only: deletes the run dir")]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.to(torch.uint8).numpy().tobytes(), mtime=0))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 256+256-image data root and a randomly initialised teacher checkpoint."""
+    folder = tmp_path_factory.mktemp("faults")
+    root = folder / "fashion"
+    root.mkdir()
+    for split in ("train", "test"):
+        for stem in FILES[split]:
+            write_idx(root / (stem + ".gz"), read_idx(os.path.join(FASHION_MNIST_ROOT, stem + ".gz"))[:256])
+    torch.manual_seed(0)
+    teacher = folder / "teacher.pt"
+    torch.save(cnn_teacher().state_dict(), teacher)
+    return {"root": root, "teacher": teacher}
+
+
+def sets(files: dict[str, Path], *extra: str) -> list[str]:
+    items = [f"data.root={files['root']}", "data.train_limit=256", "data.test_limit=256",
+             "data.batch_size=64", "trainer.epochs=2", "trainer.progress=false", "trainer.threads=1",
+             f"teachers.0.checkpoint={files['teacher']}", *extra]
+    return [a for s in items for a in ("--set", s)]
+
+
+def losses(*extra: str) -> str:
+    return ("teachers.0.distill.0.head.losses=[{type: kd, weight: 0.5, temperature: 4.0}"
+            + "".join(f", {e}" for e in extra) + "]")
+
+
+def invoke(cli_args: list[str]) -> Any:
+    """``kdcore CLI_ARGS`` in-process, with the installed plugins plus this module's losses."""
+    loaded = Plugins()
+    loaded.register(sys.modules[__name__], "kdfault")
+    with using_plugins(loaded):
+        return CliRunner().invoke(main, cli_args)
+
+
+def error_line(result: Any, code: int) -> str:
+    """The one-line error of a failed command (and no traceback)."""
+    assert result.exit_code == code, (result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("kdcore: error: "), lines
+    return lines[-1]
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    (run_dir,) = [p for p in output_dir.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def finite(state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.fixture(scope="module")
+def stopped(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run stopped by an Inf at step 5 (epoch 2), checkpoints every 2 steps: last.pt is the
+    step-4 one, metrics.jsonl has 1 row. Tests work on copies (:func:`copy_of`)."""
+    out = tmp_path_factory.mktemp("stopped")
+    result = invoke(["run", "--output-dir", str(out), *sets(
+        files, "trainer.checkpoint_every=2", losses("{type: kdfault_bad, steps: [5], value: inf}"))])
+    assert result.exit_code == 3, result.output
+    return only_run_dir(out)
+
+
+@pytest.fixture(scope="module")
+def finished(stopped: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stopped run, resumed past its bad batch to the end."""
+    run_dir = tmp_path_factory.mktemp("finished") / stopped.name
+    shutil.copytree(stopped, run_dir)
+    result = invoke(["run", "--resume", str(run_dir), "--set", "trainer.on_nonfinite=skip"])
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / run_dir.name
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def resume_skipping(run_dir: Path, *extra: str) -> Any:
+    return invoke(["run", "--resume", str(run_dir), "--set", "trainer.on_nonfinite=skip", *extra])
+
+
+# --- one process per run directory ---------------------------------------------------------------
+
+def test_a_second_process_on_a_run_dir_is_refused_naming_the_holder(stopped, tmp_path) -> None:
+    run_dir = copy_of(stopped, tmp_path)
+    before = (run_dir / "metrics.jsonl").read_text()
+    with run_lock(str(run_dir)):  # what a first `kdcore run --resume` holds while it trains
+        line = error_line(resume_skipping(run_dir), 2)
+    assert (f"run dir {run_dir} is in use by kdcore process {os.getpid()} on "
+            f"{socket.gethostname()}") in line
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert not (run_dir / "summary.json").exists()
+    assert resume_skipping(run_dir).exit_code == 0  # released with its holder
+
+
+def test_a_lock_file_naming_a_dead_process_is_taken_over(stopped, tmp_path) -> None:
+    run_dir = copy_of(stopped, tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (run_dir / ".kdcore-run.lock").write_text(f"kdcore process {gone.pid} on {socket.gethostname()}\n")
+    result = resume_skipping(run_dir)
+    assert result.exit_code == 0, result.output
+    assert f"named process {gone.pid}, which is no longer running; taken over" in result.output
+    assert (run_dir / ".kdcore-run.lock").read_text() == ""  # released at the end
