@@ -39,10 +39,14 @@ class Splits:
     val: Any | None
     test: Any
     student_train: Any = None
+    #: the training split before ``data.train_limit``: what teachers train on (their own limit)
+    full_train: Any = None
 
     def __attrs_post_init__(self) -> None:
         if self.student_train is None:
             self.student_train = self.train
+        if self.full_train is None:
+            self.full_train = self.train
 
     @property
     def evaluation(self) -> dict[str, Any]:
@@ -69,6 +73,7 @@ def load_data(cfg: DataConfig) -> Splits:
                             f"{len(train)} training images")
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
         val, train = _take(train, order[: cfg.val_split]), _take(train, order[cfg.val_split:].sort().values)
+    full_train = train
     if cfg.train_limit and cfg.train_limit < len(train):
         train = _take(train, torch.arange(cfg.train_limit))
     if cfg.test_limit and cfg.test_limit < len(test):
@@ -83,7 +88,7 @@ def load_data(cfg: DataConfig) -> Splits:
             source.task.partial_labels = True  # some batches may hold no label at all
         if cfg.drop_unlabelled:  # the baseline: the student alone on the labelled images only
             student_train = _take(train, labelled_indices(len(train), cfg.labelled).sort().values)
-    return Splits(source, train, val, test, student_train)
+    return Splits(source, train, val, test, student_train, full_train)
 
 
 class _MaskedLabels(torch.utils.data.Dataset):

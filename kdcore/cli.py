@@ -40,9 +40,13 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc))
         except NonFiniteLoss as exc:
             _fail(str(exc), EXIT_NONFINITE)
-        except KeyboardInterrupt:
-            click.echo("kdcore: interrupted; continue with --resume RUN_DIR", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            how = getattr(exc, "how", "Ctrl-C")
+            run_dir = getattr(exc, "run_dir", None)
+            then = (f"continue with: kdcore run --resume {run_dir}" if run_dir else
+                    "no run directory was created, nothing to resume")
+            click.echo(f"kdcore: stopped by {how}; {then}", err=True)
+            sys.exit(143 if how == "SIGTERM" else 130)
 
     return wrapper
 

@@ -86,6 +86,10 @@ class TeacherTrainConfig:
 
     epochs: int = 4
     seed: int = 0
+    # the teacher's own data settings, so a quick student run (data.train_limit, a smaller
+    # data.batch_size) reuses the cached teacher instead of training a weaker one
+    train_limit: int | None = None
+    batch_size: int = 128
     optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
     schedule: ScheduleConfig = attrs.field(factory=ScheduleConfig)
 
@@ -446,6 +450,12 @@ def check(config: RunConfig) -> None:
                     "schedule.warmup_epochs": config.schedule.warmup_epochs}
     non_negative.update({f"teachers[{i}].train.epochs": t.train.epochs for i, t in enumerate(config.teachers)})
     for key, value in non_negative.items():
+    for i, t in enumerate(config.teachers):
+        if t.train.batch_size < 1:
+            raise UserError(f"config key teachers[{i}].train.batch_size: must be at least 1, got {t.train.batch_size}")
+        if t.train.train_limit is not None and t.train.train_limit < 1:
+            raise UserError(f"config key teachers[{i}].train.train_limit: must be at least 1 or "
+                            f"null (null: the whole training split), got {t.train.train_limit}")
         if value < 0:
             raise UserError(f"config key {key}: must be >= 0, got {value}")
     if config.trainer.threads is not None and config.trainer.threads < 0:

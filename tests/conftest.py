@@ -11,7 +11,8 @@ FASHION = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 
 #: --set overrides that make any preset a seconds-long run on a few hundred images.
 TINY = ["data.train_limit=256", "data.test_limit=256", "trainer.epochs=1",
-        "teachers.0.train.epochs=1", "trainer.progress=false", "data.batch_size=64"]
+        "teachers.0.train.epochs=1", "teachers.0.train.train_limit=256", "trainer.progress=false",
+        "data.batch_size=64"]
 
 
 @pytest.fixture

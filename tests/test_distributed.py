@@ -12,7 +12,7 @@ import pytest
 pytestmark = [pytest.mark.fashion, pytest.mark.e2e]
 
 SETS = ["data.train_limit=512", "data.test_limit=256", "teachers.0.train.epochs=1",
-        "trainer.progress=false", "data.batch_size=64", "trainer.threads=1"]
+        "teachers.0.train.train_limit=512", "trainer.progress=false", "data.batch_size=64", "trainer.threads=1"]
 
 
 def launch(prefix: list[str], out: str, *extra: str, env: dict[str, str] | None = None) -> str:

@@ -13,7 +13,8 @@ from kdcore.cli import main
 pytestmark = pytest.mark.fashion
 
 TINY_OVERRIDES = ["data.train_limit=256", "data.test_limit=256", "trainer.epochs=1",
-                  "teachers.0.train.epochs=1", "trainer.progress=false", "data.batch_size=64"]
+                  "teachers.0.train.epochs=1", "teachers.0.train.train_limit=256",
+                  "trainer.progress=false", "data.batch_size=64"]
 
 
 def last_row(tmp_path, tiny, *extra: str) -> dict:

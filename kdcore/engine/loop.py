@@ -125,6 +125,13 @@ def step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, stepped: bool
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         scheduler.step()
 
+def bar_disabled(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for ``trainer.progress``: ``None`` lets tqdm turn the bar off when its
+    stream (stderr) is not a terminal, so a log file or CI output gets the plain per-epoch lines
+    instead of one long line of carriage-return redraws."""
+    return None if progress else True
+
+
 
 def step_function(algorithm: Algorithm, step_module: Callable[..., dict[str, torch.Tensor]] | None,
                   device: torch.device, amp: str) -> Callable[..., dict[str, torch.Tensor]]:
@@ -175,7 +182,7 @@ def train_epochs(
         algorithm.train()
         epoch = position.epoch
         started = time.perf_counter() - position.seconds
-        bar = tqdm(total=len(batches), initial=position.step_in_epoch, disable=not progress,
+        bar = tqdm(total=len(batches), initial=position.step_in_epoch, disable=bar_disabled(progress),
                    desc=f"{label} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
         shown_at = 0.0
         for batch in batches.epoch(epoch, position.step_in_epoch):
@@ -282,7 +289,7 @@ def run_stage(
     for epoch in range(stage.epochs):
         algorithm.train()
         total, count = 0.0, 0
-        for i, batch in enumerate(tqdm(batches.epoch(epoch), total=len(batches), disable=not progress,
+        for i, batch in enumerate(tqdm(batches.epoch(epoch), total=len(batches), disable=bar_disabled(progress),
                                        desc=f"stage {stage.name} {epoch + 1}/{stage.epochs}", leave=False)):
             step = epoch * len(batches) + i
             student_feature = None

@@ -31,6 +31,7 @@ from ..files import cache_dir, temp_folder
 from . import distributed
 from .checkpoint import exclusive
 from .frozen import frozen_pass
+from .loop import bar_disabled
 from .teachers import weights_checksum
 
 VERSION = 1
@@ -123,7 +124,7 @@ def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys:
     tmp = temp_folder(os.path.dirname(folder))  # not mkdtemp's 0700: runs of other users share it
     try:
         arrays: dict[str, Any] = {}
-        for start in tqdm(range(0, len(data), batch_size), disable=not progress, leave=False,
+        for start in tqdm(range(0, len(data), batch_size), disable=bar_disabled(progress), leave=False,
                           desc=f"teacher cache {name}"):
             inputs = data.inputs[start:start + batch_size].to(device)
             features = distiller.compute_teacher_features(inputs)[name]

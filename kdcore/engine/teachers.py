@@ -21,6 +21,7 @@ from torch import nn
 from ..assemble import Splits, build_model
 from ..builtin.algorithms import Vanilla
 from ..config import RunConfig, TeacherConfig, unstructure
+from ..data import TensorSplit
 from ..errors import UserError
 from ..files import cache_dir
 from .batches import TrainBatches
@@ -34,17 +35,64 @@ from .optim import make_optimizer, make_scheduler
 RECIPE_VERSION = 1
 
 
-def teacher_key(tcfg: TeacherConfig, config: RunConfig, splits: Splits) -> str:
-    identity = {
+def teacher_recipe(tcfg: TeacherConfig, config: RunConfig, splits: Splits) -> dict[str, Any]:
+    """Everything that determines a trained teacher. The student's own data settings
+    (``data.train_limit``, ``data.batch_size``, ``data.labelled``) are not in it: a teacher has
+    its own (``train.train_limit``, ``train.batch_size``), so quick runs share its cache."""
+    return json.loads(json.dumps({
         "recipe": RECIPE_VERSION,
         "type": tcfg.type,
         "params": tcfg.params,
         "train": unstructure(tcfg.train),
         "data": {"type": config.data.type, "params": config.data.params,
-                 "train_limit": config.data.train_limit, "val_split": config.data.val_split,
-                 "batch_size": config.data.batch_size, "fingerprint": splits.source.fingerprint},
-    }
+                 "val_split": config.data.val_split, "fingerprint": splits.source.fingerprint},
+    }, sort_keys=True, default=str))
+
+
+def teacher_key(tcfg: TeacherConfig, config: RunConfig, splits: Splits) -> str:
+    identity = teacher_recipe(tcfg, config, splits)
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def teacher_data(tcfg: TeacherConfig, splits: Splits) -> Any:
+    """The images a teacher trains on: the training split (after the validation hold-out, not
+    cut by ``data.train_limit``), cut to ``train.train_limit`` when given."""
+    data = splits.full_train
+    limit = tcfg.train.train_limit
+    if limit and limit < len(data):
+        data = data.subset(torch.arange(limit)) if isinstance(data, TensorSplit) else \
+            torch.utils.data.Subset(data, range(limit))
+    return data
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def why_new(path: str, recipe: dict[str, Any]) -> str:
+    """Why no cached teacher fits: the settings in which the newest cached teacher of the same
+    model differs from this recipe (read from its ``meta.recipe``), or that none is cached."""
+    folder = os.path.dirname(path)
+    kind = os.path.basename(path).rsplit("-", 1)[0]
+    others = sorted((os.path.join(folder, f) for f in os.listdir(folder)
+                     if f.startswith(kind + "-") and f.endswith(".pt") and os.path.join(folder, f) != path),
+                    key=os.path.getmtime, reverse=True)
+    for other in others[:5]:
+        try:
+            meta = torch.load(other, map_location="cpu", weights_only=True).get("meta", {})
+        except Exception:  # a damaged or foreign file: not a reason
+            continue
+        if "recipe" not in meta:
+            continue
+        mine, theirs = _flat(recipe), _flat(meta["recipe"])
+        changed = [f"{k} {theirs.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(mine) | set(theirs))
+                   if mine.get(k) != theirs.get(k)]
+        if changed:
+            return f"the cached {os.path.basename(other)} was trained with other settings: " + \
+                "; ".join(changed[:4])
+    return f"no {kind} teacher trained with these settings is cached yet"
 
 
 def weights_checksum(model: nn.Module) -> str:
@@ -61,7 +109,7 @@ def train_teacher(model: nn.Module, tcfg: TeacherConfig, config: RunConfig, spli
     if config.trainer.fast_max_pool:
         use_fast_max_pool(model)
     algorithm = Vanilla(model.to(device), splits.source.task)
-    batches = TrainBatches(splits.train, config.data.batch_size, tcfg.train.seed, device=device)
+    batches = TrainBatches(teacher_data(tcfg, splits), tcfg.train.batch_size, tcfg.train.seed, device=device)
     optimizer = make_optimizer(model.parameters(), tcfg.train.optimizer)
     scheduler = make_scheduler(optimizer, tcfg.train.schedule, len(batches), tcfg.train.epochs)
     scores: dict[str, float] = {}
@@ -92,7 +140,8 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
         if tcfg.checkpoint:
             path = os.path.expanduser(tcfg.checkpoint)
             load_weights(model, path, what=f"{where}.checkpoint")
-        elif len(splits.train) == 0:
+            log(f"teacher {tcfg.name}: using {where}.checkpoint {path}")
+        elif len(teacher_data(tcfg, splits)) == 0:
             raise UserError(f"{where}.checkpoint: this run has no training images to train the "
                             f"teacher on; give the teacher's checkpoint file, e.g. --set "
                             f"teachers.{i}.checkpoint=PATH (the default job prints its cached "
@@ -105,13 +154,18 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
             with contextlib.nullcontext() if os.path.exists(path) else exclusive(path, log):
                 if os.path.exists(path):  # cached before, or by the run this one waited for
                     load_weights(model, path, what="cached teacher (delete it to retrain)")
-                    log(f"teacher {tcfg.name}: using cached checkpoint {path}")
+                    log(f"teacher {tcfg.name}: using cached checkpoint {path} (same model, training "
+                        f"settings and data)")
                 else:
-                    log(f"teacher {tcfg.name}: no checkpoint given, training {tcfg.type} for "
-                        f"{tcfg.train.epochs} epochs (cached afterwards at {path})")
+                    recipe = teacher_recipe(tcfg, config, splits)
+                    images = len(teacher_data(tcfg, splits))
+                    log(f"teacher {tcfg.name}: no checkpoint given and {why_new(path, recipe)}; "
+                        f"training {tcfg.type} for {tcfg.train.epochs} epochs on {images} images "
+                        f"(cached afterwards at {path})")
                     scores = train_teacher(model, tcfg, config, splits, device, log)
                     save_atomic({"state_dict": model.state_dict(),
-                                 "meta": {"type": tcfg.type, "top1": scores.get("top1", 0.0)}}, path)
+                                 "meta": {"type": tcfg.type, "top1": scores.get("top1", 0.0),
+                                          "recipe": recipe}}, path)
                     trained = True
         model.to(device)
         if tcfg.expect_top1 is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 TINY_SETS = ("data.train_limit=256", "data.test_limit=256", "trainer.epochs=1",
-             "teachers.0.train.epochs=1", "trainer.progress=false")
+             "teachers.0.train.epochs=1", "teachers.0.train.train_limit=256", "trainer.progress=false")
 
 
 def default_job_differences(preset: Path | str) -> list[str]:

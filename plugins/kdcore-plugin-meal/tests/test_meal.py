@@ -185,6 +185,7 @@ def test_teachers_stay_frozen_and_discriminator_is_trained():
 
 TINY = ["--set", "data.train_limit=128", "--set", "data.test_limit=128", "--set", "trainer.epochs=1",
         "--set", "teachers.0.train.epochs=1", "--set", "teachers.1.train.epochs=1",
+        "--set", "teachers.0.train.train_limit=128", "--set", "teachers.1.train.train_limit=128",
         "--set", "trainer.progress=false", "--set", "trainer.threads=1"]
 
 
