@@ -11,12 +11,12 @@ from .engine.distributed import gather_rows, mean_across_ranks
 from .errors import UserError
 from .hookspecs import hookimpl
 from .registry import build, components
-from .specs import KINDS, Component
+from .specs import KINDS, Component, Preset
 from .task import ClassificationTask, Task
 from .version import PLUGIN_API_VERSION, __version__
 
 __all__ = [
     "Algorithm", "Batch", "ClassificationTask", "Component", "Connector", "DistillPoint",
-    "Distiller", "DistillationHead", "KINDS", "Loss", "PLUGIN_API_VERSION", "Stage", "Task",
+    "Distiller", "DistillationHead", "KINDS", "Loss", "PLUGIN_API_VERSION", "Preset", "Stage", "Task",
     "UserError", "__version__", "build", "components", "gather_rows", "hookimpl", "mean_across_ranks",
 ]

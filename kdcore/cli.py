@@ -131,6 +131,29 @@ def preset_path(algo: str) -> str | None:
     return preset
 
 
+def find_preset(name: str, where: str) -> str:
+    """The YAML file of the installed preset ``name`` (``kdcore list preset``)."""
+    from .registry import lookup
+
+    registered = lookup("preset", name, where=where)
+    try:
+        return registered.component.resolve()
+    except Exception as exc:
+        raise UserError(f"{where} {name}: preset {registered.id!r} cannot be read ({exc}); "
+                        f"reinstall plugin {registered.plugin!r}") from None
+
+
+def _config_or_preset(config_file: str) -> str:
+    """``--config`` takes a file, or the name of an installed preset when no such file exists."""
+    if os.path.exists(config_file) or os.sep in config_file or config_file.endswith((".yaml", ".yml")):
+        return config_file
+    try:
+        return find_preset(config_file, "--config")
+    except UserError as exc:
+        raise UserError(f"config file {config_file} does not exist, and {exc}".replace(
+            "--config: unknown", "it is no installed", 1)) from None
+
+
 def resolve_config(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
                    output_dir: str | None, name: str | None) -> Any:
     from .config import load_config, read_yaml
@@ -166,7 +189,9 @@ def resolve_config(algo: str | None, config_file: str | None, overrides: tuple[s
 
 @main.command()
 @click.option("--algo", help="algorithm to run (default: the config's, else teacher_student)")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config file, or the name of an installed preset")
+@click.option("--preset", help="run an installed preset by name ('kdcore list preset')")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a config key, e.g. --set trainer.epochs=3 (repeatable)")
 @click.option("--resume", "resume_dir", type=click.Path(), help="continue the run in this directory")
@@ -177,30 +202,39 @@ def resolve_config(algo: str | None, config_file: str | None, overrides: tuple[s
 @click.option("--print-config", is_flag=True,
               help="print the resolved config (every key, defaults included) as YAML and stop")
 @user_errors
-def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
+def run(algo: str | None, config_file: str | None, preset: str | None, overrides: tuple[str, ...],
         resume_dir: str | None, output_dir: str | None, name: str | None,
         teacher_cache: bool, print_config: bool) -> None:
     """Train (and distill) as configured; prints the run directory last."""
     from .config import dump_yaml, load_config, read_yaml
     from .engine.run import run as run_training
 
+    if preset and config_file:
+        raise UserError(f"--preset {preset} and --config {config_file} both name the config; give one")
     if resume_dir:
         saved = os.path.join(resume_dir, "config.yaml")
         if not os.path.isfile(saved):
             raise UserError(f"--resume {resume_dir}: no config.yaml there; is it a kdcore run directory?")
-        if config_file or algo:
-            raise UserError("--resume takes the run's saved config; drop --config and --algo")
+        if config_file or algo or preset:
+            raise UserError("--resume takes the run's saved config; drop --config, --preset and --algo")
         if output_dir is not None or name is not None:
             raise UserError(f"--resume continues in {resume_dir} itself; drop --output-dir and --name")
         config = load_config(read_yaml(saved), list(overrides))
         notes: list[str] = []
     else:
+        if preset:
+            config_file = find_preset(preset, "--preset")
+        elif config_file:
+            config_file = _config_or_preset(config_file)
         config, notes = resolve_config(algo, config_file, overrides, output_dir, name)
     if teacher_cache:
         config.trainer.teacher_cache = True
     for note in notes:
         click.echo(f"note: {note}", err=True)
-    if print_config:  # what the run would write to config.yaml
+    if print_config:  # what the run would write to config.yaml, checked as the run checks it
+        from .precheck import check_components
+
+        check_components(config)
         click.echo(dump_yaml(config), nl=False)
         return
     run_dir = run_training(config, resume_dir=resume_dir, log=click.echo)
@@ -225,10 +259,12 @@ def run(algo: str | None, config_file: str | None, overrides: tuple[str, ...],
 def plugins(as_json: bool, strict: bool) -> None:
     """Installed plugins: distribution, version, kdcore range, components, load errors."""
     from .plugins import get_plugins, origin
-    from .registry import components
+    from .registry import check_factories, components
     from .specs import KINDS
 
     loaded = get_plugins()
+    if strict:  # every "module:attr" imported and every preset file found, nothing built
+        check_factories(loaded)
     by_plugin: dict[str, dict[str, list[str]]] = {}
     for kind in KINDS:
         for reg in components(kind, loaded):
@@ -278,8 +314,8 @@ def _version() -> str:
 @click.argument("kind")
 @user_errors
 def list_components(kind: str) -> None:
-    """Components of KIND (algorithm, distiller, head, connector, loss, model, dataset)."""
-    from .registry import components
+    """Components of KIND (algorithm, distiller, head, connector, loss, model, dataset, preset)."""
+    from .registry import components, own_plugins
     from .specs import KINDS
 
     kind = kind[:-1] if kind.endswith("s") and kind[:-1] in KINDS else kind
@@ -288,6 +324,8 @@ def list_components(kind: str) -> None:
     width = max((len(r.id) for r in rows), default=0)
     for reg in rows:
         click.echo(f"{reg.id:<{width}}  {reg.component.summary}")
+    click.echo(f"(plugins add more: 'kdcore plugins' lists the installed ones; kdcore's own are "
+               f"'pip install kdcore-plugin-NAME', NAME one of {', '.join(own_plugins())})", err=True)
 
 
 @main.command()

@@ -1,13 +1,17 @@
-"""The hooks a kdcore plugin implements: one per component kind.
+"""The hooks a kdcore plugin implements: one per component kind, and one for presets.
 
-Each hook takes no arguments and returns a list of :class:`kdcore.specs.Component`. A plugin
+Each hook takes no arguments and returns a list of :class:`kdcore.specs.Component`
+(:class:`kdcore.specs.Preset` for presets). A plugin
 implements only the hooks it needs, marked with ``@kdcore.hookimpl``; the core's own components
 are registered through these same hooks (see ``kdcore/builtin/``).
 
 Factories are called with the parameters from the user's YAML (``type``, and for losses
 ``weight`` and ``name``, removed),
 so a factory's keyword arguments *are* its config schema: kdcore checks user keys against the
-factory signature and suggests the closest name on a typo.
+factory signature and suggests the closest name on a typo. Reserved parameter names: ``plugins``,
+``where`` and ``context`` are ``kdcore.build``'s own options, so a factory must not take a
+parameter of one of those names (the contract kit flags it); ``kind`` and ``name`` are free
+(positional-only in ``kdcore.build(kind, name, /, ...)``).
 """
 
 from __future__ import annotations
@@ -132,4 +136,27 @@ def kdcore_datasets() -> list:
         @kdcore.hookimpl
         def kdcore_datasets():
             return [kdcore.Component("my_images", factory=load_my_images)]
+    """
+
+
+@hookspec
+def kdcore_presets() -> list:
+    """Return the run configs this plugin ships, by name (``kdcore run --preset NAME``).
+
+    Each item is a :class:`kdcore.Preset` (or a :class:`kdcore.Component` whose factory is the
+    path): its name, where the YAML file is, and one line for ``kdcore list preset``. Give the
+    file as ``"package:relative/path.yaml"``: kdcore finds it inside the installed package with
+    :mod:`importlib.resources`, so it works from a wheel; ship it as package data
+    (``[tool.setuptools.package-data]``). Name a plugin's main preset after the plugin; preset
+    names share one namespace across plugins, like every other kind.
+
+    Called once per plugin set; the files are read only when a run uses one.
+    ``kdcore plugins --strict`` checks that every file exists.
+
+    Example::
+
+        @kdcore.hookimpl
+        def kdcore_presets():
+            return [kdcore.Preset("rkd", "kdcore_plugin_rkd:presets/fashion_mnist.yaml",
+                                  "RKD on Fashion-MNIST, CNN teacher to CNN student")]
     """

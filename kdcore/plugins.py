@@ -29,8 +29,10 @@ BUILTIN_MODULES = (
     "kdcore.builtin.distillers",
     "kdcore.builtin.heads",
     "kdcore.builtin.connectors",
+    "kdcore.builtin.losses",
     "kdcore.builtin.models",
     "kdcore.builtin.datasets",
+    "kdcore.builtin.presets",
 )
 
 
@@ -51,6 +53,9 @@ class PluginStatus:
     error: str = ""
     requires_kdcore: str = ""
     warnings: list[str] = attrs.field(factory=list)
+    #: when the distribution was installed (its metadata file's time; 0 when unknown): an older
+    #: plugin keeps a component name that a newer one also claims
+    installed_at: float = 0.0
 
     @property
     def origin(self) -> str:
@@ -101,6 +106,18 @@ def _declared_range(module: Any, ep: EntryPoint) -> str:
     return ""
 
 
+def _installed_at(dist: Any) -> float:
+    """When ``dist`` was installed: the time of its ``METADATA`` file (0 when unknown)."""
+    try:
+        for file in dist.files or []:
+            if file.name == "METADATA" and file.parent.name.endswith((".dist-info", ".egg-info")):
+                return os.path.getmtime(file.locate())
+        path = getattr(dist, "_path", None)  # no RECORD: the metadata folder itself
+        return os.path.getmtime(os.path.join(str(path), "METADATA")) if path else 0.0
+    except (OSError, AttributeError, TypeError):
+        return 0.0
+
+
 def _selection() -> set[str] | None:
     """The names in ``KDCORE_PLUGINS`` (``None`` when it is not set: every plugin loads)."""
     wanted = os.environ.get("KDCORE_PLUGINS")
@@ -126,6 +143,8 @@ class Plugins:
         self.found: dict[str, tuple[tuple[Any, ...], list[Any]]] = {}
         #: whether warnings are printed as they are found (the process-wide set: ``get_plugins``)
         self.echo = False
+        #: plugins registered in-process (:meth:`register`), in order
+        self.in_process: list[str] = []
         for module_name in BUILTIN_MODULES:
             module = importlib.import_module(module_name)
             self.pm.register(module, name=module_name.rsplit(".", 1)[-1])
@@ -136,7 +155,7 @@ class Plugins:
     def _load(self, ep: EntryPoint) -> None:
         dist = ep.dist.metadata["Name"] if ep.dist else "?"
         version = ep.dist.version if ep.dist else "?"
-        status = PluginStatus(ep.name, dist, version)
+        status = PluginStatus(ep.name, dist, version, installed_at=_installed_at(ep.dist) if ep.dist else 0.0)
         if ep.name in self.status:
             first = self.status[ep.name]
             status.state, status.error = "failed", (
@@ -215,13 +234,27 @@ class Plugins:
         return [s.name for s in self.status.values() if s.state in ("failed", "incompatible") or s.warnings]
 
     def register(self, module: Any, name: str) -> None:
-        """Register an in-process plugin (tests, notebooks)."""
+        """Register an in-process plugin (tests, notebooks); it comes after installed plugins
+        when a component name clashes."""
         self.pm.register(module, name=name)
-        self.status[name] = PluginStatus(name, "<in-process>", "")
+        self.status[name] = PluginStatus(name, "<in-process>", "", installed_at=float("inf"))
+        self.in_process.append(name)
+
+    def precedence(self, name: str) -> tuple[float, float, str]:
+        """Sort key of plugin ``name`` when several provide one component name: the core
+        first, then installed plugins from the earliest installed, then in-process ones."""
+        if name == "kdcore":
+            return (0, 0.0, "")
+        if name in self.in_process:
+            return (2, float(self.in_process.index(name)), name)
+        status = self.status.get(name)
+        return (1, status.installed_at if status else float("inf"), name)
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self.status.pop(name, None)
+        if name in self.in_process:
+            self.in_process.remove(name)
 
     def plugin_name(self, plugin_obj: Any) -> str:
         name = self.pm.get_name(plugin_obj) or "?"

@@ -1,7 +1,10 @@
 """Finding and building components by name.
 
-Ids are ``<plugin>:<name>``; the short name works where one plugin provides it. Each plugin's
-hook is called on its own, so a hook that raises is reported for that plugin alone.
+Ids are ``<plugin>:<name>``. A short name belongs to the first plugin that provides it (the
+core, then installed plugins from the earliest installed), so installing a plugin never takes a
+name a config already uses: the newcomer's component is reachable by its id, and the clash is a
+warning of the newcomer. Each plugin's hook is called on its own, so a hook that raises is
+reported for that plugin alone.
 """
 
 from __future__ import annotations
@@ -18,17 +21,27 @@ from torch import nn
 
 from .errors import UserError, did_you_mean
 from .plugins import Plugins, get_plugins
-from .specs import KINDS, Component, Registered
+from .specs import KINDS, Component, Preset, Registered
 
 _HOOK = {kind: f"kdcore_{kind}es" if kind.endswith("s") else f"kdcore_{kind}s" for kind in KINDS}
 #: Components of the plugins in this repository, for "pip install ..." hints when missing.
 _INSTALL_HINTS = {
-    "loss": {"kd": "kd", "fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd",
+    "loss": {"fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd",
              "rkd_distance": "rkd", "rkd_angle": "rkd", "crd": "crd", "crd_inbatch": "crd",
              "ft": "ft", "ab": "ab", "ofd": "ofd"},
     "connector": {"conv_reg": "fitnet", "paraphraser": "ft", "translator": "ft"},
     "algorithm": {"self_distillation": "byot", "meal_v2": "meal", "data_free": "datafree"},
+    "preset": {"kd": "kd", "fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd", "crd": "crd",
+               "ft": "ft", "ab": "ab", "ofd": "ofd", "byot": "byot", "meal": "meal",
+               "datafree": "datafree"},
 }
+
+
+def own_plugins() -> list[str]:
+    """The NAMEs of the kdcore project's plugin distributions (``kdcore-plugin-NAME``)."""
+    return sorted({short for names in _INSTALL_HINTS.values() for short in names.values()})
+
+
 #: Kinds whose factories must build an ``nn.Module`` (datasets build data sets).
 MODULE_KINDS = frozenset({"algorithm", "distiller", "head", "connector", "loss", "model"})
 #: Values the core offers to factories; never user parameters.
@@ -73,6 +86,8 @@ def _collect(kind: str, plugins: Plugins) -> list[Registered]:
                                      f"{type(specs).__name__}; its {_HOOK[kind][len('kdcore_'):]} are skipped")
                 continue
             for spec in specs:
+                if kind == "preset" and type(spec) is Component:  # Component(name, path) works too
+                    spec = Preset(spec.name, spec.factory, spec.summary)
                 if isinstance(spec, Component):
                     found.append(Registered(kind, plugin, spec))
                 else:
@@ -80,7 +95,26 @@ def _collect(kind: str, plugins: Plugins) -> list[Registered]:
                                          f"kdcore.Component; skipped")
         except Exception as exc:  # a broken plugin must not take the rest down
             plugins.warn(plugin, f"{hook} raised {type(exc).__name__}: {exc}")
+    for name, owner, others in clashes(found, plugins):
+        for other in others:
+            plugins.warn(other.plugin, f"{kind} {name!r} is also provided by {owner.id}, which "
+                                       f"keeps the short name; this plugin's is reachable as {other.id}")
     return sorted(found, key=lambda r: r.id)
+
+
+def clashes(found: Iterable[Registered], plugins: Plugins) -> list[tuple[str, Registered, list[Registered]]]:
+    """``(short name, owner, newcomers)`` for every short name that several plugins provide:
+    the owner is the first by :meth:`Plugins.precedence` (the core, then the earliest installed)."""
+    by_name: dict[str, list[Registered]] = {}
+    for reg in found:
+        by_name.setdefault(reg.component.name, []).append(reg)
+    out = []
+    for name, regs in sorted(by_name.items()):
+        providers = {r.plugin for r in regs}
+        if len(providers) > 1:
+            ranked = sorted(regs, key=lambda r: plugins.precedence(r.plugin))
+            out.append((name, ranked[0], [r for r in ranked[1:] if r.plugin != ranked[0].plugin]))
+    return out
 
 
 def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str = "") -> Registered:
@@ -94,10 +128,12 @@ def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str =
     label = f"{where}: " if where else ""
     if len(matches) == 1:
         return matches[0]
-    if len(matches) > 1:
-        ids = ", ".join(r.id for r in matches)
-        raise UserError(f"{label}{kind} {name!r} is ambiguous, provided by {ids}; "
-                        f"write one of these ids instead")
+    owners = {r.plugin for r in matches}
+    if len(owners) > 1:  # the first plugin keeps the short name (module docstring)
+        return min(matches, key=lambda r: plugins.precedence(r.plugin))
+    if len(matches) > 1:  # one plugin declared the name twice
+        raise UserError(f"{label}{kind} {name!r} is declared {len(matches)} times by plugin "
+                        f"{matches[0].plugin!r}; {_broken(matches[0].plugin)}")
     names = [r.component.name for r in available] + [r.id for r in available]
     hint = did_you_mean(name, names) + _why_missing(kind, name, plugins)
     raise UserError(f"{label}unknown {kind} {name!r}{hint} (see 'kdcore list {kind}')")
@@ -111,7 +147,7 @@ def _why_missing(kind: str, name: str, plugins: Plugins) -> str:
         dist = f"kdcore-plugin-{short}"
         status = next((s for s in plugins.status.values() if s.distribution == dist), None)
         if status is None:
-            return f"; it is provided by {dist}: pip install ./plugins/{dist}"
+            return f"; it is provided by {dist}: pip install {dist}{_checkout_hint(dist)}"
         if status.state == "disabled":
             return (f"; it comes from plugin {status.name!r} ({dist}), which "
                     f"KDCORE_PLUGINS={os.environ.get('KDCORE_PLUGINS', '')!r} leaves out")
@@ -124,6 +160,40 @@ def _why_missing(kind: str, name: str, plugins: Plugins) -> str:
     if disabled:
         return "; note: KDCORE_PLUGINS leaves out " + ", ".join(disabled)
     return f"; a plugin's {kind} needs its package installed ('kdcore plugins' lists them)"
+
+
+def _checkout_hint(dist: str) -> str:
+    """`` (in this checkout: pip install -e PATH)`` when kdcore runs from a source checkout that
+    has the plugin's folder, else nothing."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins", dist)
+    if not os.path.isfile(os.path.join(folder, "pyproject.toml")):
+        return ""
+    try:
+        shown = os.path.relpath(folder)
+    except ValueError:  # another drive
+        shown = folder
+    shown = shown if os.path.isabs(shown) or shown.startswith(".") else f".{os.sep}{shown}"
+    return f" (in this checkout: pip install -e {shown})"
+
+
+def _broken(plugin: str) -> str:
+    return (f"plugin {plugin!r} is broken (reinstall it, or tell its authors)"
+            if plugin != "kdcore" else "this is a bug in kdcore")
+
+
+def check_factories(plugins: Plugins | None = None) -> None:
+    """Import every component's ``"module:attr"`` factory (and find every preset's file),
+    building nothing; each failure is a warning of its plugin (``kdcore plugins --strict``)."""
+    plugins = plugins or get_plugins()
+    for kind in KINDS:
+        for reg in components(kind, plugins):
+            try:
+                reg.component.resolve()
+            except Exception as exc:
+                what = "preset file" if kind == "preset" else "factory"
+                plugins.warn(reg.plugin, f"{kind} {reg.component.name!r}: {what} "
+                                         f"{reg.component.factory!r} cannot be loaded: "
+                                         f"{type(exc).__name__}: {exc}")
 
 
 def accepted_params(factory: Any) -> tuple[set[str], bool]:
@@ -178,6 +248,24 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
     the factory's parameters and ``block_keys``, the keys of the config block they came from (a
     misspelled ``distill`` in a teacher's block lands among the model's parameters).
     """
+    kwargs = check_params(factory, params, context, where=where, block_keys=block_keys)
+    try:
+        return factory(**kwargs)
+    except UserError as exc:
+        message = str(exc)
+        first = re.split(r"[.\[ ]", where, maxsplit=1)[0]
+        if message.startswith("config key ") or re.match(rf"{re.escape(first)}(\b|[.\[:])", message):
+            raise  # already says where (algorithm.exits[0]: ..., config key ...)
+        raise UserError(f"{where}: {message}") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: {exc}") from exc
+
+
+def check_params(factory: Any, params: dict[str, Any], context: dict[str, Any], *,
+                 where: str, block_keys: Collection[str] = (), dry: bool = False) -> dict[str, Any]:
+    """:func:`call_factory`'s checks without the call; returns the keyword arguments it would
+    pass. ``dry``: the context is not known yet (``kdcore run --print-config``), so a missing
+    parameter that the core may still offer (:data:`CONTEXT_KEYS`) is not an error."""
     names, var_kw, required = _signature(factory)
     for key in params:
         if key in context:
@@ -195,34 +283,32 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
         _check_scalar(factory, key, value, where)
     kwargs = {k: v for k, v in context.items() if var_kw or k in names}
     kwargs.update(params)
-    missing = required - set(kwargs)
+    missing = required - set(kwargs) - (CONTEXT_KEYS if dry else set())
     if missing:
         raise UserError(f"{where}.{sorted(missing)[0]}: required, missing")
-    try:
-        return factory(**kwargs)
-    except UserError as exc:
-        message = str(exc)
-        first = re.split(r"[.\[ ]", where, maxsplit=1)[0]
-        if message.startswith("config key ") or re.match(rf"{re.escape(first)}(\b|[.\[:])", message):
-            raise  # already says where (algorithm.exits[0]: ..., config key ...)
-        raise UserError(f"{where}: {message}") from None
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"{where}: {exc}") from exc
+    return kwargs
 
 
-def build(kind: str, name: str, *, plugins: Plugins | None = None, where: str = "",
+#: ``kdcore.build``'s own keyword options: a factory parameter may not have one of these names.
+RESERVED_PARAMS = frozenset({"plugins", "where", "context", "_block_keys"})
+
+
+def build(kind: str, name: str, /, *, plugins: Plugins | None = None, where: str = "",
           context: dict[str, Any] | None = None, _block_keys: Collection[str] = (),
           **params: Any) -> Any:
     """Build the component ``kind``/``name`` with ``params``.
 
     Example: ``kdcore.build("loss", "kd", temperature=4.0)`` returns an ``nn.Module`` whose
-    ``forward(student, teacher)`` is the Hinton KD loss. (``_block_keys``: the config block's
-    own keys, for the did-you-mean of a misspelled one.)
+    ``forward(student, teacher)`` is the Hinton KD loss. ``kind`` and ``name`` are
+    positional-only, so a factory may take parameters of those names; ``plugins``, ``where``
+    and ``context`` are reserved (:data:`RESERVED_PARAMS`). (``_block_keys``: the config
+    block's own keys, for the did-you-mean of a misspelled one.)
     """
+    if kind == "preset":
+        raise UserError(f"presets are run, not built: kdcore run --preset {name}")
     registered = lookup(kind, name, plugins, where=where)
     label = where or f"{kind} {name!r}"
-    broken = (f"plugin {registered.plugin!r} is broken (reinstall it, or tell its authors)"
-              if registered.plugin != "kdcore" else "this is a bug in kdcore")
+    broken = _broken(registered.plugin)
     try:
         factory = registered.component.resolve()
     except Exception as exc:  # a lazy "module:attr" factory that does not import

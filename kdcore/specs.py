@@ -7,6 +7,8 @@ the contract kit can assert on what a plugin declares without building anything.
 from __future__ import annotations
 
 import importlib
+import importlib.resources
+import os
 import re
 from typing import Any, Callable
 
@@ -21,6 +23,7 @@ KINDS: tuple[str, ...] = (
     "loss",
     "model",
     "dataset",
+    "preset",
 )
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -59,6 +62,35 @@ class Component:
         for part in attr.split("."):
             obj = getattr(obj, part)
         return obj
+
+
+@attrs.frozen
+class Preset(Component):
+    """A run config a plugin ships, by name: ``kdcore run --preset NAME``, ``kdcore list preset``.
+
+    :param name: the preset's name (lower-case letters, digits and '_'), e.g. ``rkd``.
+    :param factory: where the YAML file is: ``"package:relative/path.yaml"`` (a file inside an
+        installed package, found with :mod:`importlib.resources`, so it works from a wheel as
+        from a checkout) or an absolute path.
+    :param summary: one line shown by ``kdcore list preset``.
+    """
+
+    @property
+    def path(self) -> str:
+        return str(self.factory)
+
+    def resolve(self) -> str:  # type: ignore[override]
+        """The YAML file's path; ``FileNotFoundError`` when it is not there (not shipped as
+        package data, or a typo)."""
+        text = self.path
+        if ":" in text and not os.path.isabs(text) and not re.match(r"^[A-Za-z]:[\\/]", text):
+            package, _, relative = text.partition(":")
+            found = str(importlib.resources.files(package).joinpath(relative))
+        else:
+            found = text
+        if not os.path.isfile(found):
+            raise FileNotFoundError(f"no such file: {found}")
+        return found
 
 
 @attrs.frozen

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.6"
+__version__ = "0.1.7"
 
 #: Bumped when a hookspec or base-class contract changes incompatibly.
 PLUGIN_API_VERSION = 1

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import UserError, did_you_mean
 from ..plugins import Plugins, get_plugins
-from ..registry import accepted_params, build, lookup
+from ..registry import RESERVED_PARAMS, accepted_params, build, lookup
 from ..specs import Registered
 
 
@@ -192,6 +192,9 @@ class ContractBase(OptOut):
         factory = self.registered().component.resolve()
         names, var_kw = accepted_params(factory)
         context_names = set(self.base_context()) | set(self.context)
+        reserved = sorted(names & RESERVED_PARAMS)
+        check(not reserved, f"{self.where()}: the factory takes {', '.join(map(repr, reserved))}, "
+                            f"names kdcore.build keeps for itself; rename the parameter")
         for key in self.params:
             check(var_kw or key in names,
                   f"params[{key!r}] is not a parameter of the factory{did_you_mean(key, names)}")

@@ -15,3 +15,9 @@ def kdcore_connectors():
     return [kdcore.Component("conv_reg", "kdcore_plugin_fitnet.connectors:ConvReg",
                              "FitNets regressor: conv (stride 2 / transposed / valid kernel) "
                              "to the teacher's shape, then BN and optional ReLU")]
+
+
+@kdcore.hookimpl
+def kdcore_presets():
+    return [kdcore.Preset("fitnet", "kdcore_plugin_fitnet:presets/fashion_mnist.yaml",
+                          "FitNets on Fashion-MNIST: CE + 100 * hint loss on stage2 through conv_reg")]

@@ -17,3 +17,9 @@ def kdcore_connectors():
         kdcore.Component("translator", "kdcore_plugin_ft.connectors:Translator",
                          "FT student connector: 3 convs to the paraphraser's factor size"),
     ]
+
+
+@kdcore.hookimpl
+def kdcore_presets():
+    return [kdcore.Preset("ft", "kdcore_plugin_ft:presets/fashion_mnist.yaml",
+                          "Factor Transfer on Fashion-MNIST: paraphraser pre-training, then FT on the last stage")]

@@ -1,3 +1,3 @@
 """Hinton knowledge distillation for kdcore."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

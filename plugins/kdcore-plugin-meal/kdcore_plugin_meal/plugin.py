@@ -4,7 +4,7 @@ import os
 
 import kdcore
 
-PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets", "fashion_mnist.yaml")
+PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets", "fashion_mnist.yaml")  # --algo's default
 
 
 @kdcore.hookimpl
@@ -13,3 +13,9 @@ def kdcore_algorithms():
         "meal_v2", "kdcore_plugin_meal.algorithm:MealV2",
         "MEAL V2: KL to the teachers' mean softmax (no labels) + a logit discriminator",
         presets={"default": PRESET})]
+
+
+@kdcore.hookimpl
+def kdcore_presets():
+    return [kdcore.Preset("meal", "kdcore_plugin_meal:presets/fashion_mnist.yaml",
+                          "MEAL V2 on Fashion-MNIST: two teachers' averaged soft labels + a logit discriminator")]

@@ -10,3 +10,9 @@ import kdcore
 def kdcore_losses():
     return [kdcore.Component("ofd", "kdcore_plugin_ofd.losses:OFDLoss",
                              "OFD: partial L2 to the margin-clipped pre-ReLU teacher feature")]
+
+
+@kdcore.hookimpl
+def kdcore_presets():
+    return [kdcore.Preset("ofd", "kdcore_plugin_ofd:presets/fashion_mnist.yaml",
+                          "OFD on Fashion-MNIST: pre-ReLU features of stages 1-3, margin-clipped teacher side")]

@@ -13,3 +13,9 @@ def kdcore_losses():
         kdcore.Component("rkd_angle", "kdcore_plugin_rkd.losses:RKDAngleLoss",
                          "RKD angle term: Huber between cosines of triplet angles"),
     ]
+
+
+@kdcore.hookimpl
+def kdcore_presets():
+    return [kdcore.Preset("rkd", "kdcore_plugin_rkd:presets/fashion_mnist.yaml",
+                          "RKD on Fashion-MNIST: distance + angle on the 96-d / 32-d embeddings")]

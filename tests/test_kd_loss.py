@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import kdcore
-from kdcore_plugin_kd.losses import KDLoss
+from kdcore import testing
+from kdcore.builtin.losses import KDLoss
 
 
 def softmax(row: list[float], t: float) -> list[float]:
@@ -80,13 +81,23 @@ def test_rejects_non_positive_temperature_and_is_registered() -> None:
         KDLoss(temperature=0)
     loss = kdcore.build("loss", "kd", temperature=2.0)
     assert isinstance(loss, KDLoss) and loss.temperature == 2.0
-    assert "kd:kd" in {r.id for r in kdcore.components("loss")}
+    assert "kdcore:kd" in {r.id for r in kdcore.components("loss")}
 
 
-def test_preset_is_the_default_job() -> None:
-    import os
+def test_plugin_kd_preset_is_the_default_job() -> None:
+    """kdcore-plugin-kd keeps Hinton KD's preset: the default job, by name."""
+    import yaml
 
-    import kdcore_plugin_kd
+    from kdcore.registry import lookup
 
-    preset = os.path.join(os.path.dirname(kdcore_plugin_kd.__file__), "presets", "fashion_mnist.yaml")
-    assert os.path.isfile(preset)
+    preset = lookup("preset", "kd")
+    default = lookup("preset", "teacher_student")
+    read = [yaml.safe_load(open(p.component.resolve(), encoding="utf-8")) for p in (preset, default)]
+    assert preset.plugin == "kd" and read[0] == read[1]
+
+
+class TestKDContract(testing.LossContract):
+    component = "kdcore:kd"
+    params = {"temperature": 4.0}
+    student_shape = (10,)  # logits
+    more_shapes = [((100,), (100,))]

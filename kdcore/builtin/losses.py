@@ -1,4 +1,5 @@
-"""The Hinton KD loss (Hinton, Vinyals, Dean 2015)."""
+"""Built-in loss: Hinton KD, the base every method builds on, so the default job runs on the
+core alone (kdcore-plugin-kd now ships only its preset and docs)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import kdcore
+from ..components import Loss
+from ..hookspecs import hookimpl
+from ..specs import Component
 
 
-class KDLoss(kdcore.Loss):
+class KDLoss(Loss):
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, summed over classes and
-    averaged over the batch. The ``T^2`` keeps gradient magnitudes comparable across
-    temperatures, as in the paper.
+    averaged over the batch (Hinton, Vinyals, Dean 2015). The ``T^2`` keeps gradient
+    magnitudes comparable across temperatures, as in the paper.
 
     :param temperature: softening temperature ``T`` (> 0).
     """
@@ -33,3 +36,8 @@ class KDLoss(kdcore.Loss):
         log_p_teacher = F.log_softmax(teacher / t, dim=1)
         kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
         return kl * (t * t)
+
+
+@hookimpl
+def kdcore_losses() -> list[Component]:
+    return [Component("kd", KDLoss, "Hinton KD: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean")]
