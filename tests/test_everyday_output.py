@@ -108,3 +108,29 @@ def test_quick_runs_reuse_the_teacher_and_say_why_one_is_trained(tmp_path) -> No
     # the teacher's own settings do, and the line says which changed
     other = run(*base, "teachers.0.train.train_limit=192")
     assert "train.train_limit 256 -> 192" in other
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("teachers.0.distill.0.head.losses.0.temperature=two",
+     "teachers[0].distill[0].head.losses[0].temperature: expected a number, got 'two'"),
+    ("teachers.0.distill.0.head.losses.0.temprature=3", "(did you mean 'temperature'?)"),
+    ("student.type=nope", "student: unknown model 'nope'"),
+    ("data.type=mnist", "data.root: required, missing"),
+])
+def test_print_config_checks_parameters_as_the_run_does(item, expected) -> None:
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--print-config", "--set", item])
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert "algorithm:" not in result.output  # nothing printed as if it were valid
+
+
+def test_print_config_of_the_default_job_passes() -> None:
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--print-config"])
+    assert result.exit_code == 0 and "temperature: 4.0" in result.output, result.output
