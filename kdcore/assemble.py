@@ -173,12 +173,15 @@ def forward_or_explain(model: nn.Module, inputs: torch.Tensor, where: str) -> An
 
 
 @torch.no_grad()
-def check_takes_inputs(model: nn.Module, inputs: torch.Tensor, where: str) -> None:
-    """Run ``model`` once, in eval mode, on a few of the data's inputs."""
+def check_takes_inputs(model: nn.Module, inputs: torch.Tensor, where: str, task: Any = None) -> None:
+    """Run ``model`` once, in eval mode, on a few of the data's inputs; with ``task``, check
+    that the task can score its output (``task.check_output``, when the task has one)."""
     was_training = model.training
     model.eval()
     try:
-        forward_or_explain(model, inputs, where)
+        output = forward_or_explain(model, inputs, where)
+        if hasattr(task, "check_output"):
+            task.check_output(output, inputs, where)
     finally:
         model.train(was_training)
 

@@ -32,6 +32,15 @@ def kdcore_models() -> list[Component]:
                   "Wide ResNet of any depth 6n+4 and widen_factor (pre-activation blocks)"),
         Component("torchvision", "kdcore.models.torchvision_models:torchvision_model",
                   "torchvision classification model by arch (e.g. resnet18), random init"),
+        Component("seg_net", "kdcore.models.segmentation:SegNet",
+                  "small U-Net shaped segmentation net (widths, depth, stride) for scenes"),
+        Component("seg_teacher", "kdcore.models.segmentation:seg_teacher",
+                  "default fashion_scenes teacher: SegNet 16/32/64/96, 206k parameters"),
+        Component("seg_student", "kdcore.models.segmentation:seg_student",
+                  "default fashion_scenes student: SegNet 4/8/16/32, 15k parameters"),
+        Component("torchvision_seg", "kdcore.models.torchvision_models:torchvision_segmentation",
+                  "torchvision segmentation model by arch (lraspp_mobilenet_v3_large, fcn_resnet50, "
+                  "deeplabv3_*), random init, returns the 'out' logits"),
     ]
     models += [Component(name, f"{_RESNET}:{name}",
                          f"CIFAR ResNet-{name[6:]}, widths 16/32/64, {size:.2f}M parameters")

@@ -114,9 +114,10 @@ def check_assembly(config: RunConfig, splits: Any) -> None:
                     for i, t in enumerate(config.teachers)}
         student = build_model(config.student, splits.source, "student")
         sample = sample_inputs(splits)
-        check_takes_inputs(student, sample, "student")
+        task = splits.source.task
+        check_takes_inputs(student, sample, "student", task)
         for i, t in enumerate(config.teachers):
-            check_takes_inputs(teachers[t.name], sample, f"teachers[{i}]")
+            check_takes_inputs(teachers[t.name], sample, f"teachers[{i}]", task)
         build_algorithm(config, splits, student, teachers).remove_taps()
 
 

@@ -75,3 +75,62 @@ def torchvision_model(arch: str, num_classes: int = 1000, weights: Any = None, i
     if in_channels != 3:
         _replace_first_conv(model, in_channels, arch)
     return model
+
+
+def segmentation_names() -> list[str]:
+    """torchvision's semantic segmentation builders (FCN, DeepLabV3, LR-ASPP)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
+class SegmentationOutput(nn.Module):
+    """A torchvision segmentation model whose forward returns the ``out`` logits alone.
+
+    torchvision's segmentation models return ``{"out": logits}`` (plus ``"aux"`` with
+    ``aux_loss``); a kdcore task and its losses take one tensor. Module paths are torchvision's
+    under ``net.`` (``net.backbone.layer4``, ``net.classifier``)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Any) -> Any:
+        return self.net(x)["out"]
+
+
+def torchvision_segmentation(arch: str, num_classes: int = 21, weights: Any = None,
+                             weights_backbone: Any = None, in_channels: int = 3,
+                             options: dict[str, Any] | None = None) -> nn.Module:
+    """Build torchvision's segmentation model ``arch`` with random weights, returning logits.
+
+    :param arch: ``lraspp_mobilenet_v3_large``, ``fcn_resnet50``, ``deeplabv3_resnet50``,
+        ``deeplabv3_mobilenet_v3_large`` ... (``torchvision.models.list_models`` of
+        ``torchvision.models.segmentation``).
+    :param num_classes: per-pixel classes, background included (taken from the data set).
+    :param weights: must stay ``None`` (no downloads); load trained weights with ``checkpoint``.
+    :param weights_backbone: must stay ``None`` too (torchvision would download ImageNet ones).
+    :param in_channels: input channels; when not 3 the backbone's first conv is replaced.
+    :param options: extra keyword arguments for the builder (e.g. ``aux_loss: false``).
+    """
+    for key, value in (("weights", weights), ("weights_backbone", weights_backbone)):
+        if value is not None:
+            raise UserError(
+                f"torchvision segmentation model {arch!r}: {key}={value!r} is not supported: kdcore "
+                "never downloads weights at run time. Download them once yourself and pass the local "
+                "file as the model's 'checkpoint' (keys of torchvision's model, under 'net.'), "
+                f"leaving '{key}' unset")
+    names = segmentation_names()
+    if arch not in names:
+        raise UserError(f"unknown torchvision segmentation model {arch!r}{did_you_mean(arch, names)}; "
+                        f"available: {', '.join(names)}")
+    import torchvision
+
+    try:
+        net = torchvision.models.get_model(arch, weights=None, weights_backbone=None,
+                                           num_classes=num_classes, **(options or {}))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"torchvision segmentation model {arch!r}: {exc}") from exc
+    if in_channels != 3:
+        _replace_first_conv(net.backbone, in_channels, arch)
+    return SegmentationOutput(net)

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 
 class Metric(Protocol):
     def update(self, outputs: Any, targets: Any) -> None: ...
@@ -37,6 +39,8 @@ class Task(Protocol):
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor: ...
     def new_metric(self) -> Metric: ...
+    # optional: ``check_output(output, inputs, where)`` raises a UserError when a model's output
+    # cannot be scored by this task (called once on a sample batch before any training)
 
 
 class TopK:
@@ -85,3 +89,15 @@ class ClassificationTask:
 
     def new_metric(self) -> TopK:
         return TopK()
+
+    def check_output(self, output: Any, inputs: torch.Tensor, where: str) -> None:
+        """Refuse, in one line, a model whose output is not one score per class (a
+        segmentation model on a classification data set)."""
+        if not torch.is_tensor(output):  # a model of another kind of algorithm (tuples of exits)
+            return
+        shape = tuple(output.shape)
+        if len(shape) != 2 or (self.num_classes and shape[1] < self.num_classes):
+            got = "x".join(str(d) for d in shape[1:])
+            raise UserError(f"{where}: this is a classification data set, which needs a model that "
+                            f"outputs (at least) {self.num_classes} class scores per image, but it outputs "
+                            f"{got}; pick a classifier (kdcore list model)")

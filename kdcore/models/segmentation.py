@@ -1,0 +1,120 @@
+"""Small encoder-decoder segmentation networks (U-Net shaped) sized for 64x64 scenes on a CPU.
+
+Module paths, for distill points (``kdcore inspect seg_teacher --dataset fashion_scenes``):
+
+- ``enc1`` .. ``encN``: encoder stages; ``enc1`` works at half the input's resolution
+  (``stride: 2``, the default; ``stride: 1`` keeps it), each further stage halves it (2x2 max pooling, then ``depth`` x (3x3 conv, BN, ReLU));
+- ``dec{N-1}`` .. ``dec1``: decoder stages; ``decK`` upsamples the stage below it (bilinear),
+  concatenates ``encK``'s skip feature and mixes both with 3x3 convs, so ``decK`` has
+  ``encK``'s resolution and width;
+- ``classifier``: a 1x1 conv giving the class logits at ``enc1``'s resolution; the model's
+  ``output`` is those logits upsampled (bilinear) to the input's size ``(N, C, H, W)``.
+
+Teacher and student share the layout and differ only in widths, so the same path has the same
+resolution on both sides: feature distillation needs a connector for channels only.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .init import kaiming_init
+
+
+class ConvBlock(nn.Sequential):
+    """``depth`` x (3x3 conv, BN, ReLU); the last is ``conv``/``bn``/``relu``."""
+
+    def __init__(self, in_channels: int, out_channels: int, depth: int = 1, stride: int = 1) -> None:
+        layers: list[tuple[str, nn.Module]] = []
+        for i in range(depth):
+            suffix = "" if i == depth - 1 else str(i)
+            layers += [(f"conv{suffix}", nn.Conv2d(in_channels if i == 0 else out_channels,
+                                                   out_channels, 3, stride=stride if i == 0 else 1,
+                                                   padding=1, bias=False)),
+                       (f"bn{suffix}", nn.BatchNorm2d(out_channels)),
+                       (f"relu{suffix}", nn.ReLU())]
+        super().__init__(OrderedDict(layers))
+
+
+class Down(nn.Sequential):
+    """2x2 max pooling, then a :class:`ConvBlock`."""
+
+    def __init__(self, in_channels: int, out_channels: int, depth: int = 1) -> None:
+        super().__init__(OrderedDict([("pool", nn.MaxPool2d(2)),
+                                      ("block", ConvBlock(in_channels, out_channels, depth))]))
+
+
+class Up(nn.Module):
+    """Upsample ``low`` to ``skip``'s size, concatenate, and mix with a :class:`ConvBlock`."""
+
+    def __init__(self, low_channels: int, skip_channels: int, out_channels: int, depth: int = 1) -> None:
+        super().__init__()
+        self.block = ConvBlock(low_channels + skip_channels, out_channels, depth)
+
+    def forward(self, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        low = F.interpolate(low, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.block(torch.cat([low, skip], dim=1))
+
+
+class SegNet(nn.Module):
+    """A U-Net shaped encoder-decoder: ``len(widths)`` resolutions, logits at the input's.
+
+    :param widths: channels of ``enc1`` .. ``encN`` (the decoder mirrors them).
+    :param depth: conv layers per stage.
+    :param stride: ``enc1``'s first conv strides by this much (1 or 2); the classifier's logits
+        are then upsampled (bilinear) to the input's size, as DeepLab and LR-ASPP do at 1/8.
+        Stride 2 makes the net four times cheaper; the output is at the input's size either way.
+    :param num_classes: output channels (background included; from the data set).
+    """
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 96), depth: int = 1, stride: int = 2,
+                 num_classes: int = 11, in_channels: int = 1) -> None:
+        super().__init__()
+        widths = [int(w) for w in widths]
+        if len(widths) < 2 or min(widths) < 1:
+            raise UserError(f"model parameter widths: {widths} needs at least two positive widths "
+                            f"(one per resolution)")
+        if stride not in (1, 2):
+            raise UserError(f"model parameter stride: {stride!r} must be 1 or 2")
+        self.levels, self.stride = len(widths), int(stride)
+        self.enc1 = ConvBlock(in_channels, widths[0], depth, stride=self.stride)
+        for k in range(1, self.levels):
+            self.add_module(f"enc{k + 1}", Down(widths[k - 1], widths[k], depth))
+        for k in range(self.levels - 1, 0, -1):  # dec{N-1} .. dec1
+            self.add_module(f"dec{k}", Up(widths[k], widths[k - 1], widths[k - 1], depth))
+        self.classifier = nn.Conv2d(widths[0], num_classes, 1)
+        kaiming_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        factor = self.stride * 2 ** (self.levels - 1)
+        if size[0] % factor or size[1] % factor:
+            raise UserError(f"{type(self).__name__} with {self.levels} resolutions and stride "
+                            f"{self.stride} needs inputs whose size divides by {factor}, got "
+                            f"{tuple(size)}")
+        skips = [self.enc1(x)]
+        for k in range(2, self.levels + 1):
+            skips.append(getattr(self, f"enc{k}")(skips[-1]))
+        y = skips[-1]
+        for k in range(self.levels - 1, 0, -1):
+            y = getattr(self, f"dec{k}")(y, skips[k - 1])
+        logits = self.classifier(y)
+        if self.stride > 1:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
+
+def seg_teacher(num_classes: int = 11, in_channels: int = 1) -> SegNet:
+    """The default ``fashion_scenes`` teacher: widths 16/32/64/96."""
+    return SegNet((16, 32, 64, 96), depth=1, num_classes=num_classes, in_channels=in_channels)
+
+
+def seg_student(num_classes: int = 11, in_channels: int = 1) -> SegNet:
+    """The default ``fashion_scenes`` student: widths 4/8/16/32, about ten times smaller."""
+    return SegNet((4, 8, 16, 32), depth=1, num_classes=num_classes, in_channels=in_channels)
