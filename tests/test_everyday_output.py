@@ -72,7 +72,12 @@ def test_sigterm_during_teacher_training_leaves_a_resumable_run(tmp_path) -> Non
 
     log = tmp_path / "resumed.log"
     assert run_to_file(tmp_path, log, resume=run_dir) == 0, log.read_text()
-    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["epochs"] == 1 and len(rows) == 1
+    # "seconds" is this invocation's wall time; "train_seconds" the epochs' training time
+    assert summary["train_seconds"] == pytest.approx(sum(r["train"]["seconds"] for r in rows), abs=0.01)
+    assert summary["seconds"] > summary["train_seconds"]
 
 
 @pytest.mark.e2e

@@ -392,3 +392,5 @@ def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str
         summary["teacher"] = next(iter(per_teacher.values()))
         summary["teachers"] = per_teacher
     return summary
+                               # every epoch's training time, across resumes (see docs/outputs.md)
+                               "train_seconds": round(sum(r["train"].get("seconds", 0.0) for r in rows), 2),
