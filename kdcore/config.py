@@ -100,6 +100,8 @@ class TeacherConfig:
     name: str = "teacher"
     checkpoint: str | None = None
     expect_top1: float | None = None
+    # the teacher's expected headline metric (top1, miou, map50: the data set's task decides)
+    expect_metric: float | None = None
     train: TeacherTrainConfig = attrs.field(factory=TeacherTrainConfig)
     distill: list[DistillPointConfig] = attrs.field(factory=list)
     params: dict[str, Any] = _params_field()
@@ -133,6 +135,7 @@ class TrainerConfig:
     progress: bool = True
     checkpoint_every: int = 0
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_skipped_in_row: int = 10
     grad_clip: float | None = None
     threads: int | None = None
     cpu_tuning: bool = True
@@ -141,10 +144,12 @@ class TrainerConfig:
     channels_last: bool = False
     teacher_memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
     teacher_fold_bn: bool = True
-    fast_max_pool: bool = True
+    model_transforms: list[ComponentConfig] = attrs.field(factory=list)
     sync_batchnorm: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
+    # metrics.jsonl is always written; these are added (kdcore.loggers)
+    loggers: list[str | ComponentConfig] = attrs.field(factory=list)
 
 
 @attrs.define
@@ -285,9 +290,19 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
     raise _fail(path, tp, value)  # pragma: no cover - every field type is handled above
 
 
+#: keys an earlier kdcore had, and where their setting lives now
+MOVED_KEYS = {
+    "trainer.fast_max_pool": "moved out of the core (kdcore 0.1.7) into the kdcore-plugin-cpu-speed "
+                             "plugin: pip install kdcore-plugin-cpu-speed, then set "
+                             "trainer.model_transforms: [fast_max_pool] (or delete the key)",
+}
+
+
 def structure(cls: type, data: Any, path: str = "") -> Any:
     """Build ``cls`` from plain YAML data, raising :class:`UserError` with the key path."""
     label = path or "config"
+    if cls is ComponentConfig and isinstance(data, str):
+        data = {"type": data}  # a component without parameters may be named alone: [hflip]
     if not isinstance(data, dict):
         raise UserError(f"config key {label}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -309,6 +324,8 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
             if not isinstance(value, dict):
                 raise _fail(key_path, dict, value)
             extra.update(value)
+        elif key_path in MOVED_KEYS:
+            raise UserError(f"config key {key_path}: {MOVED_KEYS[key_path]}")
         else:
             raise UserError(f"config key {key_path}: unknown key{did_you_mean(key, known)}; "
                             f"valid keys: {', '.join(sorted(known))}")
@@ -449,15 +466,19 @@ def check(config: RunConfig) -> None:
                     "optimizer.weight_decay": config.optimizer.weight_decay,
                     "schedule.warmup_epochs": config.schedule.warmup_epochs}
     non_negative.update({f"teachers[{i}].train.epochs": t.train.epochs for i, t in enumerate(config.teachers)})
-    for key, value in non_negative.items():
     for i, t in enumerate(config.teachers):
         if t.train.batch_size < 1:
             raise UserError(f"config key teachers[{i}].train.batch_size: must be at least 1, got {t.train.batch_size}")
         if t.train.train_limit is not None and t.train.train_limit < 1:
             raise UserError(f"config key teachers[{i}].train.train_limit: must be at least 1 or "
                             f"null (null: the whole training split), got {t.train.train_limit}")
+    for key, value in non_negative.items():
         if value < 0:
             raise UserError(f"config key {key}: must be >= 0, got {value}")
+    if config.trainer.max_skipped_in_row < 1:
+        raise UserError(f"config key trainer.max_skipped_in_row: must be at least 1 (how many "
+                        f"NaN/Inf batches in a row trainer.on_nonfinite=skip may skip), got "
+                        f"{config.trainer.max_skipped_in_row}")
     if config.trainer.threads is not None and config.trainer.threads < 0:
         raise UserError(f"config key trainer.threads: must be >= 0 (0 or null: one per physical "
                         f"core), got {config.trainer.threads}")

@@ -160,3 +160,46 @@ def kdcore_presets() -> list:
             return [kdcore.Preset("rkd", "kdcore_plugin_rkd:presets/fashion_mnist.yaml",
                                   "RKD on Fashion-MNIST, CNN teacher to CNN student")]
     """
+
+
+@hookspec
+def kdcore_model_transforms() -> list:
+    """Return the model transforms this plugin provides (``trainer.model_transforms``).
+
+    A transform rewrites models in place for speed on some hardware, without changing what they
+    compute beyond float rounding (a kernel swap, a layout). The core applies none unless the
+    user lists it: ``trainer.model_transforms: [fast_max_pool]``. Its factory is called with the
+    user's parameters and returns a callable ``transform(model, role) -> int``, called on the
+    student (``role="student"``), on every frozen teacher once its weights are loaded
+    (``"teacher"``) and on a teacher before its own training (``"teacher_training"``); it
+    returns how many modules it changed (logged), and must keep module paths and hooks.
+
+    Example::
+
+        @kdcore.hookimpl
+        def kdcore_model_transforms():
+            return [kdcore.Component("fast_max_pool", "my_pkg.pool:FastMaxPool",
+                                     "2x2 max pooling by a C kernel on the CPU")]
+    """
+
+
+
+@hookspec
+def kdcore_loggers() -> list:
+    """Return the experiment loggers this plugin provides (``trainer.loggers: [NAME]``).
+
+    A logger factory returns an object with the methods of :class:`kdcore.loggers.Logger`
+    (subclass it and override what you need): ``log_config(config)`` once before training,
+    ``log_epoch(row)`` after every epoch with the ``metrics.jsonl`` row (loss terms, ``lr``,
+    scores), ``log_summary(summary)`` once at the end and ``close()``, also when a run stops
+    early. It is called on rank 0 only, with the user's parameters plus, when its signature
+    names them, ``run_dir``, ``config`` (plain data) and ``first_epoch`` (above 1 after
+    ``--resume``: rows from that epoch on are written again). ``metrics.jsonl`` is the built-in
+    logger and always on; a logger that raises is named once and dropped, the run goes on.
+
+    Example::
+
+        @kdcore.hookimpl
+        def kdcore_loggers():
+            return [kdcore.Component("csv", factory=CsvLogger, summary="metrics.csv per run")]
+    """

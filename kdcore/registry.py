@@ -31,6 +31,7 @@ _INSTALL_HINTS = {
              "ft": "ft", "ab": "ab", "ofd": "ofd"},
     "connector": {"conv_reg": "fitnet", "paraphraser": "ft", "translator": "ft"},
     "algorithm": {"self_distillation": "byot", "meal_v2": "meal", "data_free": "datafree"},
+    "model_transform": {"fast_max_pool": "cpu-speed"},
     "preset": {"kd": "kd", "fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd", "crd": "crd",
                "ft": "ft", "ab": "ab", "ofd": "ofd", "byot": "byot", "meal": "meal",
                "datafree": "datafree"},
@@ -49,7 +50,7 @@ CONTEXT_KEYS = frozenset({
     "in_shape", "out_shape", "student_shape", "teacher_shape", "num_samples", "num_classes",
     "in_channels", "student_module", "teacher_module", "student", "task", "distiller", "teachers",
     "points", "losses", "student_connector", "teacher_connector", "label", "input_shape",
-    "batch_size", "seed", "test_data", "run_dir",
+    "batch_size", "seed", "test_data", "run_dir", "config", "first_epoch",
 })
 
 

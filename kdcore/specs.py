@@ -24,6 +24,8 @@ KINDS: tuple[str, ...] = (
     "model",
     "dataset",
     "preset",
+    "model_transform",
+    "logger",
 )
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")

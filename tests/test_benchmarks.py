@@ -46,22 +46,3 @@ def test_bootstrap_interval_brackets_the_median_and_is_repeatable():
     assert low <= 1.0 <= high
     assert (low, high) == overhead.bootstrap_median(values)
     assert overhead.bootstrap_median([2.0] * 5) == (2.0, 2.0)
-
-
-def test_host_instruction_cost_model(tmp_path, monkeypatch):
-    """The cycle estimate applies MISS_COST to callgrind's events, per counted step."""
-    host = load("host_instructions")
-    folder = tmp_path
-    dump = folder / "callgrind.kd.hand.1"
-    dump.write_text("events: Ir I1mr D1mr Bcm\nfn=x\n1 10 0 0 0\ntotals: 2000 20 10 4\n")
-
-    def fake_run(command, **kwargs):
-        class Done:
-            returncode = 0
-            stderr = ""
-        return Done()
-
-    monkeypatch.setattr(host.subprocess, "run", fake_run)
-    events = host.count("kd", "hand", 2, [], "lib.so", str(folder), simulate=True)
-    assert events["Ir"] == 1000 and events["I1mr"] == 10
-    assert events["cycles"] == 1000 + 10 * 10 + 10 * 5 + 15 * 2

@@ -105,38 +105,6 @@ def test_speed_up_puts_only_the_teachers_in_channels_last(tiny) -> None:
     algorithm.remove_taps()
 
 
-def test_fast_max_pool_changes_speed_not_results(tmp_path, tiny, baseline) -> None:
-    # the baseline ran with kdcore's CPU max pooling (the default); torch's gives the same bits
-    row = last_row(tmp_path, tiny, "trainer.fast_max_pool=false")
-    timings = {"seconds", "images_per_second"}
-    values = {k: v for k, v in row["train"].items() if k not in timings}
-    assert values == {k: v for k, v in baseline["train"].items() if k not in timings}
-    assert {"loss", "kd", "task"} <= set(values)
-
-
-def test_speed_up_gives_student_and_teachers_the_fast_max_pool(tiny) -> None:
-    from importlib import resources
-
-    import torch
-
-    from kdcore.assemble import build_algorithm, load_data
-    from kdcore.config import load_config, read_yaml
-    from kdcore.engine.fast_max_pool import FastMaxPool2d
-    from kdcore.engine.run import speed_up
-    from kdcore.models.cnn import cnn_student, cnn_teacher
-
-    preset = str(resources.files("kdcore") / "presets" / "teacher_student.yaml")
-    for enabled in (True, False):
-        config = load_config(read_yaml(preset), [*tiny, f"trainer.fast_max_pool={enabled}"])
-        algorithm = build_algorithm(config, load_data(config.data), cnn_student(),
-                                    {config.teachers[0].name: cnn_teacher()})
-        speed_up(algorithm, config, torch.device("cpu"))
-        teacher = next(iter(algorithm.distiller.teachers.values()))
-        for model in (algorithm.student, teacher):
-            assert (type(model.stage1.pool) is FastMaxPool2d) is enabled
-        algorithm.remove_taps()
-
-
 def test_cpu_threads_follow_omp_num_threads_and_share_cores_under_torchrun(monkeypatch) -> None:
     from kdcore.engine import cpu
 

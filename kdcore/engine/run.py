@@ -29,24 +29,39 @@ from ..assemble import build_algorithm, build_model, check_takes_inputs, load_da
 from ..config import RunConfig, dump_yaml, read_yaml, structure
 from ..data.augment import build_augment
 from ..errors import UserError
+from ..loggers import Loggers, open_loggers
+from ..task import headline
 from . import distributed
 from .batches import TrainBatches
 from .checkpoint import RUN_LOCK, load_weights, run_lock, save_atomic, write_json_atomic, write_text_atomic
 from .cpu import tune_cpu
 from .evaluate import evaluate
-from .fast_max_pool import use_fast_max_pool
 from .frozen import fold_batchnorm, teacher_memory_format
-from .loop import Position, describe_epoch, loss_scaler, run_stage, train_epochs
+from .transforms import apply_transforms, build_transforms
+from .loop import (
+    BROKEN_HINT,
+    NonFiniteLoss,
+    Position,
+    describe_epoch,
+    loss_scaler,
+    nonfinite_tensors,
+    run_stage,
+    train_epochs,
+)
 from .optim import make_optimizer, make_scheduler
 from .resume import (
     CHECKPOINT,
+    check_resumable,
     check_resume_changes,
     finished,
     keep_resumed_config,
+    metrics_lines,
     metrics_rows,
     remove_partial_writes,
     restore,
+    row_checksum,
     run_state,
+    trained_config,
 )
 from .teacher_cache import attach_teacher_cache, check_teacher_cache
 from .teachers import prepare_teachers, weights_checksum
@@ -81,13 +96,26 @@ def new_run_dir(config: RunConfig) -> str:
                             f"folder (--output-dir DIR)") from None
 
 
-def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = None) -> None:
-    """``trainer.channels_last``, the teachers' inference rewrites (:mod:`.frozen`), the CPU
-    max-pooling kernel (:mod:`.fast_max_pool`) and ``trainer.compile``: same results within float
-    rounding, faster where the hardware allows. ``Module.compile`` compiles in place, so module
-    paths, taps and state_dict keys are unchanged."""
-    if config.trainer.fast_max_pool:
-        use_fast_max_pool(algorithm)
+def check_run_dir(run_dir: str) -> None:
+    """Before each write into the run dir: one removed mid-run (or its config.yaml) is not
+    recreated piecemeal, which would leave a folder that cannot be resumed."""
+    if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
+        gone = "was removed" if not os.path.isdir(run_dir) else "lost its config.yaml"
+        raise UserError(f"run dir {run_dir} {gone} while the run was going; stopped without "
+                        f"writing there again (start a new run)")
+
+
+def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = None,
+             log: Callable[[str], None] | None = None) -> None:
+    """``trainer.channels_last``, the teachers' inference rewrites (:mod:`.frozen`), the plugins'
+    ``trainer.model_transforms`` and ``trainer.compile``: same results within float rounding,
+    faster where the hardware allows. ``Module.compile`` compiles in place, so module paths, taps
+    and state_dict keys are unchanged."""
+    transforms = build_transforms(config.trainer.model_transforms)
+    apply_transforms(transforms, algorithm.student, "student", log)
+    if algorithm.distiller is not None:
+        for teacher in algorithm.distiller.teachers.values():
+            apply_transforms(transforms, teacher, "teacher", log)
     if config.trainer.channels_last:
         algorithm.to(memory_format=torch.channels_last)
     if algorithm.distiller is not None:
@@ -109,6 +137,7 @@ def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = No
 def check_assembly(config: RunConfig, splits: Any) -> None:
     """Build everything once on untrained teachers, so a wrong module path, parameter or shape
     is reported in seconds, before any teacher is trained. Shapes do not depend on weights."""
+    build_transforms(config.trainer.model_transforms)  # a typo or a missing plugin, named now
     with torch.random.fork_rng():
         teachers = {t.name: build_model(t, splits.source, f"teachers[{i}]")
                     for i, t in enumerate(config.teachers)}
@@ -174,7 +203,7 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
     """Train as configured; returns the run directory ("" on ranks other than 0 under torchrun).
 
     A config mistake found before the student's training (a wrong path, a missing checkpoint, a
-    teacher below ``expect_top1``) leaves no run directory behind: the one this call created is
+    teacher off its ``expect_metric``) leaves no run directory behind: the one this call created is
     removed."""
     created: list[str] = []
     try:
@@ -183,7 +212,7 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run dir stays, to be resumed
         where = resume_dir or (created[0] if created else None)
         raise Interrupted(where, "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C") from None
-    except UserError:
+    except (UserError, NonFiniteLoss):  # NaN/Inf: a teacher's own training diverged
         for path in created:
             if os.path.isdir(path) and set(os.listdir(path)) <= {"config.yaml", RUN_LOCK}:
                 shutil.rmtree(path, ignore_errors=True)
@@ -224,7 +253,13 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     if resume_dir is not None and os.path.isfile(saved_config):
         # as saved, unchecked: a value a newer kdcore refuses may be what the overrides fix
         check_resume_changes(structure(RunConfig, read_yaml(saved_config)), config)
-    if resume_dir is not None and finished(run_dir, config.trainer.epochs):
+    trained = trained_config(checkpoint_path) if resume_dir is not None else None
+    if trained is not None:  # config.yaml edited by hand since the checkpoint: same rules
+        check_resume_changes(structure(RunConfig, trained), config,
+                             how=f"--resume (config.yaml edited since {CHECKPOINT})")
+    if resume_dir is not None:
+        check_resumable(run_dir)
+    if resume_dir is not None and finished(run_dir, config.trainer.epochs, log):
         log(f"the run is complete ({config.trainer.epochs} epochs, summary.json written); nothing "
             f"to do. To train it longer: --resume {run_dir} --set trainer.epochs=N")
         return run_dir if main else ""
@@ -252,7 +287,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         if converted:
             log(f"trainer.sync_batchnorm: {converted} BatchNorm layers synchronised across "
                 f"{distributed.world_size()} processes")
-    speed_up(algorithm, config, device)
+    speed_up(algorithm, config, device, log)
     for t in teachers.values():  # the weights as they run: they must not change from here on
         t["running_sha256"] = weights_checksum(t["model"])
 
@@ -279,15 +314,36 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
                                         metrics_path if main else None, scaler)
         log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
     if resume_dir is not None and main:  # after the checks: a refused resume changes nothing
-        keep_resumed_config(config, run_dir, log)
+        keep_resumed_config(config, run_dir, log, trained)
         remove_partial_writes(run_dir)
-    rows_written = [len(metrics_rows(metrics_path)) if main else 0]  # counted once, then in memory
+    # counted once (restore checked them against last.pt), then in memory
+    row_checksums = [row_checksum(line) for line in metrics_lines(metrics_path)] if main else []
+    rows_written = [len(row_checksums)]
+    saved_at = [position.global_step if os.path.exists(checkpoint_path) else None]
+    # metrics.jsonl and trainer.loggers; closed when the run ends, however it ends
+    loggers = open_loggers(config, run_dir, rows_written[0] + 1, log) if main else Loggers([])
+    held.callback(loggers.close)
+
+    def kept() -> str:
+        """What a NaN/Inf stop leaves to resume from."""
+        if saved_at[0] is None:
+            return "no checkpoint was written before it"
+        return f"the last good checkpoint is kept: {CHECKPOINT}, after {saved_at[0]} steps"
 
     def save(stages: bool) -> None:
         if not main:
             return
-        save_atomic(run_state(algorithm, optimizer, scheduler, scaler, position, stages_done=stages,
-                              metrics_rows=rows_written[0], checksums=checksums), checkpoint_path)
+        check_run_dir(run_dir)
+        state = run_state(algorithm, optimizer, scheduler, scaler, position, stages_done=stages,
+                          metrics_rows=rows_written[0], checksums=checksums,
+                          row_checksums=row_checksums, config=config)
+        broken = nonfinite_tensors(state["algorithm"])  # a finite loss can still step to NaN weights
+        if broken:
+            raise NonFiniteLoss(f"the weights hold NaN/Inf after {position.global_step} steps "
+                                f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}) "
+                                f"although the loss was finite; not checkpointed", BROKEN_HINT, kept())
+        save_atomic(state, checkpoint_path)
+        saved_at[0] = position.global_step
 
     try:
         if not stages_done:
@@ -295,12 +351,14 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
                 if stage.epochs > 0:
                     log(f"stage {stage.name} (distill point {point}): {stage.epochs} epochs")
                     history = run_stage(algorithm, point, stage, batches, progress=config.trainer.progress,
-                                        on_nonfinite=config.trainer.on_nonfinite)
+                                        on_nonfinite=config.trainer.on_nonfinite,
+                                        max_skipped_in_row=config.trainer.max_skipped_in_row)
                     log(f"stage {stage.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in history.items()))
             stages_done = True
             save(True)
 
         evaluation = splits.evaluation
+        metric = headline(splits.source.task)  # shown each epoch: top1, miou, map50
 
         def score() -> dict[str, dict[str, dict[str, float]]]:
             return {name: {split: evaluate(model, data, splits.source.task,
@@ -315,11 +373,12 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
             row = {"epoch": pos.epoch, "lr": optimizer.param_groups[0]["lr"], "train": train, **scores}
             if len(optimizer.param_groups) > 1:  # Algorithm.parameter_groups() with lr_scale
                 row["lr_groups"] = [group["lr"] for group in optimizer.param_groups]
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            check_run_dir(run_dir)
+            loggers.log_epoch(row)  # metrics.jsonl first, then the trackers
             rows_written[0] += 1
-            shown = {f"{m} {s} top1" if len(scores) > 1 else f"{s} top1": v["top1"]
-                     for m, by_split in scores.items() for s, v in by_split.items() if "top1" in v}
+            row_checksums.append(row_checksum(json.dumps(row)))
+            shown = {f"{m} {s} {metric}" if len(scores) > 1 else f"{s} {metric}": v[metric]
+                     for m, by_split in scores.items() for s, v in by_split.items() if metric in v}
             log(describe_epoch(pos.epoch, config.trainer.epochs, train, shown))
             skipped = train.get("scaler_skipped_steps", 0)
             if skipped * 2 > len(batches):  # a few skips as the scale settles are normal
@@ -335,9 +394,12 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
 
         train_epochs(algorithm, batches, optimizer, scheduler, epochs=config.trainer.epochs,
                      position=position, on_nonfinite=config.trainer.on_nonfinite,
+                     max_skipped_in_row=config.trainer.max_skipped_in_row,
                      grad_clip=config.trainer.grad_clip, progress=config.trainer.progress,
                      amp=config.trainer.amp, scaler=scaler, step_module=distributed.wrap(algorithm, device),
                      reduce=distributed.reduce_sums, on_step=on_step, on_epoch_end=on_epoch_end)
+    except NonFiniteLoss as exc:
+        raise exc.keeping(kept()) from None
     finally:
         algorithm.remove_taps()
 
@@ -347,9 +409,15 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
 
     summary = summarize(config, algorithm, splits, teachers, checksums, metrics_path, device,
                         time.perf_counter() - started, run_dir)
+    check_run_dir(run_dir)
     exported = next(iter(algorithm.evaluation_models().values()))
+    broken = nonfinite_tensors(exported.state_dict())
+    if broken:  # the checkpoints were checked: only weights loaded from elsewhere get here
+        raise NonFiniteLoss(f"the student's weights hold NaN/Inf ({', '.join(broken[:3])}); "
+                            f"student.pt is not written", BROKEN_HINT, kept())
     save_atomic(exported.state_dict(), os.path.join(run_dir, "student.pt"))
     write_json_atomic(summary, os.path.join(run_dir, "summary.json"))
+    loggers.log_summary(summary)
     return run_dir
 
 
@@ -362,15 +430,17 @@ def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str
     task = splits.source.task
     final = evaluate(models[first], splits.test, task, batch_size=config.data.eval_batch_size, device=device)
     student: dict[str, Any] = {**final, "params": sum(p.numel() for p in models[first].parameters())}
-    key = "val" if splits.val is not None else "test"
-    history = [(r["epoch"], r[first][key]["top1"]) for r in rows if first in r and "top1" in r[first][key]]
+    key, metric = ("val" if splits.val is not None else "test"), headline(task)
+    history = [(r["epoch"], r[first][key][metric]) for r in rows if first in r and metric in r[first][key]]
     if history:
         best_epoch, best = max(history, key=lambda x: x[1])
-        student.update({"best_epoch": best_epoch, f"best_{key}_top1": best})
+        student.update({"best_epoch": best_epoch, f"best_{key}_{metric}": best})
         if splits.val is not None:
-            student["val_top1"] = history[-1][1]
-    summary: dict[str, Any] = {"algo": config.algorithm.type, "student": student,
+            student[f"val_{metric}"] = history[-1][1]
+    summary: dict[str, Any] = {"algo": config.algorithm.type, "metric": metric, "student": student,
                                "epochs": config.trainer.epochs, "seconds": round(seconds, 2),
+                               # every epoch's training time, across resumes (see docs/outputs.md)
+                               "train_seconds": round(sum(r["train"].get("seconds", 0.0) for r in rows), 2),
                                "run_dir": run_dir, "device": str(device),
                                "processes": distributed.world_size(),
                                "train_images": len(splits.train),
@@ -392,5 +462,3 @@ def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str
         summary["teacher"] = next(iter(per_teacher.values()))
         summary["teachers"] = per_teacher
     return summary
-                               # every epoch's training time, across resumes (see docs/outputs.md)
-                               "train_seconds": round(sum(r["train"].get("seconds", 0.0) for r in rows), 2),

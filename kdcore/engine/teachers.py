@@ -23,13 +23,14 @@ from ..builtin.algorithms import Vanilla
 from ..config import RunConfig, TeacherConfig, unstructure
 from ..data import TensorSplit
 from ..errors import UserError
+from ..task import headline
 from ..files import cache_dir
 from .batches import TrainBatches
 from .checkpoint import exclusive, load_weights, save_atomic
 from .evaluate import evaluate
-from .fast_max_pool import use_fast_max_pool
-from .loop import Position, describe_epoch, train_epochs
+from .loop import NonFiniteLoss, Position, describe_epoch, nonfinite_tensors, train_epochs
 from .optim import make_optimizer, make_scheduler
+from .transforms import apply_transforms, build_transforms
 
 #: Bump when the teacher training recipe changes in a way the hash cannot see.
 RECIPE_VERSION = 1
@@ -106,8 +107,7 @@ def weights_checksum(model: nn.Module) -> str:
 def train_teacher(model: nn.Module, tcfg: TeacherConfig, config: RunConfig, splits: Splits,
                   device: torch.device, log: Callable[[str], None]) -> dict[str, float]:
     torch.manual_seed(tcfg.train.seed)
-    if config.trainer.fast_max_pool:
-        use_fast_max_pool(model)
+    apply_transforms(build_transforms(config.trainer.model_transforms), model, "teacher_training", log)
     algorithm = Vanilla(model.to(device), splits.source.task)
     batches = TrainBatches(teacher_data(tcfg, splits), tcfg.train.batch_size, tcfg.train.seed, device=device)
     optimizer = make_optimizer(model.parameters(), tcfg.train.optimizer)
@@ -117,8 +117,9 @@ def train_teacher(model: nn.Module, tcfg: TeacherConfig, config: RunConfig, spli
     def on_epoch_end(position: Position, train: dict[str, float]) -> None:
         scores.update(evaluate(model, splits.test, splits.source.task,
                                batch_size=config.data.eval_batch_size, device=device))
+        metric = headline(splits.source.task)
         log(f"teacher {tcfg.name}: " + describe_epoch(position.epoch, tcfg.train.epochs, train,
-                                                      {"test top1": scores["top1"]}))
+                                                      {f"test {metric}": scores[metric]}))
 
     train_epochs(algorithm, batches, optimizer, scheduler, epochs=tcfg.train.epochs,
                  position=Position(), progress=config.trainer.progress,
@@ -140,6 +141,10 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
         if tcfg.checkpoint:
             path = os.path.expanduser(tcfg.checkpoint)
             load_weights(model, path, what=f"{where}.checkpoint")
+            broken = nonfinite_tensors(model.state_dict())
+            if broken:
+                raise UserError(f"{where}.checkpoint {path} holds NaN/Inf weights "
+                                f"({', '.join(broken[:3])}); a teacher must be finite to teach")
             log(f"teacher {tcfg.name}: using {where}.checkpoint {path}")
         elif len(teacher_data(tcfg, splits)) == 0:
             raise UserError(f"{where}.checkpoint: this run has no training images to train the "
@@ -162,18 +167,42 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
                     log(f"teacher {tcfg.name}: no checkpoint given and {why_new(path, recipe)}; "
                         f"training {tcfg.type} for {tcfg.train.epochs} epochs on {images} images "
                         f"(cached afterwards at {path})")
-                    scores = train_teacher(model, tcfg, config, splits, device, log)
+                    try:
+                        scores = train_teacher(model, tcfg, config, splits, device, log)
+                        broken = nonfinite_tensors(model.state_dict())
+                        if broken:  # the last step's loss was finite, its update was not
+                            raise NonFiniteLoss(f"its weights hold NaN/Inf after training "
+                                                f"({', '.join(broken[:3])})")
+                    except NonFiniteLoss as exc:  # its own message: no run checkpoint exists yet
+                        raise NonFiniteLoss(
+                            f"teacher {tcfg.name!r} ({where}), trained before the student because "
+                            f"it has no checkpoint: its training diverged, {exc.detail}",
+                            f"lower {where}.train.optimizer.lr, or give {where}.checkpoint",
+                            "nothing is cached for it and the student was not trained") from None
                     save_atomic({"state_dict": model.state_dict(),
-                                 "meta": {"type": tcfg.type, "top1": scores.get("top1", 0.0),
+                                 "meta": {"type": tcfg.type, **{k: v for k, v in scores.items() if "_" not in k},
                                           "recipe": recipe}}, path)
                     trained = True
         model.to(device)
-        if tcfg.expect_top1 is not None:
-            top1 = evaluate(model, splits.test, splits.source.task,
-                            batch_size=config.data.eval_batch_size, device=device, frozen=True)["top1"]
-            if abs(top1 - tcfg.expect_top1) > 1.0:
-                raise UserError(f"{where}.expect_top1: the teacher scores {top1:.2f} top-1 on the "
-                                f"test split, expected {tcfg.expect_top1:.2f} (+/- 1.0); check "
-                                f"{where}.checkpoint and the data set")
+        check_expected(tcfg, model, config, splits, device, where)
         prepared[tcfg.name] = {"model": model, "checkpoint": path, "trained": trained}
     return prepared
+
+
+def check_expected(tcfg: TeacherConfig, model: nn.Module, config: RunConfig, splits: Splits,
+                   device: torch.device, where: str) -> None:
+    """``expect_metric`` (the task's headline metric) or ``expect_top1`` (classification only),
+    within 1.0 on the test split: a wrong checkpoint or data set is caught before distilling."""
+    metric = headline(splits.source.task)
+    if tcfg.expect_top1 is not None and metric != "top1":
+        raise UserError(f"{where}.expect_top1: this data set is scored by {metric}, not top-1; "
+                        f"use {where}.expect_metric (the expected {metric})")
+    key, expected = ("expect_top1", tcfg.expect_top1) if tcfg.expect_top1 is not None else \
+        ("expect_metric", tcfg.expect_metric)
+    if expected is not None:
+        value = evaluate(model, splits.test, splits.source.task,
+                         batch_size=config.data.eval_batch_size, device=device, frozen=True)[metric]
+        if abs(value - expected) > 1.0:
+            raise UserError(f"{where}.{key}: the teacher scores {value:.2f} {metric} on the "
+                            f"test split, expected {expected:.2f} (+/- 1.0); check "
+                            f"{where}.checkpoint and the data set")

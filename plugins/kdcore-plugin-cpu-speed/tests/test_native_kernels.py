@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from kdcore.engine import native_kernels
+from kdcore_plugin_cpu_speed import native_kernels
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc)")
 

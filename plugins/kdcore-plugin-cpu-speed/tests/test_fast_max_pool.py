@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kdcore.engine.fast_max_pool as fmp
-from kdcore.engine.fast_max_pool import FastMaxPool2d, max_pool_2x2, use_fast_max_pool
+import kdcore_plugin_cpu_speed.fast_max_pool as fmp
+from kdcore_plugin_cpu_speed.fast_max_pool import FastMaxPool2d, max_pool_2x2, use_fast_max_pool
 from kdcore.models.cnn import cnn_student
 
 HAVE_CC = shutil.which("cc") is not None

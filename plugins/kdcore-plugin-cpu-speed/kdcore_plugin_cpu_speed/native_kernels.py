@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 from importlib import resources
 
-from ..files import cache_dir, temp_file
+from kdcore.files import cache_dir, temp_file
 
 ENV_SWITCH = "KDCORE_NATIVE_KERNELS"
 # tried in order: the first that builds is kept (a compiler may lack OpenMP or -march=native)
@@ -110,7 +110,7 @@ def load(name: str) -> ctypes.CDLL | None:
     cc = tuple(shlex.split(os.environ.get("CC") or "cc"))  # "ccache gcc" is a compiler too
     if not cc or shutil.which(cc[0]) is None:
         return None
-    source = (resources.files("kdcore.engine") / "kernels" / f"{name}.c").read_bytes()
+    source = (resources.files("kdcore_plugin_cpu_speed") / "kernels" / f"{name}.c").read_bytes()
     folders = [os.path.join(cache_dir(), "kernels"),
                os.path.join(tempfile.gettempdir(), f"kdcore-kernels-{os.getuid()}")]
     flag_sets = FLAG_SETS
