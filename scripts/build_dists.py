@@ -1,0 +1,52 @@
+"""Build the sdist and wheel of kdcore and of every plugin under plugins/ into one folder.
+
+    python scripts/build_dists.py [DIST]        # default: dist/
+
+Each wheel is built from its sdist (``python -m build``), so a file missing from the sdist
+fails here, not on a user's machine. ``--no-isolation`` uses this environment's setuptools
+(no download); install ``build`` first (``pip install build``, in kdcore's ``test`` extra).
+Then, in any environment: ``pip install --find-links DIST kdcore-plugin-rkd``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def projects(root: str = ROOT) -> list[str]:
+    """The core's folder, then every plugin folder with a pyproject.toml, sorted."""
+    plugins = sorted(p for p in glob.glob(os.path.join(root, "plugins", "*"))
+                     if os.path.isfile(os.path.join(p, "pyproject.toml")))
+    return [root, *plugins]
+
+
+def build(project: str, dist: str) -> None:
+    """sdist, then the wheel from the sdist, of ``project`` into ``dist``."""
+    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, project],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"build_dists: {project} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dist", nargs="?", default=os.path.join(ROOT, "dist"), help="output folder")
+    args = parser.parse_args(argv)
+    os.makedirs(args.dist, exist_ok=True)
+    start = time.monotonic()
+    for project in projects():
+        build(project, args.dist)
+    made = sorted(os.listdir(args.dist))
+    print(f"build_dists: {len(made)} files in {args.dist} ({time.monotonic() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
