@@ -102,7 +102,7 @@ def test_the_loss_is_the_terms_added_in_order_and_read_once() -> None:
     w = torch.tensor([1.0, 2.0], requires_grad=True)
     terms = {"a": (w * 3).sum(), "b": (w ** 2).sum(), "c": w[0] - w[1]}
     loss, scalars = sum_terms(terms)
-    assert loss.item() == 9.0 + 5.0 - 1.0 and read_values(scalars, torch.device("cpu")) == [9.0, 5.0, -1.0]
+    assert loss.item() == 9.0 + 5.0 - 1.0 and read_values(scalars) == [9.0, 5.0, -1.0]
     loss.backward()
     assert w.grad.tolist() == [3 + 2 + 1, 3 + 4 - 1]  # every term reaches the gradient
 

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from ..components import Algorithm, Batch, Distiller
-from ..components.head import weighted
 from ..errors import UserError
 from ..hookspecs import hookimpl
 from ..specs import Component
@@ -43,14 +42,13 @@ class TeacherStudent(Algorithm):
         self.student_loss_weight = student_loss_weight
 
     def training_step(self, batch: Batch, *, epoch: int, step: int) -> dict[str, torch.Tensor]:
-        distiller = self.distiller  # a submodule: each ``self.`` lookup of it is a Python call
-        assert distiller is not None
+        assert self.distiller is not None
         outputs, student_features = self.student_forward(batch.inputs)
-        teacher_features = distiller.teacher_features(batch.inputs, indices=batch.indices)
+        teacher_features = self.distiller.teacher_features(batch.inputs, indices=batch.indices)
         terms: dict[str, torch.Tensor] = {}
         if self.student_loss_weight:
-            terms["task"] = weighted(self.student_loss_weight, self.task.loss(outputs, batch.targets))
-        terms.update(distiller.losses(student_features, teacher_features, targets=batch.targets,
+            terms["task"] = self.student_loss_weight * self.task.loss(outputs, batch.targets)
+        terms.update(self.distiller.losses(student_features, teacher_features, targets=batch.targets,
                                       indices=batch.indices, epoch=epoch, step=step))
         return terms
 

@@ -38,7 +38,7 @@ class Distiller(nn.Module):
     Teachers stay in eval mode whatever ``train()`` is called with, run without autograd, and
     their weights never change. Subclasses may override :meth:`teacher_features` (e.g. to read
     a cache) or :meth:`losses` (e.g. to combine teachers). Teachers, points and heads are fixed
-    at construction (the taps are bound to them then, and the step walks lists resolved then).
+    at construction: the taps are bound to them then.
     """
 
     def __init__(self, teachers: Mapping[str, nn.Module], points: list[DistillPoint]) -> None:
@@ -55,10 +55,6 @@ class Distiller(nn.Module):
             )
             for name, teacher in self.teachers.items()
         }
-        # what every step walks, resolved once (the taps bind teachers and paths at construction
-        # anyway): no module-attribute lookups and no property calls on the hot path
-        self._runs = [(name, teacher, self._taps[name]) for name, teacher in self.teachers.items()]
-        self._routes = [(self.heads[p.name], p.student_tap.key, p.teacher, p.teacher_tap.key) for p in points]
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -95,8 +91,8 @@ class Distiller(nn.Module):
         run under ``inference_mode``."""
         features: dict[str, dict[str, Any]] = {}
         with torch.no_grad():
-            for name, teacher, taps in self._runs:
-                features[name] = taps.run(teacher, inputs)[1]
+            for name, teacher in self.teachers.items():
+                features[name] = self._taps[name].run(teacher, inputs)[1]
         return features
 
     def losses(
@@ -107,8 +103,10 @@ class Distiller(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Every head's weighted loss terms, keyed by term name (unique across heads)."""
         terms: dict[str, torch.Tensor] = {}
-        for head, student_key, teacher, teacher_key in self._routes:
-            terms.update(head(student_features[student_key], teacher_features[teacher][teacher_key], **extra))
+        for p in self.points:
+            head = self.heads[p.name]
+            terms.update(head(student_features[p.student_tap.key],
+                              teacher_features[p.teacher][p.teacher_tap.key], **extra))
         return terms
 
     def remove_taps(self) -> None:

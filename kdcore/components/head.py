@@ -12,11 +12,6 @@ from ..errors import UserError
 from .stage import Stage
 
 
-def weighted(weight: float, value: torch.Tensor) -> torch.Tensor:
-    """``weight * value``, without a kernel launch when the weight is 1."""
-    return value if weight == 1.0 else weight * value
-
-
 def _key(term: str) -> str:
     return term.replace(".", "_")
 
@@ -29,8 +24,6 @@ class DistillationHead(nn.Module):
     :param student_connector: applied to the student feature (trainable).
     :param teacher_connector: applied to the teacher feature (trainable; the teacher is not).
     :param label: where the head comes from in the config, used in error messages.
-
-    The losses and their weights are fixed at construction: the step walks a list resolved then.
     """
 
     def __init__(
@@ -48,10 +41,7 @@ class DistillationHead(nn.Module):
         self.student_connector = student_connector
         self.teacher_connector = teacher_connector
         self.label = label
-        # (term key, term name, weight, loss) in order, resolved once for the step's loop; the
-        # losses stay registered in ``self.losses`` (parameters, state_dict, ``.to()``)
-        self._plan = [(key, self.terms[key], self.weights[key], loss) for key, loss in self.losses.items()]
-        self._shapes_checked: set[str] = set()
+        self._shapes_checked: set[str] = set()  # per-sample shapes do not change within a run
 
     def connect(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[Any, Any]:
         if self.student_connector is not None:
@@ -61,17 +51,15 @@ class DistillationHead(nn.Module):
         return student, teacher
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> dict[str, torch.Tensor]:
-        # written for the hot path: it runs every step, and on a launch-bound GPU step each
-        # Python call shows (docs/benchmarks.md, framework overhead)
         student, teacher = self.connect(student, teacher)
         terms: dict[str, torch.Tensor] = {}
-        checked = self._shapes_checked
-        for key, name, weight, loss in self._plan:
-            if key not in checked:
+        for key, loss in self.losses.items():
+            name = self.terms[key]
+            if key not in self._shapes_checked:
                 if getattr(loss, "same_shape", True):
                     self.check_shapes(name, student, teacher)
-                checked.add(key)  # per-sample shapes do not change within a run
-            terms[name] = weighted(weight, loss(student, teacher, **extra))
+                self._shapes_checked.add(key)
+            terms[name] = self.weights[key] * loss(student, teacher, **extra)
         return terms
 
     def check_shapes(self, name: str, student: Any, teacher: Any) -> None:

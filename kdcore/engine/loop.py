@@ -24,8 +24,42 @@ from .batches import TrainBatches
 from .distributed import all_ranks, average_gradients
 
 
+#: the hint every NaN/Inf stop of the loop ends with
+SKIP_HINT = "set trainer.on_nonfinite=skip to skip such batches"
+
+
+#: the hint of a stop after batches skipped for NaN/Inf
+BROKEN_HINT = "lower the learning rate or set trainer.grad_clip"
+
+
 class NonFiniteLoss(Exception):
-    """A loss term became NaN or Inf; the message names the term, epoch and step."""
+    """A loss term (or the weights) became NaN or Inf. ``detail`` names the term, epoch and
+    step; ``kept`` says what was kept, which only the caller knows (a run's last.pt; nothing,
+    for a teacher's own training): the loop raises without it, the caller adds it
+    (:meth:`keeping`)."""
+
+    def __init__(self, detail: str, hint: str | None = SKIP_HINT, kept: str | None = None) -> None:
+        self.detail, self.hint, self.kept = detail, hint, kept
+        super().__init__(f"{detail}; stopped{', ' + kept if kept else ''}{f' ({hint})' if hint else ''}")
+
+    def keeping(self, kept: str) -> NonFiniteLoss:
+        return self if self.kept else NonFiniteLoss(self.detail, self.hint, kept)
+
+
+#: what a stop inside a pre-training stage keeps
+STAGE_KEPT = "before training: no checkpoint is written"
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding a NaN or Inf: one reduction per tensor,
+    one host sync for all, so checking before every checkpoint costs little."""
+    names = [name for name, value in state.items() if value.is_floating_point() and value.numel()]
+    if not names:
+        return []
+    ok = torch.stack([torch.isfinite(state[name]).all().cpu() for name in names])
+    if bool(ok.all()):
+        return []
+    return [name for name, good in zip(names, ok.tolist()) if not good]
 
 
 @attrs.define
@@ -40,6 +74,7 @@ class Position:
     skipped: int = 0
     seconds: float = 0.0
     scaler_skipped: int = 0
+    skipped_in_row: int = 0
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -66,29 +101,18 @@ def _scalar(name: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def sum_terms(terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The loss to backpropagate (the terms added in order) and the terms to read.
-
-    Written for the hot path, which every step takes: when the sum is already a float32 scalar,
-    every term was a scalar (a wider one would have broadcast) and the sum is what float32 terms
-    would give (a low-precision term next to a float32 one was promoted), so nothing else is
-    done; otherwise each term is checked and made a float32 scalar by :func:`_scalar`."""
+    """The loss to backpropagate (the terms, each a float32 scalar, added in order) and the
+    terms to read."""
     if not terms:
         raise UserError("the algorithm's training_step returned no loss terms; it must return "
                         "{name: scalar tensor} with at least one term")
-    values = list(terms.values())
-    loss = sum(values[1:], values[0])  # left to right
-    if loss.dim() or loss.dtype != torch.float32:
-        values = [_scalar(name, value) for name, value in terms.items()]
-        loss = sum(values[1:], values[0])
-    return loss, values
+    values = [_scalar(name, value) for name, value in terms.items()]
+    return sum(values[1:], values[0]), values
 
 
-def read_values(values: list[torch.Tensor], device: torch.device) -> list[float]:
-    """The terms' values on the host: the step's one readout, for the NaN/Inf check and the logs.
-    On an accelerator one stacked copy (one sync); on the CPU ``item()`` each, which copies
-    nothing and costs less than building a stack."""
-    if device.type == "cpu":
-        return list(map(torch.Tensor.item, values))
+def read_values(values: list[torch.Tensor]) -> list[float]:
+    """The terms' values on the host, in one copy (one sync on an accelerator): the step's one
+    readout, for the NaN/Inf check and the logs."""
     return torch.stack(values).tolist()
 
 
@@ -100,6 +124,13 @@ def agreed_finite(finite: bool, on_nonfinite: str, device: torch.device) -> bool
 
 # the epoch summary's entries that are not loss terms
 NOT_TERMS = ("loss", "images_per_second", "seconds", "skipped_batches", "scaler_skipped_steps")
+
+
+def bar_disabled(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for ``trainer.progress``: ``None`` lets tqdm turn the bar off when its
+    stream (stderr) is not a terminal, so a log file or CI output gets the plain per-epoch lines
+    instead of one long line of carriage-return redraws."""
+    return None if progress else True
 
 
 def format_terms(terms: dict[str, float]) -> str:
@@ -124,13 +155,6 @@ def step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, stepped: bool
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         scheduler.step()
-
-def bar_disabled(progress: bool) -> bool | None:
-    """tqdm's ``disable`` for ``trainer.progress``: ``None`` lets tqdm turn the bar off when its
-    stream (stderr) is not a terminal, so a log file or CI output gets the plain per-epoch lines
-    instead of one long line of carriage-return redraws."""
-    return None if progress else True
-
 
 
 def step_function(algorithm: Algorithm, step_module: Callable[..., dict[str, torch.Tensor]] | None,
@@ -157,6 +181,7 @@ def train_epochs(
     epochs: int,
     position: Position,
     on_nonfinite: str = "stop",
+    max_skipped_in_row: int = 10,
     grad_clip: float | None = None,
     progress: bool = True,
     label: str = "train",
@@ -169,6 +194,9 @@ def train_epochs(
 ) -> Position:
     """Train from ``position`` until ``epochs`` are done; returns the final position.
 
+    ``on_nonfinite="skip"`` skips a batch whose loss is NaN/Inf, but stops (:class:`NonFiniteLoss`)
+    once ``max_skipped_in_row`` batches in a row, or every batch of an epoch, were skipped: the
+    weights are then broken, and a run that went on would export them.
     ``step_module`` replaces ``algorithm.training_step`` (a DDP wrapper of it); ``reduce``
     combines the epoch's loss sums across processes. ``on_step(position)`` runs after every step.
     ``scaler``: the fp16 loss scaler to use (a caller that checkpoints it passes its own); by
@@ -188,7 +216,7 @@ def train_epochs(
         for batch in batches.epoch(epoch, position.step_in_epoch):
             terms = step(batch, epoch=epoch, step=position.global_step)
             loss, scalars = sum_terms(terms)
-            values = dict(zip(terms, read_values(scalars, device)))
+            values = dict(zip(terms, read_values(scalars)))
             finite = agreed_finite(math.isfinite(sum(values.values())), on_nonfinite, device)
             if not finite:
                 bad = next((k for k, v in values.items() if not math.isfinite(v)), None)
@@ -198,11 +226,17 @@ def train_epochs(
                         "term on another process is NaN/Inf")
                 where = f"{what} at epoch {epoch + 1}, step {position.global_step}"
                 if on_nonfinite == "stop":
-                    raise NonFiniteLoss(f"loss {where}; stopped, the last good checkpoint is kept "
-                                        f"(set trainer.on_nonfinite=skip to skip such batches)")
+                    raise NonFiniteLoss(f"loss {where}")
                 position.skipped += 1
+                position.skipped_in_row += 1
                 stepped = False
+                if position.skipped_in_row >= max_skipped_in_row:
+                    raise NonFiniteLoss(
+                        f"trainer.on_nonfinite=skip skipped {position.skipped_in_row} batches in a "
+                        f"row (trainer.max_skipped_in_row; the last: loss {where}), so the weights "
+                        f"or inputs are broken", BROKEN_HINT)
             else:
+                position.skipped_in_row = 0
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -237,6 +271,10 @@ def train_epochs(
             if on_step is not None:
                 on_step(position)
         bar.close()
+        if position.skipped >= len(batches) > 0:  # before the epoch's checkpoint and metrics row
+            raise NonFiniteLoss(f"trainer.on_nonfinite=skip skipped all {position.skipped} batches "
+                                f"of {label} epoch {epoch + 1} (NaN/Inf losses), so the weights or "
+                                f"inputs are broken", BROKEN_HINT)
         if reduce is not None:
             position.sums, position.seen, position.skipped = reduce(position.sums, position.seen, position.skipped)
         summary = {k: v / max(position.seen, 1) for k, v in position.sums.items()}
@@ -264,6 +302,7 @@ def run_stage(
     *,
     progress: bool = True,
     on_nonfinite: str = "stop",
+    max_skipped_in_row: int = 10,
 ) -> dict[str, float]:
     """Perform one pre-training stage declared by a head; returns its mean loss per epoch (and
     the number of batches skipped for a NaN/Inf loss under ``on_nonfinite="skip"``)."""
@@ -285,7 +324,7 @@ def run_stage(
     else:
         optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=0.9)
     history: dict[str, float] = {}
-    skipped = 0
+    skipped, in_row = 0, 0
     for epoch in range(stage.epochs):
         algorithm.train()
         total, count = 0.0, 0
@@ -303,17 +342,28 @@ def run_stage(
             if not agreed_finite(math.isfinite(value), on_nonfinite, loss.device):
                 if on_nonfinite == "stop":
                     raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: loss is "
-                                        f"{value} at epoch {epoch + 1}, step {step}; stopped before "
-                                        f"training, no checkpoint is written (set "
-                                        f"trainer.on_nonfinite=skip to skip such batches)")
+                                        f"{value} at epoch {epoch + 1}, step {step}",
+                                        kept=STAGE_KEPT)
                 skipped += 1
+                in_row += 1
+                if in_row >= max_skipped_in_row:
+                    raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: "
+                                        f"trainer.on_nonfinite=skip skipped {in_row} batches in a "
+                                        f"row (trainer.max_skipped_in_row; the last at epoch "
+                                        f"{epoch + 1}, step {step}), so the weights or inputs are "
+                                        f"broken", "lower the stage's learning rate", STAGE_KEPT)
                 continue
+            in_row = 0
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(params)
             optimizer.step()
             total += value * len(batch.indices)
             count += len(batch.indices)
+        if count == 0 and len(batches):
+            raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: "
+                                f"trainer.on_nonfinite=skip skipped every batch of epoch {epoch + 1} "
+                                f"(NaN/Inf losses)", "lower the stage's learning rate", STAGE_KEPT)
         history[f"{stage.name}_epoch{epoch + 1}"] = total / max(count, 1)
     if skipped:
         history[f"{stage.name}_skipped_batches"] = skipped
