@@ -204,3 +204,158 @@ def test_a_lock_file_naming_a_dead_process_is_taken_over(stopped, tmp_path) -> N
     assert result.exit_code == 0, result.output
     assert f"named process {gone.pid}, which is no longer running; taken over" in result.output
     assert (run_dir / ".kdcore-run.lock").read_text() == ""  # released at the end
+
+
+# --- NaN / Inf: nothing non-finite is kept --------------------------------------------------------
+
+def test_weights_that_turn_nan_after_a_finite_loss_are_never_checkpointed(files, tmp_path) -> None:
+    """The loss of step 4 (epoch 2's first) is finite, its gradient NaN: with a checkpoint every
+    step, the next save would be NaN weights; last.pt stays the good one and a resume works."""
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(
+        files, "trainer.checkpoint_every=1", losses("{type: kdfault_nan_grad, steps: [4]}"))])
+    line = error_line(result, 3)
+    assert "the weights hold NaN/Inf after 5 steps" in line and "although the loss was finite" in line
+    assert "the last good checkpoint is kept: checkpoints/last.pt, after 4 steps" in line
+    run_dir = only_run_dir(tmp_path)
+    state = load_checkpoint(str(run_dir / "checkpoints" / "last.pt"))
+    assert state["position"]["global_step"] == 4 and finite(state["algorithm"])
+    assert not (run_dir / "student.pt").exists()
+    resumed = invoke(["run", "--resume", str(run_dir), "--set",
+                      losses("{type: kdfault_nan_grad, steps: []}")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed at epoch 2, step 0" in resumed.output
+    assert finite(torch.load(run_dir / "student.pt", weights_only=True))
+
+
+def test_skip_stops_when_every_batch_of_an_epoch_is_skipped(files, tmp_path) -> None:
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(
+        files, "trainer.on_nonfinite=skip", losses("{type: kdfault_bad, start: 2}"))])
+    line = error_line(result, 3)
+    assert "trainer.on_nonfinite=skip skipped all 4 batches of train epoch 2" in line
+    assert "the last good checkpoint is kept: checkpoints/last.pt, after 4 steps" in line
+    run_dir = only_run_dir(tmp_path)
+    assert not (run_dir / "student.pt").exists() and not (run_dir / "summary.json").exists()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_skip_stops_after_max_skipped_in_row(files, tmp_path) -> None:
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(
+        files, "trainer.on_nonfinite=skip", "trainer.max_skipped_in_row=3",
+        losses("{type: kdfault_bad, steps: [2, 3, 4]}"))])  # across the epoch end
+    line = error_line(result, 3)
+    assert "skipped 3 batches in a row (trainer.max_skipped_in_row; the last: loss term" in line
+    assert "at epoch 2, step 4" in line
+    # NaN weights from a NaN gradient make every later loss NaN: skipped, then stopped; never exported
+    out = tmp_path / "nan-weights"
+    result = invoke(["run", "--output-dir", str(out), *sets(
+        files, "trainer.on_nonfinite=skip", losses("{type: kdfault_nan_grad, steps: [1]}"))])
+    line = error_line(result, 3)
+    assert "the weights hold NaN/Inf after 4 steps" in line and "checkpoints/last.pt, after 0 steps" in line
+    assert not (only_run_dir(out) / "student.pt").exists()
+
+
+def test_a_teacher_whose_own_training_diverges_says_so(files, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KDCORE_CACHE_DIR", str(tmp_path / "cache"))
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(
+        files, "teachers.0.checkpoint=null", "teachers.0.train.epochs=1",
+        "teachers.0.train.optimizer.lr=1e12")])
+    line = error_line(result, 3)
+    assert "teacher 'teacher' (teachers[0]), trained before the student because it has no checkpoint: " \
+           "its training diverged, " in line
+    assert "nothing is cached for it and the student was not trained" in line
+    assert "last good checkpoint" not in line and "on_nonfinite" not in line
+    assert not list((tmp_path / "cache" / "teachers").glob("*.pt"))
+    assert not list(tmp_path.glob("*/config.yaml"))  # nothing trained: no run dir left behind
+
+
+# --- what a resume finds in the run directory ------------------------------------------------------
+
+def test_a_finished_runs_damaged_student_pt_is_written_again_on_resume(finished, tmp_path) -> None:
+    run_dir = copy_of(finished, tmp_path)
+    good = torch.load(run_dir / "student.pt", weights_only=True)
+    for damage in ("truncated", "nan"):
+        if damage == "truncated":
+            (run_dir / "student.pt").write_bytes((run_dir / "student.pt").read_bytes()[:200])
+        else:
+            torch.save({k: v * float("nan") if v.is_floating_point() else v for k, v in good.items()},
+                       run_dir / "student.pt")
+        result = invoke(["run", "--resume", str(run_dir)])
+        assert result.exit_code == 0, result.output
+        assert "the run is complete, but student.pt " in result.output and "nothing to do" not in result.output
+        again = torch.load(run_dir / "student.pt", weights_only=True)
+        assert all(torch.equal(again[k], good[k]) for k in good)
+    assert "nothing to do" in invoke(["run", "--resume", str(run_dir)]).output
+
+
+def test_last_pt_deleted_while_metrics_has_rows_is_refused(stopped, tmp_path) -> None:
+    run_dir = copy_of(stopped, tmp_path)
+    (run_dir / "checkpoints" / "last.pt").unlink()
+    before = (run_dir / "metrics.jsonl").read_text()
+    line = error_line(resume_skipping(run_dir), 2)
+    assert "checkpoints/last.pt is missing but metrics.jsonl has 1 row" in line
+    assert "move metrics.jsonl aside" in line
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    (run_dir / "metrics.jsonl").rename(run_dir / "metrics.jsonl.old")  # the explicit start-over
+    assert resume_skipping(run_dir).exit_code == 0
+    assert [json.loads(l)["epoch"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_an_edited_metrics_row_is_found_on_resume(stopped, tmp_path) -> None:
+    run_dir = copy_of(stopped, tmp_path)
+    row = json.loads((run_dir / "metrics.jsonl").read_text())
+    row["student"]["test"]["top1"] = 99.9  # would become the summary's best value
+    (run_dir / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    line = error_line(resume_skipping(run_dir), 2)
+    assert "metrics.jsonl line 1 is not the row the run wrote" in line
+    assert "recorded: edited or damaged" in line
+
+
+@pytest.mark.parametrize("damage, said", [
+    (b"garbage\n", "line 1 is not a JSON object"),
+    (b"\xff\xfe\x00binary\n", "line 1 is not text (binary damage)"),
+    ("rename", "line 1 has no integer 'epoch'"),
+    ("directory", "is a directory, not the run's metrics file"),
+])
+def test_a_damaged_metrics_file_is_one_line(stopped, tmp_path, damage, said) -> None:
+    run_dir = copy_of(stopped, tmp_path)
+    metrics = run_dir / "metrics.jsonl"
+    if damage == "rename":
+        metrics.write_text(metrics.read_text().replace('"epoch"', '"epoah"'))
+    elif damage == "directory":
+        metrics.unlink()
+        metrics.mkdir()
+    else:
+        metrics.write_bytes(damage)
+    assert said in error_line(resume_skipping(run_dir), 2)
+    assert not (run_dir / "config.yaml.1").exists()  # refused before anything changed
+
+
+def test_a_hand_edited_config_is_said_key_by_key_and_recorded(stopped, tmp_path) -> None:
+    run_dir = copy_of(stopped, tmp_path)
+    config = run_dir / "config.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("lr: 0.1", "lr: 0.05").replace("on_nonfinite: stop", "on_nonfinite: skip"))
+    result = invoke(["run", "--resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "config changed since checkpoints/last.pt: optimizer.lr 0.1 -> 0.05" in result.output
+    assert "config changed since checkpoints/last.pt: trainer.on_nonfinite 'stop' -> 'skip'" in result.output
+    assert "the config it was trained with is kept as config.yaml.1" in result.output
+    assert "lr: 0.1\n" in (run_dir / "config.yaml.1").read_text()
+
+
+def test_a_hand_edited_seed_is_refused(stopped, tmp_path) -> None:
+    run_dir = copy_of(stopped, tmp_path)
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("seed: 0", "seed: 7"))
+    line = error_line(resume_skipping(run_dir), 2)
+    assert "--resume (config.yaml edited since checkpoints/last.pt): seed was 0, now 7" in line
+
+
+def test_a_run_dir_removed_mid_run_stops_with_one_line(files, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    result = invoke(["run", "--output-dir", str(out), *sets(
+        files, "trainer.checkpoint_every=2", losses(f"{{type: kdfault_rmdir, output_dir: '{out}', step: 2}}"))])
+    line = error_line(result, 2)
+    assert "was removed while the run was going; stopped without writing there again" in line
+    assert not list(out.iterdir())  # not recreated without its config.yaml

@@ -119,7 +119,7 @@ SETS = ["data.train_limit=512", "data.test_limit=256", "trainer.epochs=2",
         "trainer.checkpoint_every=3", "trainer.threads=1",
         ("teachers.0.distill.0.head.losses=[{type: kd, weight: 0.5, temperature: 4.0}, "
          "{type: kdrel_mse, weight: 0.01}]")]
-TIMING = {"seconds", "images_per_second", "run_dir"}
+TIMING = {"seconds", "train_seconds", "images_per_second", "run_dir"}
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:

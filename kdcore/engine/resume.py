@@ -9,17 +9,19 @@ from __future__ import annotations
 import json
 import os
 import random
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import torch
+import yaml
 
 from ..components.algorithm import is_teacher_state
-from ..config import RunConfig, dump_yaml, load_config, read_yaml, unstructure
+from ..config import ConfigDumper, RunConfig, dump_yaml, load_config, read_yaml, unstructure
 from ..errors import UserError
-from .checkpoint import TEMP_NAME, load_checkpoint, write_text_atomic
-from .loop import Position
+from .checkpoint import TEMP_NAME, load_checkpoint, state_dict_of, write_text_atomic
+from .loop import Position, nonfinite_tensors
 from .optim import restore_optimizer
 
 CHECKPOINT = os.path.join("checkpoints", "last.pt")
@@ -27,19 +29,62 @@ CHECKPOINT = os.path.join("checkpoints", "last.pt")
 DAMAGED = "this run cannot be resumed from it; start a new run"
 
 
-def metrics_rows(path: str) -> list[dict[str, Any]]:
-    """The complete rows; a torn last line (power loss mid-append) is never covered by a
-    checkpoint, so it is dropped rather than parsed."""
-    if not os.path.exists(path):
+#: what to do about a damaged metrics.jsonl
+METRICS_REMEDY = ("put the file back as kdcore wrote it (a copy, a backup), or start a new run; "
+                  "rows after the last checkpoint's are dropped on --resume anyway")
+
+
+def metrics_lines(path: str) -> list[str]:
+    """The complete lines of ``metrics.jsonl`` (newline included); a torn last line (power loss
+    mid-append) is never covered by a checkpoint, so it is dropped rather than read."""
+    if not os.path.lexists(path):
         return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not the run's metrics file; move it away "
+                        f"(the run's rows are lost with it: start a new run)") from None
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line} is not text (binary damage); {METRICS_REMEDY}") from None
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    return [line for line in lines if line.strip()]
+
+
+def parse_row(line: str, path: str, number: int) -> dict[str, Any]:
+    """One metrics row: a JSON object with an integer ``epoch`` (what the summary reads)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict) or isinstance(row.get("epoch"), bool) or not isinstance(row.get("epoch"), int):
+        what = "has no integer 'epoch'" if isinstance(row, dict) else "is not a JSON object"
+        raise UserError(f"{path} line {number} {what}, so it is not a row kdcore wrote "
+                        f"({_shown(line)}); {METRICS_REMEDY}")
+    return row
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def metrics_rows(path: str) -> list[dict[str, Any]]:
+    """The complete rows, each checked to be a row kdcore wrote (:func:`parse_row`)."""
+    return [parse_row(line, path, i + 1) for i, line in enumerate(metrics_lines(path))]
+
+
+def row_checksum(line: str) -> int:
+    """The CRC-32 of one metrics line as written (newline excluded): ``last.pt`` records one
+    per row it covers, so an edited or damaged row is found on resume."""
+    return zlib.crc32(line.rstrip("\n").encode("utf-8"))
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,9 +108,13 @@ def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def run_state(algorithm: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
               scaler: torch.amp.GradScaler | None, position: Position, *, stages_done: bool,
-              metrics_rows: int, checksums: dict[str, str]) -> dict[str, Any]:
-    """What ``last.pt`` holds: everything a resumed run needs to continue bit for bit."""
+              metrics_rows: int, checksums: dict[str, str], row_checksums: list[int] | None = None,
+              config: RunConfig | None = None) -> dict[str, Any]:
+    """What ``last.pt`` holds: everything a resumed run needs to continue bit for bit, plus
+    what checks a resume: each metrics row's CRC-32, and the config the run trained with."""
     return {"format": 1, "algorithm": trainable_state(algorithm),
+            "metrics_crc32": list(row_checksums) if row_checksums is not None else None,
+            "config": unstructure(config) if config is not None else None,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "optimizer_type": type(optimizer).__name__,
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
@@ -107,9 +156,22 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
         scaler.load_state_dict(state["grad_scaler"])
     set_rng_state(state["rng"])
     if metrics_path is not None:
-        rows = metrics_rows(metrics_path)[: state["metrics_rows"]]
+        covered = state["metrics_rows"]
+        lines = metrics_lines(metrics_path)[:covered]
+        if len(lines) < covered:
+            raise UserError(f"{metrics_path} has {len(lines)} rows, but {checkpoint_path} was "
+                            f"written after {covered}; rows were deleted, so {METRICS_REMEDY}")
+        for i, line in enumerate(lines):
+            parse_row(line, metrics_path, i + 1)
+        recorded = state.get("metrics_crc32")  # absent in checkpoints of kdcore 0.1.7 and older
+        if recorded is not None:
+            for i, (line, crc) in enumerate(zip(lines, recorded)):
+                if row_checksum(line) != crc:
+                    raise UserError(f"{metrics_path} line {i + 1} is not the row the run wrote "
+                                    f"(its CRC-32 differs from the one {checkpoint_path} recorded:"
+                                    f" edited or damaged); {METRICS_REMEDY}")
         # atomically: a kill here must not leave the rows the checkpoint covers half-written
-        write_text_atomic("".join(json.dumps(r) + "\n" for r in rows), metrics_path)
+        write_text_atomic("".join(lines), metrics_path)
     return Position(**state["position"]), state["stages_done"]
 
 
@@ -137,7 +199,7 @@ def remove_partial_writes(run_dir: str) -> list[str]:
 FIXED_ON_RESUME = ("seed", "data.", "student.", "teachers.", "algorithm.type", "distiller.type")
 FREE_ON_RESUME = ("data.eval_batch_size", "data.test_limit", "data.root", "data.val_root",
                   "data.in_memory", "student.checkpoint")
-FREE_IN_TEACHERS = ("distill", "expect_top1", "checkpoint")  # the rest makes the teacher
+FREE_IN_TEACHERS = ("distill", "expect_top1", "expect_metric", "checkpoint")  # the rest makes the teacher
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -157,9 +219,10 @@ def _fixed(path: str) -> bool:
     return True
 
 
-def check_resume_changes(saved: RunConfig, config: RunConfig) -> None:
+def check_resume_changes(saved: RunConfig, config: RunConfig, *, how: str = "--resume") -> None:
     """Refuse ``--resume`` overrides that would make the saved state belong to another run
-    (other data, models or seed): found before any teacher is trained or loaded."""
+    (other data, models or seed): found before any teacher is trained or loaded. ``how`` says
+    where the change came from (overrides, or config.yaml edited since the checkpoint)."""
     before, after = _flat(unstructure(saved)), _flat(unstructure(config))
     for i, (old, new) in enumerate(zip(saved.teachers, config.teachers)):
         if old.checkpoint and new.checkpoint:  # how it would be trained does not matter then
@@ -168,16 +231,56 @@ def check_resume_changes(saved: RunConfig, config: RunConfig) -> None:
                     del flat[path]
     for path in ("output_dir", "name"):
         if before.get(path) != after.get(path):
-            raise UserError(f"--resume: {path} was {before.get(path)!r}, now {after.get(path)!r}; "
-                            f"a resumed run continues in its own directory, so it cannot change")
+            raise UserError(f"{how}: {path} was {_value(before.get(path))}, now "
+                            f"{_value(after.get(path))}; a resumed run continues in its own "
+                            f"directory, so it cannot change")
     for path in sorted(set(before) | set(after)):
         if before.get(path) != after.get(path) and _fixed(path):
-            raise UserError(f"--resume: {path} was {before.get(path)!r}, now {after.get(path)!r}; "
-                            f"a resumed run keeps its data, models and seed, so start a new run "
-                            f"for that (trainer, optimizer, schedule and loss settings may change)")
+            raise UserError(f"{how}: {path} was {_value(before.get(path))}, now "
+                            f"{_value(after.get(path))}; a resumed run keeps its data, models and "
+                            f"seed, so start a new run for that (trainer, optimizer, schedule and "
+                            f"loss settings may change)")
 
 
-def finished(run_dir: str, epochs: int) -> bool:
+def _value(value: Any, limit: int = 80) -> str:
+    """A value for a message: repr, cut short (a 10 MB value is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def trained_config(checkpoint_path: str) -> dict[str, Any] | None:
+    """The config ``last.pt`` was trained with (None: no checkpoint, or one of kdcore 0.1.7 or
+    older, which did not record it)."""
+    if not os.path.isfile(checkpoint_path):
+        return None
+    state = load_checkpoint(checkpoint_path, what="resume checkpoint", remedy=DAMAGED)
+    return state.get("config") if isinstance(state, dict) else None
+
+
+def config_changes(trained: dict[str, Any], config: RunConfig) -> list[str]:
+    """``key old -> new`` for every key whose value differs from the checkpoint's config (keys a
+    newer kdcore added are not changes)."""
+    before, after = _flat(trained), _flat(unstructure(config))
+    return [f"{path} {_value(before[path])} -> {_value(after.get(path))}"
+            for path in sorted(before) if path in after and before[path] != after[path]]
+
+
+def check_resumable(run_dir: str) -> None:
+    """Refuse a resume that would write a second history over the first: ``metrics.jsonl`` holds
+    rows but ``last.pt``, which says where they end, is gone (the run would start over and
+    append epoch 1 again)."""
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        return
+    rows = len(metrics_lines(metrics_path))
+    if rows:
+        raise UserError(f"--resume {run_dir}: {CHECKPOINT} is missing but metrics.jsonl has {rows} "
+                        f"row{'s' if rows != 1 else ''}, so the run cannot go on from where they "
+                        f"end; to train this run dir again from the start, move metrics.jsonl "
+                        f"aside first (e.g. to metrics.jsonl.old), or start a new run")
+
+
+def finished(run_dir: str, epochs: int, log: Callable[[str], None] = print) -> bool:
     """Whether the run already trained ``epochs`` epochs and wrote its summary for them: then a
     resume has nothing to do (checked before any teacher is loaded or trained). A summary of an
     earlier, shorter length does not count: that run was extended since."""
@@ -191,15 +294,33 @@ def finished(run_dir: str, epochs: int) -> bool:
         return False
     state = load_checkpoint(checkpoint_path, what="resume checkpoint", remedy=DAMAGED)
     position = state.get("position", {}) if isinstance(state, dict) else {}
-    return (summary_epochs == epochs == position.get("epoch") and position.get("step_in_epoch") == 0)
+    if not (summary_epochs == epochs == position.get("epoch") and position.get("step_in_epoch") == 0):
+        return False
+    student_path = os.path.join(run_dir, "student.pt")
+    try:  # the run's product: a damaged one is exported again from last.pt, not reported done
+        broken = nonfinite_tensors(state_dict_of(load_checkpoint(student_path, what="student.pt"),
+                                                 student_path))
+        problem = f"holds NaN/Inf ({', '.join(broken[:3])})" if broken else ""
+    except UserError as exc:
+        problem = str(exc).removeprefix(f"student.pt {student_path} ")
+    if problem:
+        log(f"the run is complete, but student.pt {problem}; writing it again from {CHECKPOINT}")
+        return False
+    return True
 
 
-def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], None]) -> None:
+def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], None],
+                        trained: dict[str, Any] | None = None) -> None:
     """Overrides given with ``--resume`` become part of the run: ``config.yaml`` is rewritten to
     say how the run is trained (a later ``--resume`` keeps them), and the version it replaces is
-    kept as ``config.yaml.N``."""
+    kept as ``config.yaml.N``. ``trained``: the config ``last.pt`` was trained with; a
+    ``config.yaml`` edited by hand since is said key by key, and the trained one is kept as
+    ``config.yaml.N`` (the run dir then records every config each part trained with)."""
     path = os.path.join(run_dir, "config.yaml")
     text = dump_yaml(config)
+    changes = config_changes(trained, config) if trained is not None else []
+    for change in changes:
+        log(f"config changed since {CHECKPOINT}: {change}")
     if not os.path.exists(path):  # resumed through the Python API from a bare folder
         write_text_atomic(text, path)
         return
@@ -210,11 +331,15 @@ def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], No
         unchanged = dump_yaml(load_config(read_yaml(path), [])) == text
     except UserError:  # the saved file alone no longer validates: the overrides fix it
         unchanged = False
-    if unchanged:
-        return
     n = 1
     while os.path.exists(f"{path}.{n}"):
         n += 1
+    if unchanged:
+        if changes:  # edited by hand: keep what the checkpoint was trained with
+            write_text_atomic(yaml.dump(trained, Dumper=ConfigDumper, sort_keys=False), f"{path}.{n}")
+            log(f"config.yaml was edited since {CHECKPOINT} was written; the config it was "
+                f"trained with is kept as config.yaml.{n}")
+        return
     write_text_atomic(previous, f"{path}.{n}")
     write_text_atomic(text, path)
     log(f"config.yaml now holds this resume's overrides; the one it replaces is config.yaml.{n}")
