@@ -28,6 +28,7 @@ from ..components import Distiller
 from ..data import TensorSplit
 from ..errors import UserError
 from ..files import cache_dir, temp_folder
+from ..taps import OUTPUT
 from . import distributed
 from .checkpoint import exclusive
 from .frozen import frozen_pass
@@ -185,6 +186,8 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
         keys = sorted({p.teacher_tap.key for p in distiller.points if p.teacher == name})
         if not keys:
             continue
+        # and the output, as a computed pass has it: algorithms read it (MEAL V2's ensemble)
+        keys = sorted({*keys, OUTPUT})
         identity = json.dumps({"v": VERSION, "weights": weights_checksum(teacher), "inputs": digest,
                                "taps": keys}, sort_keys=True)
         key = hashlib.sha256(identity.encode()).hexdigest()[:16]
