@@ -418,3 +418,57 @@ def test_a_full_disk_while_filling_the_cache_is_one_line_and_leaves_nothing(file
     line = error_line(cache_run(files, tmp_path, teacher), 2)
     assert f"no space left to write its output cache in {tmp_path / 'teacher-outputs'}" in line
     assert not [p for p in (tmp_path / "teacher-outputs").iterdir() if p.is_dir()]
+
+
+# --- image folders with bad files ----------------------------------------------------------------
+
+def image_tree(root: Path, per_class: int = 4) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, name in enumerate(["cat", "dog"]):
+            (root / split / name).mkdir(parents=True)
+            for j in range(per_class):
+                Image.new("RGB", (20, 20), (100 * k, 20 * j, 50)).save(root / split / name / f"{j}.png")
+
+
+def spoil(folder: Path) -> list[Path]:
+    """A truncated PNG, an empty one, text named .png and a broken link, in train/cat."""
+    good = (folder / "0.png").read_bytes()
+    bad = [folder / "truncated.png", folder / "empty.png", folder / "text.png", folder / "link.png"]
+    bad[0].write_bytes(good[: len(good) // 2])
+    bad[1].write_bytes(b"")
+    bad[2].write_text("not an image\n")
+    bad[3].symlink_to(folder / "gone.png")
+    return bad
+
+
+def image_run(root: Path, out: Path, *extra: str) -> Any:
+    return invoke(["run", "--algo", "vanilla", "--output-dir", str(out), "--set", "data.type=image_folder",
+                   "--set", f"data.root={root}", "--set", "data.image_size=16", "--set", "data.batch_size=4",
+                   "--set", "trainer.epochs=1", "--set", "trainer.progress=false",
+                   "--set", "trainer.threads=1", *extra])
+
+
+@pytest.mark.parametrize("which, said", [(0, "image file is truncated"), (1, "an empty file"),
+                                         (2, "cannot identify image file"),
+                                         (3, "a broken symbolic link to ")])
+def test_an_unreadable_image_is_named_in_one_line(tmp_path, which, said) -> None:
+    image_tree(tmp_path / "data")
+    bad = spoil(tmp_path / "data" / "train" / "cat")
+    for i, path in enumerate(bad):
+        if i != which:
+            path.unlink()
+    line = error_line(image_run(tmp_path / "data", tmp_path / "out"), 2)
+    assert f"image_folder: {bad[which]} cannot be read as an image (" in line and said in line
+    assert "data.skip_bad_images: true" in line
+
+
+def test_skip_bad_images_leaves_them_out_with_a_count(tmp_path) -> None:
+    image_tree(tmp_path / "data")
+    spoil(tmp_path / "data" / "train" / "cat")
+    result = image_run(tmp_path / "data", tmp_path / "out", "--set", "data.skip_bad_images=true")
+    assert result.exit_code == 0, result.output
+    assert "warning: image_folder: skipped 4 unreadable files of 12 under " in result.output
+    summary = json.loads((only_run_dir(tmp_path / "out") / "summary.json").read_text())
+    assert summary["train_images"] == 8

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -215,23 +216,70 @@ def mnist_torchvision(root: str = DEFAULT_ROOT) -> DataSource:
                       num_classes=10, fingerprint=fingerprint, name="mnist_torchvision")
 
 
-def _image_folder(path: str, transform: Any, key: str) -> Any:
+class UnreadableImage(UserError):
+    """An image file that cannot be decoded (truncated, empty, not an image, a broken link)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def read_image(path: str) -> Any:
+    """The image at ``path`` as RGB, decoded now (PIL opens lazily: a truncated file would fail
+    later, inside a transform); an unreadable file is one line naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+            return image.convert("RGB")
+    except Exception as exc:  # PIL: UnidentifiedImageError, truncated data, bad headers, bombs
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+            reason = f"a broken symbolic link to {os.readlink(path)}"
+        elif os.path.isfile(path) and os.path.getsize(path) == 0:
+            reason = "an empty file"
+        raise UnreadableImage(f"image_folder: {path} cannot be read as an image ({reason}); remove "
+                              f"or replace it, or set data.skip_bad_images: true to skip unreadable "
+                              f"files (counted in a warning)", path) from None
+
+
+def _image_folder(path: str, transform: Any, key: str, skip_bad_images: bool = False) -> Any:
     from torchvision import datasets
 
     if not os.path.isdir(path):
         raise UserError(f"image_folder: {key} {path} is not a folder; it must hold one sub-folder "
                         "of images per class (ROOT/CLASS/IMAGE.png); kdcore never downloads data")
     try:
-        return datasets.ImageFolder(path, transform=transform)
+        folder = datasets.ImageFolder(path, transform=transform, loader=read_image)
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserError(f"image_folder: {key} {path} has no usable images ({exc}); it must hold "
                         "one sub-folder of images per class (ROOT/CLASS/IMAGE.png)") from exc
+    if skip_bad_images:  # every file decoded once, now, so training never meets a bad one
+        bad = []
+        for sample in folder.samples:
+            try:
+                read_image(sample[0])
+            except UnreadableImage as exc:
+                bad.append(exc.path)
+        if bad:
+            unreadable = set(bad)
+            folder.samples = [s for s in folder.samples if s[0] not in unreadable]
+            folder.imgs, folder.targets = folder.samples, [s[1] for s in folder.samples]
+            print(f"warning: image_folder: skipped {len(bad)} unreadable file"
+                  f"{'s' if len(bad) != 1 else ''} of {len(bad) + len(folder.samples)} under {path} "
+                  f"(data.skip_bad_images), e.g. {bad[0]}", file=sys.stderr)
+        if not folder.samples:
+            raise UserError(f"image_folder: {key} {path}: none of its images can be read")
+    return folder
 
 
 def image_folder(root: str, val_root: str | None = None, image_size: int = 224,
                  resize_size: int | None = None, sample_augment: bool = False,
                  mean: Sequence[float] = IMAGENET_STATS[0],
-                 std: Sequence[float] = IMAGENET_STATS[1]) -> DataSource:
+                 std: Sequence[float] = IMAGENET_STATS[1],
+                 skip_bad_images: bool = False) -> DataSource:
     """Images in class sub-folders (torchvision ``ImageFolder``), decoded per sample.
 
     :param root: training folder, ``root/CLASS/*.png|jpg``; or, when ``val_root`` is not given, a
@@ -241,6 +289,9 @@ def image_folder(root: str, val_root: str | None = None, image_size: int = 224,
     :param resize_size: shorter side before the centre crop (default ``image_size``; ImageNet
         practice is 256 for 224).
     :param sample_augment: random-resized crop and horizontal flip for training samples.
+    :param skip_bad_images: decode every file once when the data set is opened and leave out
+        those that cannot be read, with a warning that counts them; otherwise (the default) a
+        bad file stops the run with one line naming it when a batch first needs it.
     """
     from torchvision import transforms
 
@@ -267,8 +318,8 @@ def image_folder(root: str, val_root: str | None = None, image_size: int = 224,
                                        transforms.RandomHorizontalFlip(), *normalise])
     else:
         training = evaluate
-    train = _image_folder(train_root, training, "root")
-    test = _image_folder(val_root, evaluate, "val_root")
+    train = _image_folder(train_root, training, "root", skip_bad_images)
+    test = _image_folder(val_root, evaluate, "val_root", skip_bad_images)
     if train.classes != test.classes:
         only_train = sorted(set(train.classes) - set(test.classes))
         only_val = sorted(set(test.classes) - set(train.classes))
