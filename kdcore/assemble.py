@@ -67,6 +67,11 @@ def load_data(cfg: DataConfig) -> Splits:
     """
     source = build("dataset", cfg.type, where="data", _block_keys=block_keys(DataConfig), **cfg.params)
     train, test, val = source.train, source.test, None
+    check_targets = getattr(source.task, "check_targets", None)  # e.g. boxes inside the image
+    if check_targets is not None:
+        for name, split in (("train", train), ("test", test)):
+            if isinstance(split, TensorSplit):
+                check_targets(split.targets, f"data ({cfg.type}) {name} split")
     if cfg.val_split:
         if cfg.val_split >= len(train):
             raise UserError(f"config key data.val_split: {cfg.val_split} is not smaller than the "
@@ -83,7 +88,7 @@ def load_data(cfg: DataConfig) -> Splits:
         if cfg.labelled > len(train):
             raise UserError(f"config key data.labelled: {cfg.labelled} is more than the "
                             f"{len(train)} training images")
-        student_train = keep_labels(train, cfg.labelled)
+        student_train = keep_labels(train, cfg.labelled, getattr(source.task, "unlabelled_target", -1))
         if hasattr(source.task, "partial_labels"):
             source.task.partial_labels = True  # some batches may hold no label at all
         if cfg.drop_unlabelled:  # the baseline: the student alone on the labelled images only
@@ -108,17 +113,19 @@ def labelled_indices(total: int, n: int) -> torch.Tensor:
     return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n]
 
 
-def keep_labels(train: Any, n: int) -> Any:
+def keep_labels(train: Any, n: int, unlabelled: float = -1) -> Any:
     """The student's view of the training split when only ``n`` images keep their label.
 
-    The others get target -1 (ignored by the task loss) but still pass through the teachers:
+    The others get target -1 (ignored by the task loss; every element of a dense target, e.g.
+    every box row, gets the task's ``unlabelled_target``) but still pass through the teachers:
     the original KD setting, where soft targets come from a larger transfer set. The labelled
     images are a fixed random subset (seed 0); teachers are trained on every label.
     """
     labelled = torch.zeros(len(train), dtype=torch.bool)
     labelled[labelled_indices(len(train), n)] = True
     if isinstance(train, TensorSplit):
-        return TensorSplit(train.inputs, torch.where(labelled, train.targets, -1))
+        keep = labelled.view(-1, *[1] * (train.targets.dim() - 1))
+        return TensorSplit(train.inputs, torch.where(keep, train.targets, unlabelled))
     return _MaskedLabels(train, labelled)
 
 

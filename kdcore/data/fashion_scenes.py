@@ -132,13 +132,18 @@ def _split_seed(seed: int, split: str) -> int:
 def fashion_scenes(root: str = FASHION_MNIST_ROOT, task: str = "segmentation", canvas: int = 64,
                    items: tuple[int, int] = (1, 4), scale: tuple[int, int] = (14, 36),
                    train_scenes: int = 6000, test_scenes: int = 1000, seed: int = 0,
-                   threshold: float = 0.25, noise: float = 0.05, min_visible: int = 12) -> DataSource:
+                   threshold: float = 0.25, noise: float = 0.05, min_visible: int = 12,
+                   anchors: list[list[float]] | None = None) -> DataSource:
     """Scenes of Fashion-MNIST items for ``task: segmentation`` (masks) or ``detection`` (boxes).
 
     Both tasks see the same images for the same parameters; ``seed`` picks the scenes (it is the
-    data's seed, not the run's). Images are normalised with :data:`SCENES_STATS`."""
+    data's seed, not the run's). Images are normalised with :data:`SCENES_STATS`. ``anchors``
+    (detection only): the detector's anchor boxes ``[[w, h], ...]`` in pixels (default
+    :data:`kdcore.task.detection.SCENE_ANCHORS`); a detector's head has one prediction per anchor."""
     if task not in ("segmentation", "detection"):
         raise UserError(f"config key data.task: unknown task {task!r}; choose segmentation or detection")
+    if anchors is not None and task != "detection":
+        raise UserError("config key data.anchors: anchors are for task: detection; remove them")
     items, scale = (int(items[0]), int(items[1])), (int(scale[0]), int(scale[1]))
     counts = {"train_scenes": int(train_scenes), "test_scenes": int(test_scenes)}
     _check(canvas, items, scale, counts, threshold)
@@ -160,7 +165,11 @@ def fashion_scenes(root: str = FASHION_MNIST_ROOT, task: str = "segmentation", c
         num_classes = NUM_ITEM_CLASSES + 1
     else:
         from ..task.detection import DetectionTask
-        task_obj = DetectionTask(num_classes=NUM_ITEM_CLASSES, image_size=(canvas, canvas))
+        from ..task.detection import SCENE_ANCHORS
+        scale_to = canvas / 64  # the default anchors are for 64x64 canvases
+        default = [[w * scale_to, h * scale_to] for w, h in SCENE_ANCHORS]
+        task_obj = DetectionTask(num_classes=NUM_ITEM_CLASSES, image_size=(canvas, canvas),
+                                 anchors=default if anchors is None else anchors)
         num_classes = NUM_ITEM_CLASSES
     return DataSource(train=splits["train"], test=splits["test"], task=task_obj,
                       input_shape=(1, canvas, canvas), num_classes=num_classes,
