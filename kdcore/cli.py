@@ -242,13 +242,14 @@ def run(algo: str | None, config_file: str | None, preset: str | None, overrides
         return
     with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
+    metric = summary.get("metric", "top1")  # the task's headline number: top1, miou, map50
     teachers = summary.get("teachers", {})
     for teacher_name, scores in teachers.items():  # every teacher by name when there are several
         label = "teacher" if len(teachers) == 1 else f"teacher {teacher_name}"
-        click.echo(f"{label} top1: {scores['top1']:.2f}")
+        click.echo(f"{label} {metric}: {scores[metric]:.2f}")
     for exit_name, scores in summary.get("exits", {}).items():
-        click.echo(f"{exit_name} top1: {scores['top1']:.2f}")
-    click.echo(f"student top1: {summary['student']['top1']:.2f}  ({summary['seconds']:.0f} s)")
+        click.echo(f"{exit_name} {metric}: {scores[metric]:.2f}")
+    click.echo(f"student {metric}: {summary['student'][metric]:.2f}  ({summary['seconds']:.0f} s)")
     click.echo(f"run dir: {run_dir}")
 
 

@@ -43,6 +43,11 @@ class Task(Protocol):
     # cannot be scored by this task (called once on a sample batch before any training)
 
 
+def headline(task: Any) -> str:
+    """The task's headline metric key (``top1`` for a task from before ``primary_metric``)."""
+    return getattr(task, "primary_metric", "top1")
+
+
 class TopK:
     """Top-1 and top-5 accuracy in percent, accumulated over batches."""
 
