@@ -180,7 +180,7 @@ def test_inspect_lists_paths_with_shapes() -> None:
 
 def test_list_and_plugins_show_builtins_and_kd() -> None:
     listed = run_cli("list", "loss")
-    assert "kd:kd" in listed.output
+    assert "kdcore:kd" in listed.output and "pip install kdcore-plugin-NAME" in listed.output
     rows = json.loads(run_cli("plugins", "--json").output)
     names = {r["name"]: r for r in rows}
     assert names["kdcore"]["components"]["algorithm"] == ["teacher_student", "vanilla"]

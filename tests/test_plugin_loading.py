@@ -1,6 +1,6 @@
 """Plugin loading as users meet it: broken, misspelled and incompatible plugins are reported in
 one line and skipped while everything else keeps working; KDCORE_PLUGINS; `kdcore plugins`;
-ambiguous names; and a third-party plugin (examples/third-party-plugin) installed with pip and
+name clashes; and a third-party plugin (examples/third-party-plugin) installed with pip and
 used in a real `kdcore run`.
 
 Fixture plugins (tests/fixtures/plugins/) are "installed" by writing their dist-info into a temp
@@ -83,7 +83,7 @@ def test_broken_plugins_are_one_line_each_and_the_rest_works(site: Path) -> None
                           env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     listed = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
-    assert {"fix_good:fix_l1", "fix_good:twin", "fix_other:twin", "kd:kd"} <= listed
+    assert {"fix_good:fix_l1", "fix_good:twin", "fix_other:twin", "kdcore:kd"} <= listed
     assert not {"fix_future:future_loss", "fix_pinned:pinned_loss", "fix_typo:typo_loss"} & listed
     lines = proc.stderr.strip().splitlines()
     by_plugin = {name: [line for line in lines if f"'{name}'" in line]
@@ -147,12 +147,13 @@ def test_kdcore_plugins_env_restricts_loading(on_path: Path, monkeypatch: pytest
     others = ("fix_other", "fix_typo", "fix_future", "fix_broken", "fix_newapi")
     assert {states[n] for n in others} == {"disabled"}
     assert "kdfix_typo.plugin" not in sys.modules  # a disabled plugin is never imported
-    assert {r.id for r in components("loss", loaded)} == {"fix_good:fix_l1", "fix_good:twin", "kd:kd"}
+    assert {r.id for r in components("loss", loaded)} == {"fix_good:fix_l1", "fix_good:twin", "kdcore:kd"}
+    assert {r.id for r in components("preset", loaded)} >= {"kd:kd"}
 
     monkeypatch.setenv("KDCORE_PLUGINS", "")
     loaded = Plugins()
     assert {s.state for s in loaded.status.values()} == {"disabled"}
-    assert components("loss", loaded) == []
+    assert [r.id for r in components("loss", loaded)] == ["kdcore:kd"]  # built-ins stay
     assert {r.id for r in components("connector", loaded)} >= {"kdcore:linear"}  # built-ins stay
 
 
@@ -174,12 +175,19 @@ def test_plugins_json_fields(on_path: Path) -> None:
     assert rows["fix_future"]["requires_kdcore"] == ">=0.2,<0.3"
 
 
-def test_ambiguous_short_name_lists_both_ids(on_path: Path) -> None:
+def test_a_clashing_short_name_stays_with_the_first_installed(on_path: Path) -> None:
     loaded = Plugins()
-    with pytest.raises(kdcore.UserError) as err:
-        lookup("loss", "twin", loaded)
-    assert "'twin' is ambiguous, provided by fix_good:twin, fix_other:twin" in str(err.value)
+    assert loaded.precedence("fix_good") < loaded.precedence("fix_other")  # installed first
+    assert lookup("loss", "twin", loaded).id == "fix_good:twin"
     assert lookup("loss", "fix_other:twin", loaded).plugin == "fix_other"
+    assert loaded.status["fix_other"].warnings == [
+        "loss 'twin' is also provided by fix_good:twin, which keeps the short name; this "
+        "plugin's is reachable as fix_other:twin"]
+    assert not loaded.status["fix_good"].warnings
+
+    code, out, err = run_cli(["plugins", "--strict"])
+    assert code == 1 and "fix_other" in err.split("problems:")[1] and "fix_good" not in err.split("problems:")[1]
+    assert "warning: loss 'twin' is also provided by fix_good:twin" in out
     assert lookup("loss", "fix_l1", loaded).id == "fix_good:fix_l1"  # unique names need no prefix
 
 
@@ -243,7 +251,8 @@ def test_a_hook_returning_the_wrong_type_is_a_warning_and_the_rest_works(returns
         losses = CliRunner().invoke(main, ["list", "loss"])
     assert listing.exit_code == 0, listing.output
     assert f"warning: {says}" in listing.stdout
-    assert losses.exit_code == 0 and losses.stdout == ""  # no losses from it, and no crash
+    assert losses.exit_code == 0 and losses.stdout.split()[0] == "kdcore:kd"  # none of it, no crash
+    assert len(losses.stdout.splitlines()) == 1
 
 
 def test_plugins_strict_fails_ci_on_any_problem() -> None:
@@ -270,11 +279,11 @@ def test_components_follow_registration_and_warnings_do_not_repeat() -> None:
     loaded = isolated_plugins(wrong=_hook_module("wrong_plugin", 42))
     components("loss", loaded)
     loaded.register(_hook_module("good_plugin", [kdcore.Component("fresh", lambda: None, "new")]), "good")
-    assert [r.id for r in components("loss", loaded)] == ["good:fresh"]
+    assert [r.id for r in components("loss", loaded)] == ["good:fresh", "kdcore:kd"]
     loaded.pm.register(_hook_module("direct", [kdcore.Component("direct", lambda: None, "x")]), name="direct")
-    assert [r.id for r in components("loss", loaded)] == ["direct:direct", "good:fresh"]
+    assert [r.id for r in components("loss", loaded)] == ["direct:direct", "good:fresh", "kdcore:kd"]
     loaded.unregister("good")
-    assert [r.id for r in components("loss", loaded)] == ["direct:direct"]
+    assert [r.id for r in components("loss", loaded)] == ["direct:direct", "kdcore:kd"]
     assert len(loaded.status["wrong"].warnings) == 1
 
 
@@ -305,7 +314,7 @@ def test_malformed_kdcore_range_fails_that_plugin_alone(tmp_path: Path, monkeypa
     assert status.state == "failed"
     assert "declares an invalid kdcore range '0.2'" in status.error and "'>=0.1,<0.2'" in status.error
     assert loaded.status["kd"].state == "ok"
-    assert "kd:kd" in {r.id for r in components("loss", loaded)}
+    assert "kd:kd" in {r.id for r in components("preset", loaded)}
 
 
 def test_kdcore_plugins_typo_is_named_and_the_missing_loss_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -313,8 +322,9 @@ def test_kdcore_plugins_typo_is_named_and_the_missing_loss_says_why(monkeypatch:
     loaded = Plugins()
     assert loaded.unmatched_selection() == [
         "kdcore: KDCORE_PLUGINS names 'kdd', which matches no installed plugin (did you mean 'kd'?)"]
+    assert lookup("loss", "kd", loaded).id == "kdcore:kd"  # the core's own
     with pytest.raises(kdcore.UserError) as err:
-        lookup("loss", "kd", loaded)
+        lookup("preset", "kd", loaded)
     assert ("it comes from plugin 'kd' (kdcore-plugin-kd), which KDCORE_PLUGINS='kdd' leaves out"
             in str(err.value))
     assert "pip install" not in str(err.value)
