@@ -33,6 +33,7 @@ BUILTIN_MODULES = (
     "kdcore.builtin.models",
     "kdcore.builtin.datasets",
     "kdcore.builtin.presets",
+    "kdcore.builtin.loggers",
 )
 
 

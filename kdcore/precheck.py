@@ -21,6 +21,7 @@ from .config import (
     TeacherConfig,
     block_keys,
 )
+from .loggers import logger_configs
 from .registry import check_params, lookup
 
 #: What the core offers a model factory (from the data set); a user may not set these.
@@ -47,6 +48,8 @@ def blocks(config: RunConfig) -> Iterator[tuple[str, str, Any, type, dict[str, A
     if config.teachers:
         yield "distiller", "distiller", config.distiller, ComponentConfig, {}
     yield "algorithm", "algorithm", config.algorithm, ComponentConfig, {}
+    for i, block in enumerate(logger_configs(config)):
+        yield "logger", f"trainer.loggers[{i}]", block, ComponentConfig, {}
 
 
 def check_components(config: RunConfig) -> None:

@@ -1,0 +1,3 @@
+"""MLflow tracking for kdcore runs."""
+
+__version__ = "0.1.0"
