@@ -26,6 +26,7 @@ from .config import (
 )
 from .data import DataSource, TensorSplit
 from .errors import UserError
+from .models.imported import build_imported
 from .registry import build
 from .taps import OUTPUT, FeatureTaps, Tap, resolve_module
 
@@ -134,6 +135,9 @@ def model_context(source: DataSource) -> dict[str, Any]:
 
 
 def build_model(kind_cfg: Any, source: DataSource, where: str) -> nn.Module:
+    if kind_cfg.type == "import":  # the user's own code: its signature is the schema
+        return build_imported(kind_cfg.params, model_context(source), where=where,
+                              block_keys=block_keys(type(kind_cfg)))
     model = build("model", kind_cfg.type, where=where, context=model_context(source),
                   _block_keys=block_keys(type(kind_cfg)), **kind_cfg.params)
     if not isinstance(model, nn.Module):

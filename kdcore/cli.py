@@ -217,9 +217,21 @@ def run(algo: str | None, config_file: str | None, preset: str | None, overrides
             raise UserError(f"--resume {resume_dir}: no config.yaml there; is it a kdcore run directory?")
         if config_file or algo or preset:
             raise UserError("--resume takes the run's saved config; drop --config, --preset and --algo")
+    config.import_paths = import_paths(config, config_file)
         if output_dir is not None or name is not None:
             raise UserError(f"--resume continues in {resume_dir} itself; drop --output-dir and --name")
         config = load_config(read_yaml(saved), list(overrides))
+def import_paths(config: Any, config_file: str | None) -> list[str]:
+    """``import_paths`` as absolute folders (relative ones are relative to the config file),
+    with the config file's folder (or the working directory) added when a model is
+    ``type: import``, so that config.yaml resumes from anywhere."""
+    base = os.path.dirname(os.path.abspath(config_file)) if config_file else os.getcwd()
+    paths = [os.path.join(base, os.path.expanduser(p)) for p in config.import_paths]
+    if any(m.type == "import" for m in [config.student, *config.teachers]) and base not in paths:
+        paths.append(base)
+    return paths
+
+
         notes: list[str] = []
     else:
         if preset:

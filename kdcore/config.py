@@ -165,6 +165,8 @@ class RunConfig:
     trainer: TrainerConfig = attrs.field(factory=TrainerConfig)
     output_dir: str = "runs"
     name: str | None = None
+    # folders searched first for `type: import` models (kdcore.models.imported)
+    import_paths: list[str] = attrs.field(factory=list)
 
 
 def block_keys(cls: type) -> list[str]:

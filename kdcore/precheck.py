@@ -22,6 +22,7 @@ from .config import (
     block_keys,
 )
 from .loggers import logger_configs
+from .models.imported import resolve_target, take_target, use_import_paths
 from .registry import check_params, lookup
 
 #: What the core offers a model factory (from the data set); a user may not set these.
@@ -55,7 +56,14 @@ def blocks(config: RunConfig) -> Iterator[tuple[str, str, Any, type, dict[str, A
 def check_components(config: RunConfig) -> None:
     """Raise :class:`kdcore.errors.UserError` for the first block whose type is unknown or
     whose parameters its factory would refuse."""
+    use_import_paths(config.import_paths)
     for kind, where, block, cls, context in blocks(config):
+        if kind == "model" and block.type == "import":  # the user's function is the factory
+            params = dict(block.params)
+            factory = resolve_target(take_target(params, where), where=where)
+            check_params(factory, params, context, where=where,
+                         block_keys=[*block_keys(cls), "target"], dry=True)
+            continue
         registered = lookup(kind, block.type, where=where)
         try:
             factory = registered.component.resolve()

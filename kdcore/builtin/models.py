@@ -18,6 +18,8 @@ _WRNS = {"wrn_16_1": 0.18, "wrn_16_2": 0.70, "wrn_40_1": 0.57, "wrn_40_2": 2.26}
 def kdcore_models() -> list[Component]:
     models = [
         Component("cnn", "kdcore.models.cnn:SmallCNN", "small CNN for 28x28 inputs (widths, depth)"),
+        Component("import", "kdcore.models.imported:import_model",
+                  "a model from your own code: target: 'module:function' or 'file.py:function'"),
         Component("cnn_teacher", "kdcore.models.cnn:cnn_teacher",
                   "default 28x28 teacher: CNN 24/48/96, 53k parameters"),
         Component("cnn_student", "kdcore.models.cnn:cnn_student",

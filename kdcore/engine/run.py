@@ -30,6 +30,7 @@ from ..config import RunConfig, dump_yaml, read_yaml, structure
 from ..data.augment import build_augment
 from ..errors import UserError
 from ..loggers import Loggers, open_loggers
+from ..models.imported import use_import_paths
 from ..task import headline
 from . import distributed
 from .batches import TrainBatches
@@ -239,6 +240,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     augment = build_augment(config.data.augment, splits.source.task)  # checked now, before any teacher trains
     check_teacher_cache(config, splits.student_train, augment)
     distributed.check_batch(config.data.batch_size)
+    use_import_paths(config.import_paths)  # type: import models
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
     if resume_dir is None and main:
         created.append(run_dir)

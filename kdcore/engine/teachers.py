@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from ..builtin.algorithms import Vanilla
 from ..config import RunConfig, TeacherConfig, unstructure
 from ..data import TensorSplit
 from ..errors import UserError
+from ..models.imported import resolve_target
 from ..task import headline
 from ..files import cache_dir
 from .batches import TrainBatches
@@ -47,7 +49,18 @@ def teacher_recipe(tcfg: TeacherConfig, config: RunConfig, splits: Splits) -> di
         "train": unstructure(tcfg.train),
         "data": {"type": config.data.type, "params": config.data.params,
                  "val_split": config.data.val_split, "fingerprint": splits.source.fingerprint},
+        **({"code": imported_code(tcfg.params["target"])} if tcfg.type == "import" else {}),
     }, sort_keys=True, default=str))
+
+
+def imported_code(target: str) -> str:
+    """A hash of the file that defines a ``type: import`` teacher: edited code is a new recipe."""
+    factory = resolve_target(target, where="teacher")
+    try:
+        with open(inspect.getsourcefile(factory) or "", "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return "unknown"
 
 
 def teacher_key(tcfg: TeacherConfig, config: RunConfig, splits: Splits) -> str:
