@@ -22,9 +22,29 @@ EXIT_USER_ERROR = 2
 EXIT_NONFINITE = 3
 
 
+#: an error line longer than this is cut (a value echoed from a 10 MB config is not shown whole)
+MAX_ERROR_LINE = 2000
+
+
 def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    if len(message) > MAX_ERROR_LINE:
+        message = f"{message[:MAX_ERROR_LINE]}... ({len(message)} characters)"
     click.echo(f"kdcore: error: {message}", err=True)
     sys.exit(code)
+
+
+def debugging() -> bool:
+    """``KDCORE_DEBUG=1`` (or ``kdcore --debug``, which sets it): an error's traceback too."""
+    return os.environ.get("KDCORE_DEBUG", "") not in ("", "0")
+
+
+def _show_cause(exc: BaseException) -> None:
+    """Under :func:`debugging`, the traceback of what a one-line error wraps (a factory's bug)."""
+    if debugging():
+        import traceback
+
+        cause = exc.__cause__ or exc
+        click.echo("".join(traceback.format_exception(type(cause), cause, cause.__traceback__)), err=True)
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -34,12 +54,22 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from .engine.loop import NonFiniteLoss
 
+        from .engine.checkpoint import DISK_FULL
+
         try:
             return func(*args, **kwargs)
         except UserError as exc:
+            _show_cause(exc)
             _fail(str(exc))
         except NonFiniteLoss as exc:
             _fail(str(exc), EXIT_NONFINITE)
+        except OSError as exc:  # a full disk where kdcore did not name the file itself
+            if exc.errno not in DISK_FULL:
+                raise
+            _show_cause(exc)
+            where = f" writing {exc.filename}" if exc.filename else ""
+            _fail(f"no space left on the device{where} ({exc.strerror}); free space and run again "
+                  f"(a stopped run continues with --resume RUN_DIR)")
         except KeyboardInterrupt as exc:
             how = getattr(exc, "how", "Ctrl-C")
             run_dir = getattr(exc, "run_dir", None)
@@ -115,8 +145,11 @@ class KdcoreGroup(click.Group):
 
 @click.group(name="kdcore", cls=KdcoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kdcore")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="show the traceback behind an error line too (as KDCORE_DEBUG=1)")
+def main(debug: bool) -> None:
     """Knowledge distillation for PyTorch: a small core plus plugins."""
+    if debug:
+        os.environ["KDCORE_DEBUG"] = "1"
 
 
 def preset_path(algo: str) -> str | None:
@@ -184,7 +217,19 @@ def resolve_config(algo: str | None, config_file: str | None, overrides: tuple[s
     if name:
         data["name"] = name
     config = load_config(data, list(overrides))
+    config.import_paths = import_paths(config, config_file)
     return config, notes
+
+
+def import_paths(config: Any, config_file: str | None) -> list[str]:
+    """``import_paths`` as absolute folders (relative ones are relative to the config file),
+    with the config file's folder (or the working directory) added when a model is
+    ``type: import``, so that config.yaml resumes from anywhere."""
+    base = os.path.dirname(os.path.abspath(config_file)) if config_file else os.getcwd()
+    paths = [os.path.join(base, os.path.expanduser(p)) for p in config.import_paths]
+    if any(m.type == "import" for m in [config.student, *config.teachers]) and base not in paths:
+        paths.append(base)
+    return paths
 
 
 @main.command()
@@ -217,21 +262,14 @@ def run(algo: str | None, config_file: str | None, preset: str | None, overrides
             raise UserError(f"--resume {resume_dir}: no config.yaml there; is it a kdcore run directory?")
         if config_file or algo or preset:
             raise UserError("--resume takes the run's saved config; drop --config, --preset and --algo")
-    config.import_paths = import_paths(config, config_file)
         if output_dir is not None or name is not None:
             raise UserError(f"--resume continues in {resume_dir} itself; drop --output-dir and --name")
-        config = load_config(read_yaml(saved), list(overrides))
-def import_paths(config: Any, config_file: str | None) -> list[str]:
-    """``import_paths`` as absolute folders (relative ones are relative to the config file),
-    with the config file's folder (or the working directory) added when a model is
-    ``type: import``, so that config.yaml resumes from anywhere."""
-    base = os.path.dirname(os.path.abspath(config_file)) if config_file else os.getcwd()
-    paths = [os.path.join(base, os.path.expanduser(p)) for p in config.import_paths]
-    if any(m.type == "import" for m in [config.student, *config.teachers]) and base not in paths:
-        paths.append(base)
-    return paths
-
-
+        data = read_yaml(saved)
+        if not data:
+            raise UserError(f"--resume {resume_dir}: {saved} is empty, so the run's settings are "
+                            f"lost; put back a copy (config.yaml.N there holds an earlier one, if "
+                            f"any), or start a new run")
+        config = load_config(data, list(overrides))
         notes: list[str] = []
     else:
         if preset:
@@ -506,13 +544,15 @@ def compare(config_file: str | None, methods: str, seeds: int, epochs: int | Non
               help="kind of the component the plugin starts with")
 @click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
               help="folder in which kdcore-plugin-NAME/ is created")
+@click.option("--component", "components", multiple=True, metavar="NAME",
+              help="a component of KIND to create (repeatable; default: one named after the plugin)")
 @user_errors
-def new_plugin(name: str, kind: str, directory: str) -> None:
-    """Create kdcore-plugin-NAME/: an installable plugin with one working KIND component."""
+def new_plugin(name: str, kind: str, directory: str, components: tuple[str, ...]) -> None:
+    """Create kdcore-plugin-NAME/: an installable plugin with working KIND components."""
     from .scaffold import new_plugin as create, next_steps
 
-    target = create(name, kind, directory)
-    for line in next_steps(target, name, kind):
+    target = create(name, kind, directory, components)
+    for line in next_steps(target, name, kind, components):
         click.echo(line)
 
 

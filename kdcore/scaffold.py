@@ -1,9 +1,11 @@
-"""``kdcore new-plugin``: write a ready-to-install plugin package with one working component.
+"""``kdcore new-plugin``: write a ready-to-install plugin package with working components.
 
-The generated folder is what docs/plugins.md walks through: a ``pyproject.toml`` with the
-``kdcore`` entry point and a kdcore version range, a light entry-point module with one
-documented hook, the component, a preset config that uses it, a contract test from
-:mod:`kdcore.testing`, and a README. Nothing is ever overwritten.
+The generated folder is what docs/plugins.md walks through, and the layout every plugin under
+kdcore's ``plugins/`` follows (:func:`layout`, checked by ``tests/test_scaffold.py``): a
+``pyproject.toml`` with the ``kdcore`` entry point and a kdcore version range, a light
+entry-point module with documented hooks, one module with the components (one, or several with
+``--component``), a preset registered by name, contract tests from :mod:`kdcore.testing`, and a
+README. Nothing is ever overwritten.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ MAX_NAME = 40
 
 
 def kdcore_range(version: str = __version__) -> str:
-    """The range a new plugin declares: this minor series for 0.x, this major from 1.0 on."""
+    """The range a new plugin declares: from this kdcore (whose hooks it uses, ``kdcore_presets``
+    among them) to the end of this minor series for 0.x, of this major from 1.0 on."""
+    release = ".".join(re.match(r"\d*", p).group() or "0" for p in version.split(".")[:3])
     major, minor = (int(p) for p in version.split(".")[:2])
     if major == 0:
-        return f">=0.{minor},<0.{minor + 1}"
-    return f">={major}.{minor},<{major + 1}"
+        return f">={release},<0.{minor + 1}"
+    return f">={release},<{major + 1}"
 
 
 @attrs.frozen
@@ -44,11 +48,28 @@ class Names:
 
     name: str  # as typed: kdcore-plugin-<name>, the folder and the distribution
     kind: str
+    #: the components' names (``type:`` in configs); default: the plugin's own name
+    components: tuple[str, ...] = ()
 
     @property
     def ident(self) -> str:
-        """Entry-point and component name (``type:`` in configs)."""
+        """Entry-point name, and the first component's name (``type:`` in configs)."""
+        return self.components[0] if self.components else self.name.replace("-", "_")
+
+    @property
+    def plugin(self) -> str:
+        """The entry-point name: the plugin's name with ``_`` for ``-``."""
         return self.name.replace("-", "_")
+
+    @property
+    def parts(self) -> list["Names"]:
+        """One :class:`Names` per component, each naming that component."""
+        return [attrs.evolve(self, components=(c,)) for c in self.components or (self.plugin,)]
+
+    @property
+    def preset_file(self) -> str:
+        """Presets are named after the data set they run on (``presets/fashion_mnist.yaml``)."""
+        return f"{self.ident}.yaml" if self.kind == "dataset" else "fashion_mnist.yaml"
 
     @property
     def dist(self) -> str:
@@ -56,7 +77,7 @@ class Names:
 
     @property
     def package(self) -> str:
-        return f"kdcore_plugin_{self.ident}"
+        return f"kdcore_plugin_{self.plugin}"
 
     @property
     def cls(self) -> str:
@@ -74,7 +95,7 @@ class Names:
     def test_file(self) -> str:
         """Named after the plugin: pytest cannot collect two plugins' tests of one basename
         (their tests/ folders have no ``__init__.py``) in one call."""
-        return f"test_{self.ident}_contract.py"
+        return f"test_{self.plugin}_contract.py"
 
     @property
     def attr(self) -> str:
@@ -85,15 +106,19 @@ class Names:
         return "kdcore_losses" if self.kind == "loss" else f"kdcore_{self.kind}s"
 
     def values(self) -> dict[str, str]:
+        everyone = [part.ident for part in self.parts]
         return {"name": self.ident, "dist": self.dist, "package": self.package, "Class": self.cls,
                 "module": self.module, "attr": self.attr, "hook": self.hook, "kind": self.kind,
                 "range": kdcore_range(), "summary": SUMMARIES[self.kind],
                 "kinds": "losses" if self.kind == "loss" else f"{self.kind}s",
-                "version": __version__, "test_file": self.test_file}
+                "version": __version__, "test_file": self.test_file, "plugin": self.plugin,
+                "names": ", ".join(everyone), "listed": ", ".join(f'"{n}"' for n in everyone),
+                "preset_file": self.preset_file}
 
 
-def validate_name(name: str, kind: str) -> Names:
-    """Check NAME and KIND; a bad one raises :class:`UserError` saying what to type instead."""
+def validate_name(name: str, kind: str, components: tuple[str, ...] = ()) -> Names:
+    """Check NAME, KIND and the component names; a bad one raises :class:`UserError` saying
+    what to type instead."""
     if kind not in SCAFFOLD_KINDS:
         raise UserError(f"--kind {kind!r}: choose one of {', '.join(SCAFFOLD_KINDS)}")
     if name.startswith("kdcore"):
@@ -104,22 +129,36 @@ def validate_name(name: str, kind: str) -> Names:
         raise UserError(f"NAME {name!r}: use lower-case letters and digits, words joined by '-' "
                         f"or '_', starting with a letter, at most {MAX_NAME} characters "
                         f"(e.g. 'cosine-feature')")
-    names = Names(name, kind)
-    if keyword.iskeyword(names.ident):
+    for component in components:
+        if not re.match(r"^[a-z][a-z0-9_]*$", component) or len(component) > MAX_NAME or \
+                keyword.iskeyword(component):
+            raise UserError(f"--component {component!r}: use lower-case letters, digits and '_', "
+                            f"starting with a letter, at most {MAX_NAME} characters, not a Python "
+                            f"keyword (e.g. 'sp')")
+    if len(set(components)) != len(components):
+        raise UserError(f"--component: {', '.join(components)} names one component twice")
+    names = Names(name, kind, tuple(components))
+    if keyword.iskeyword(names.plugin):
         raise UserError(f"NAME {name!r} is a Python keyword; pick another name")
     taken = {ep.name: ep for ep in entry_points(group="kdcore")}
-    if names.ident in taken:
-        ep = taken[names.ident]
+    if names.plugin in taken:
+        ep = taken[names.plugin]
         owner = ep.dist.metadata["Name"] if ep.dist else "another distribution"
-        raise UserError(f"NAME {name!r}: a plugin named {names.ident!r} is already installed "
+        raise UserError(f"NAME {name!r}: a plugin named {names.plugin!r} is already installed "
                         f"({owner}); two plugins cannot share a name, pick another")
     from .plugins import Plugins
-    from .registry import components
+    from .registry import components as registered
 
-    builtin = {r.component.name for r in components(kind, Plugins(load_entry_points=False))}
-    if names.ident in builtin:
-        raise UserError(f"NAME {name!r}: kdcore has a built-in {kind} {names.ident!r}; the short "
-                        f"name would become ambiguous, pick another")
+    core = Plugins(load_entry_points=False)
+    builtin = {r.component.name for r in registered(kind, core)}
+    for part in names.parts:
+        if part.ident in builtin:
+            what = f"NAME {name!r}" if not components else f"--component {part.ident!r}"
+            raise UserError(f"{what}: kdcore has a built-in {kind} {part.ident!r}; the short "
+                            f"name stays the core's, pick another")
+    if names.plugin in {r.component.name for r in registered("preset", core)}:
+        raise UserError(f"NAME {name!r}: kdcore has a built-in preset {names.plugin!r}, and the "
+                        f"plugin's preset is named after it; pick another")
     return names
 
 
@@ -132,7 +171,7 @@ def preset(names: Names) -> str:
     teacher block (and so the cached teacher) is the same."""
     source = resources.files("kdcore") / "presets" / "teacher_student.yaml"
     config: dict[str, Any] = yaml.safe_load(source.read_text(encoding="utf-8"))
-    n, kind = names.ident, names.kind
+    n, kind = names.ident, names.kind  # the first component
     teacher = config["teachers"][0]
     point = teacher["distill"][0]
     kd = {"type": "kd", "weight": 0.5, "temperature": 4.0}
@@ -163,24 +202,52 @@ def preset(names: Names) -> str:
 GITIGNORE = "__pycache__/\n*.egg-info/\n.pytest_cache/\nbuild/\ndist/\n"
 
 
+def layout(names: Names) -> list[str]:
+    """The files every plugin has, scaffolded or in kdcore's ``plugins/`` (more may sit beside
+    them: more modules, presets and tests)."""
+    p = names.package
+    return ["pyproject.toml", "README.md", ".gitignore", f"{p}/__init__.py", f"{p}/plugin.py",
+            f"{p}/{names.module}.py", f"{p}/presets/{names.preset_file}", "tests/conftest.py",
+            f"tests/{names.test_file}"]
+
+
+def _definitions(text: str) -> str:
+    """``text`` from its first top-level ``class``/``def`` on: a component without the module's
+    docstring and imports, to follow another in the same module."""
+    match = re.search(r"^(class|def) ", text, re.M)
+    return text[match.start():] if match else text
+
+
 def plan(names: Names) -> dict[str, str]:
     """``{relative path: text}`` of every file of the new plugin."""
     p = names.package
-    return {
-        "pyproject.toml": render(PYPROJECT, names),
-        "README.md": render(README + README_KIND[names.kind], names),
-        ".gitignore": GITIGNORE,
-        f"{p}/__init__.py": render(INIT, names),
-        f"{p}/plugin.py": render(PLUGIN_ALGORITHM if names.kind == "algorithm" else PLUGIN, names),
-        f"{p}/{names.module}.py": render(COMPONENTS[names.kind], names),
-        f"{p}/presets/example.yaml": preset(names),
-        f"tests/{names.test_file}": render(TEST_HEADER + TESTS[names.kind], names),
-    }
+    parts = names.parts
+    every = names.values()["names"]
+    module = string.Template(COMPONENTS[names.kind]).substitute(parts[0].values(), names=every)
+    module += "".join("\n\n" + _definitions(render(COMPONENTS[names.kind], part)) for part in parts[1:])
+    declared = ",\n".join(render(DECLARE_ALGORITHM if names.kind == "algorithm" else DECLARE, part)
+                          for part in parts)
+    tests = render(TEST_HEADER, names) + "\n".join(render(TESTS[names.kind], part) for part in parts)
+    files = dict(zip(layout(names), [
+        render(PYPROJECT, names),
+        render(README + README_KIND[names.kind], names),
+        GITIGNORE,
+        render(INIT, names),
+        string.Template(PLUGIN_ALGORITHM if names.kind == "algorithm" else PLUGIN).substitute(
+            names.values(), declared=declared),
+        module,
+        preset(names),
+        CONFTEST,
+        tests,
+    ]))
+    return files
 
 
-def new_plugin(name: str, kind: str = "loss", directory: str = ".") -> str:
-    """Create ``<directory>/kdcore-plugin-<name>/``; returns its path. Refuses to overwrite."""
-    names = validate_name(name, kind)
+def new_plugin(name: str, kind: str = "loss", directory: str = ".",
+               components: tuple[str, ...] = ()) -> str:
+    """Create ``<directory>/kdcore-plugin-<name>/`` with the ``components`` (default: one named
+    after the plugin); returns its path. Refuses to overwrite."""
+    names = validate_name(name, kind, tuple(components))
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise UserError(f"--dir {directory}: is a file, not a folder")
     target = os.path.join(directory, names.dist)
@@ -206,21 +273,19 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def next_steps(target: str, name: str, kind: str) -> list[str]:
+def next_steps(target: str, name: str, kind: str, components: tuple[str, ...] = ()) -> list[str]:
     """What to do after creating the folder, as printed by ``kdcore new-plugin``."""
-    names = Names(name, kind)
-    preset_path = os.path.join(target, names.package, "presets", "example.yaml")
-    run = f"kdcore run --config {preset_path}"
+    names = Names(name, kind, tuple(components))
+    run = f"kdcore run --preset {names.plugin}"
     if names.kind == "algorithm":
         run = f"kdcore run --algo {names.ident}"
-    what = f"{article(names.kind)} {names.kind} named {names.ident!r}"
-    lines = [f"created {target}/ ({names.dist}: {what})", "next:",
-             f"  pip install -e {target}", f"  kdcore plugins              # lists {names.ident}",
-             f"  pytest {os.path.join(target, 'tests')}", f"  {run}"]
-    if names.kind in ("connector", "head", "distiller"):
-        lines.append("  (the example config uses the 'kd' loss of kdcore-plugin-kd; in a kdcore "
-                     "checkout: pip install ./plugins/kdcore-plugin-kd)")
-    return lines
+    idents = [part.ident for part in names.parts]
+    kinds = "losses" if kind == "loss" else f"{kind}s"
+    what = (f"{article(names.kind)} {names.kind} named {idents[0]!r}" if len(idents) == 1 else
+            f"{kinds} named {', '.join(map(repr, idents))}")
+    return [f"created {target}/ ({names.dist}: {what})", "next:",
+            f"  pip install -e {target}", f"  kdcore plugins              # lists {names.plugin}",
+            f"  python -m pytest {os.path.join(target, 'tests')}", f"  {run}"]
 
 
 # --- templates (string.Template: $name, $Class ...; $$ is a literal $) --------------------------
@@ -237,9 +302,9 @@ SUMMARIES = {
 
 PRESET_HEADER = {
     "loss": "# kdcore's default job with the distillation loss replaced by '{name}'.\n",
-    "connector": "# kdcore's default job with '{name}' as the student connector (needs the 'kd' loss).\n",
-    "head": "# kdcore's default job with the '{name}' head (needs the 'kd' loss).\n",
-    "distiller": "# kdcore's default job with the '{name}' distiller (needs the 'kd' loss).\n",
+    "connector": "# kdcore's default job with '{name}' as the student connector.\n",
+    "head": "# kdcore's default job with the '{name}' head.\n",
+    "distiller": "# kdcore's default job with the '{name}' distiller.\n",
     "algorithm": "# The '{name}' algorithm with kdcore's default teacher and student:\n"
                  "# `kdcore run --algo {name}`.\n",
     "model": "# Trains the '{name}' model alone (vanilla) on Fashion-MNIST.\n",
@@ -266,7 +331,7 @@ test = ["pytest>=7"]
 # How kdcore finds the plugin: one entry point in the "kdcore" group, naming the module
 # whose @kdcore.hookimpl functions declare the components.
 [project.entry-points.kdcore]
-$name = "$package.plugin"
+$plugin = "$package.plugin"
 
 [tool.setuptools.packages.find]
 include = ["$package*"]
@@ -299,9 +364,24 @@ def $hook():
     line `kdcore list $kind` shows. The factory's keyword arguments are the component's YAML
     parameters: kdcore checks a user's keys against them and suggests the closest on a typo.
     """
-    return [kdcore.Component("$name", "$package.$module:$attr",
-                             "$summary")]
+    return [
+$declared,
+    ]
+
+
+@kdcore.hookimpl
+def kdcore_presets():
+    """Declare the run configs this plugin ships: `kdcore run --preset $plugin`. The file is
+    found inside the installed package, so ship it as package data (pyproject.toml)."""
+    return [kdcore.Preset("$plugin", "$package:presets/$preset_file",
+                          "an example run with $names")]
 '''
+
+DECLARE = '''        kdcore.Component("$name", "$package.$module:$attr",
+                         "$summary")'''
+
+DECLARE_ALGORITHM = '''        kdcore.Component("$name", "$package.$module:$attr", "$summary",
+                         presets={"default": os.path.join(PRESETS, "$preset_file")})'''
 
 PLUGIN_ALGORITHM = '''\
 """Entry point of $dist: kdcore imports it to find the plugin's components.
@@ -325,13 +405,22 @@ def $hook():
     `kdcore list algorithm` shows. The factory's keyword arguments are the YAML parameters of
     the `algorithm:` block. The "default" preset is what `--algo $name` runs without --config.
     """
-    return [kdcore.Component("$name", "$package.$module:$attr", "$summary",
-                             presets={"default": os.path.join(PRESETS, "example.yaml")})]
+    return [
+$declared,
+    ]
+
+
+@kdcore.hookimpl
+def kdcore_presets():
+    """Declare the run configs this plugin ships: `kdcore run --preset $plugin`. The file is
+    found inside the installed package, so ship it as package data (pyproject.toml)."""
+    return [kdcore.Preset("$plugin", "$package:presets/$preset_file",
+                          "an example run with $names")]
 '''
 
 COMPONENTS = {
     "loss": '''\
-"""The $name distillation loss: a starting point to replace with your method."""
+"""The $names distillation loss: a starting point to replace with your method."""
 
 from __future__ import annotations
 
@@ -372,7 +461,7 @@ class $Class(kdcore.Loss):
         return (s - t).pow(2).sum(dim=1).mean()
 ''',
     "connector": '''\
-"""The $name connector: maps a feature to the other side's shape."""
+"""The $names connector: maps a feature to the other side's shape."""
 
 from __future__ import annotations
 
@@ -403,7 +492,7 @@ class $Class(kdcore.Connector):
         return self.fc(x.flatten(1)).view(x.shape[0], *self.out_shape)
 ''',
     "head": '''\
-"""The $name head: kdcore's distill head with loss weights that ramp up."""
+"""The $names head: kdcore's distill head with loss weights that ramp up."""
 
 from __future__ import annotations
 
@@ -445,7 +534,7 @@ class $Class(kdcore.DistillationHead):
         return {name: scale * value for name, value in super().forward(student, teacher, **extra).items()}
 ''',
     "distiller": '''\
-"""The $name distiller: frozen teachers, with all distillation terms scaled."""
+"""The $names distiller: frozen teachers, with all distillation terms scaled."""
 
 from __future__ import annotations
 
@@ -480,7 +569,7 @@ class $Class(kdcore.Distiller):
         return {name: self.scale * value for name, value in terms.items()}
 ''',
     "algorithm": '''\
-"""The $name algorithm: what one training step minimises."""
+"""The $names algorithm: what one training step minimises."""
 
 from __future__ import annotations
 
@@ -495,7 +584,10 @@ import kdcore
 
 class $Class(kdcore.Algorithm):
     """``(1 - alpha) * task loss + alpha * T^2 * KL(teachers' averaged soft outputs || student's)``
-    computed in the step itself, plus the terms of any distill points in the config.
+    computed in the step itself, plus the terms of any distill points in the config. Teachers
+    are optional: with none (``teachers: []``) the step is the task loss alone. An algorithm
+    that learns from no teacher at all builds what it learns from itself (docs/plugins.md,
+    "Algorithms without a teacher").
 
     kdcore calls the factory with the ``algorithm:`` parameters (``temperature``, ``alpha``)
     and context values it names: ``student``, ``task``, ``distiller`` (None without teachers).
@@ -505,9 +597,6 @@ class $Class(kdcore.Algorithm):
 
     def __init__(self, student: nn.Module, task: Any, distiller: kdcore.Distiller | None = None,
                  temperature: float = 4.0, alpha: float = 0.5) -> None:
-        if distiller is None or len(distiller.teachers) == 0:
-            raise kdcore.UserError("algorithm '$name' needs at least one teacher in 'teachers'; "
-                                   "use --algo vanilla to train the student alone")
         if temperature <= 0 or not 0 <= alpha <= 1:
             raise kdcore.UserError(f"algorithm '$name': need temperature > 0 and 0 <= alpha <= 1, "
                                    f"got {temperature} and {alpha}")
@@ -516,14 +605,17 @@ class $Class(kdcore.Algorithm):
         self.alpha = float(alpha)
 
     def training_step(self, batch: kdcore.Batch, *, epoch: int, step: int) -> dict[str, torch.Tensor]:
-        assert self.distiller is not None
         outputs, student_features = self.student_forward(batch.inputs)
+        teachers = list(self.distiller.teachers.values()) if self.distiller is not None else []
+        if not teachers:
+            return {"task": self.task.loss(outputs, batch.targets)}
         with torch.no_grad():  # teachers are frozen; never build a graph through them
-            soft = torch.stack([teacher(batch.inputs) for teacher in self.distiller.teachers.values()])
+            soft = torch.stack([teacher(batch.inputs) for teacher in teachers])
         t = self.temperature
         kd = F.kl_div(F.log_softmax(outputs / t, dim=1), F.log_softmax(soft.mean(0) / t, dim=1),
                       reduction="batchmean", log_target=True) * t * t
         terms = {"task": (1 - self.alpha) * self.task.loss(outputs, batch.targets), "$name": self.alpha * kd}
+        assert self.distiller is not None
         if self.distiller.points:  # distill points of the config still add their terms
             teacher_features = self.distiller.teacher_features(batch.inputs, indices=batch.indices)
             terms.update(self.distiller.losses(student_features, teacher_features, targets=batch.targets,
@@ -531,7 +623,7 @@ class $Class(kdcore.Algorithm):
         return terms
 ''',
     "model": '''\
-"""The $name model: a network kdcore can train, distil into, or tap."""
+"""The $names model: a network kdcore can train, distil into, or tap."""
 
 from __future__ import annotations
 
@@ -565,7 +657,7 @@ class $Class(nn.Module):
         return self.fc(self.hidden(self.flatten(x)))
 ''',
     "dataset": '''\
-"""The $name data set: a starting point that needs no files; load yours here instead."""
+"""The $names data set: a starting point that needs no files; load yours here instead."""
 
 from __future__ import annotations
 
@@ -603,9 +695,15 @@ def $attr(num_classes: int = 10, train_size: int = 2000, test_size: int = 500,
 ''',
 }
 
+CONFTEST = '''\
+"""The kit's test set-up: the ``e2e`` marker (kdcore.testing.run_preset tests)."""
+
+from kdcore.testing.pytest_setup import pytest_configure  # noqa: F401
+'''
+
 TEST_HEADER = '''\
 """Contract tests from kdcore.testing: they check what kdcore relies on (shapes, gradients,
-frozen teachers, determinism, clear errors). Run with `pytest` after `pip install -e .`.
+frozen teachers, determinism, clear errors). Run with `python -m pytest` after `pip install -e .`.
 
 Add tests of your method's own numbers next to this file: compute the expected value
 independently (by hand, with loops or numpy), not with the code under test.
@@ -616,15 +714,15 @@ from kdcore import testing
 
 class TestPlugin(testing.PluginContract):
     distribution = "$dist"
-    entry_point = "$name"
-    components = {"$kind": ["$name"]}
+    entry_point = "$plugin"
+    components = {"$kind": [$listed], "preset": ["$plugin"]}
 
 '''
 
 TESTS = {
     "loss": '''
 class Test${Class}Contract(testing.LossContract):
-    component = "$name:$name"
+    component = "$plugin:$name"
     params = {"normalize": True}
     student_shape = (32,)
     more_shapes = [((8, 7, 7), (8, 7, 7))]
@@ -632,34 +730,38 @@ class Test${Class}Contract(testing.LossContract):
 ''',
     "connector": '''
 class Test${Class}Contract(testing.ConnectorContract):
-    component = "$name:$name"
+    component = "$plugin:$name"
     in_shape = (8, 7, 7)
     out_shape = (16, 7, 7)
 ''',
     "head": '''
 class Test${Class}Contract(testing.HeadContract):
-    component = "$name:$name"
+    component = "$plugin:$name"
     params = {"warmup_epochs": 2}
 ''',
     "distiller": '''
 class Test${Class}Contract(testing.DistillerContract):
-    component = "$name:$name"
+    component = "$plugin:$name"
     params = {"scale": 0.5}
 ''',
     "algorithm": '''
 class Test${Class}Contract(testing.AlgorithmContract):
-    component = "$name:$name"
+    component = "$plugin:$name"
     params = {"temperature": 4.0, "alpha": 0.5}
+
+
+class Test${Class}WithoutTeachers(Test${Class}Contract):
+    teachers = 0
 ''',
     "model": '''
 class Test${Class}Contract(testing.ModelContract):
-    component = "$name:$name"
+    component = "$plugin:$name"
     params = {"hidden": 16}
     module_paths = ["hidden", "hidden.fc", "fc"]
 ''',
     "dataset": '''
 class Test${Class}Contract(testing.DatasetContract):
-    component = "$name:$name"
+    component = "$plugin:$name"
     params = {"train_size": 20, "test_size": 10, "num_classes": 3}
     expected = {"input_shape": (1, 28, 28), "num_classes": 3, "name": "$name",
                 "train_size": 20, "test_size": 10}
@@ -669,23 +771,24 @@ class Test${Class}Contract(testing.DatasetContract):
 README = '''\
 # $dist
 
-A kdcore plugin providing the $kind `$name`: $summary.
+A kdcore plugin providing $kinds ($names): a starting point ($summary).
 
 Created with `kdcore new-plugin`; see kdcore's docs/plugins.md for the whole guide.
 
 ## Install and check
 
     pip install -e .          # from this folder; kdcore finds the plugin by its entry point
-    kdcore plugins            # lists "$name ($dist 0.1.0) ok" and its components
-    kdcore list $kind           # shows $name:$name
-    pytest                    # the contract tests in tests/
+    kdcore plugins            # lists "$plugin ($dist 0.1.0) ok" and its components
+    kdcore list $kind           # shows $plugin:$name
+    python -m pytest          # the contract tests in tests/
 
 ## Layout
 
     pyproject.toml            # the "kdcore" entry point and the kdcore$range range
-    $package/plugin.py        # @kdcore.hookimpl $hook(): declares the component
-    $package/$module.py       # the component
-    $package/presets/example.yaml   # a run config that uses it
+    $package/plugin.py        # @kdcore.hookimpl $hook() and kdcore_presets(): declare them
+    $package/$module.py       # the components
+    $package/presets/$preset_file   # a run config that uses them: kdcore run --preset $plugin
+    tests/conftest.py         # the e2e marker of kdcore.testing
     tests/$test_file    # kdcore.testing contract tests
 
 ## Publish
@@ -705,7 +808,7 @@ In a config, as a loss of a distill point (`weight` is applied by the head):
       losses:
         - {type: $name, weight: 0.5, normalize: false}
 
-    kdcore run --config $package/presets/example.yaml
+    kdcore run --preset $plugin
 ''',
     "connector": '''
 ## Use
@@ -715,7 +818,7 @@ In a config, on either side of a head:
     head:
       student_connector: {type: $name}
 
-    kdcore run --config $package/presets/example.yaml   # uses the kd loss (kdcore-plugin-kd)
+    kdcore run --preset $plugin
 ''',
     "head": '''
 ## Use
@@ -725,14 +828,14 @@ In a config, on either side of a head:
       warmup_epochs: 2
       losses: [{type: kd, weight: 0.5}]
 
-    kdcore run --config $package/presets/example.yaml   # uses the kd loss (kdcore-plugin-kd)
+    kdcore run --preset $plugin
 ''',
     "distiller": '''
 ## Use
 
     distiller: {type: $name, scale: 0.5}
 
-    kdcore run --config $package/presets/example.yaml   # uses the kd loss (kdcore-plugin-kd)
+    kdcore run --preset $plugin
 ''',
     "algorithm": '''
 ## Use
@@ -747,7 +850,7 @@ As the student (or a teacher) of any config:
 
     student: {type: $name, hidden: 128}
 
-    kdcore run --config $package/presets/example.yaml   # trains it alone
+    kdcore run --preset $plugin                         # trains it alone
     kdcore inspect $name                                # module paths for distill points
 ''',
     "dataset": '''
@@ -755,6 +858,6 @@ As the student (or a teacher) of any config:
 
     data: {type: $name, train_size: 5000, num_classes: 10}
 
-    kdcore run --config $package/presets/example.yaml   # trains the default student on it
+    kdcore run --preset $plugin   # trains the default student on it
 ''',
 }

@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import kdcore
+
 from kdcore import scaffold
 from kdcore.cli import main
 from kdcore.plugins import Plugins
-from kdcore.registry import components
+from kdcore.registry import components, own_plugins
+from kdcore.scaffold import SCAFFOLD_KINDS
 from kdcore.testing import install_dist_info, using_plugins
 
 try:
@@ -41,7 +44,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One generated plugin per kind, via the CLI."""
     where = tmp_path_factory.mktemp("scaffold")
     out = {}
-    for kind in KINDS:
+    for kind in SCAFFOLD_KINDS:
         result = CliRunner().invoke(main, ["new-plugin", name_for(kind), "--kind", kind, "--dir", str(where)])
         assert result.exit_code == 0, result.output
         out[kind] = where / f"kdcore-plugin-{name_for(kind)}"
@@ -67,7 +70,7 @@ def on_path(site: Path, monkeypatch: pytest.MonkeyPatch):
         del sys.modules[module]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SCAFFOLD_KINDS)
 def test_generated_package_layout(generated: dict[str, Path], kind: str) -> None:
     folder = generated[kind]
     ident = name_for(kind).replace("-", "_")
@@ -75,16 +78,16 @@ def test_generated_package_layout(generated: dict[str, Path], kind: str) -> None
     with open(folder / "pyproject.toml", "rb") as f:
         project = tomllib.load(f)["project"]
     assert project["name"] == f"kdcore-plugin-{name_for(kind)}"
-    assert project["dependencies"] == ["kdcore>=0.1,<0.2"]
+    assert project["dependencies"] == [f"kdcore{scaffold.kdcore_range()}"]
     assert project["entry-points"]["kdcore"] == {ident: f"{package}.plugin"}
     assert "*.egg-info/" in (folder / ".gitignore").read_text().splitlines()
     plugin_src = (folder / package / "plugin.py").read_text()
     tree = ast.parse(plugin_src)
     hooks = [f for f in tree.body if isinstance(f, ast.FunctionDef)
              and any(ast.unparse(d) == "kdcore.hookimpl" for d in f.decorator_list)]
-    assert len(hooks) == 1 and ast.get_docstring(hooks[0])  # one documented hook
+    assert all(ast.get_docstring(hook) for hook in hooks)  # documented hooks
     expected_hook = "kdcore_losses" if kind == "loss" else f"kdcore_{kind}s"
-    assert hooks[0].name == expected_hook
+    assert [hook.name for hook in hooks] == [expected_hook, "kdcore_presets"]
     assert "import torch" not in plugin_src  # the entry-point module stays light
     for path in folder.rglob("*.py"):
         ast.parse(path.read_text(), filename=str(path))
@@ -96,12 +99,13 @@ def test_generated_package_layout(generated: dict[str, Path], kind: str) -> None
 
 def test_generated_plugins_are_seen_by_kdcore(on_path: Path) -> None:
     loaded = Plugins()
-    for kind in KINDS:
+    for kind in SCAFFOLD_KINDS:
         ident = name_for(kind).replace("-", "_")
         status = loaded.status[ident]
         assert (status.state, status.distribution, status.requires_kdcore) == (
-            "ok", f"kdcore-plugin-{name_for(kind)}", ">=0.1,<0.2"), status
+            "ok", f"kdcore-plugin-{name_for(kind)}", scaffold.kdcore_range()), status
         assert f"{ident}:{ident}" in {r.id for r in components(kind, loaded)}
+        assert f"{ident}:{ident}" in {r.id for r in components("preset", loaded)}
 
 
 def run_test_classes(path: Path) -> tuple[int, int, list[str]]:
@@ -129,7 +133,7 @@ def run_test_classes(path: Path) -> tuple[int, int, list[str]]:
     return passed, skipped, failures
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SCAFFOLD_KINDS)
 def test_generated_contract_tests_pass(generated: dict[str, Path], on_path: Path, kind: str) -> None:
     """The author's first `pytest` after `pip install -e .`: the generated tests pass."""
     with using_plugins(None):
@@ -142,10 +146,9 @@ def test_generated_contract_tests_pass(generated: dict[str, Path], on_path: Path
 @pytest.mark.fashion
 def test_generated_loss_works_in_kdcore_run(generated: dict[str, Path], on_path: Path, tmp_path: Path,
                                             tiny: list[str]) -> None:
-    preset = generated["loss"] / "kdcore_plugin_zz_loss" / "presets" / "example.yaml"
     overrides = [arg for item in [*tiny, "trainer.cpu_tuning=false"] for arg in ("--set", item)]
-    with using_plugins(None):
-        result = CliRunner().invoke(main, ["run", "--config", str(preset), *overrides,
+    with using_plugins(None):  # the preset by name, as the generated README says
+        result = CliRunner().invoke(main, ["run", "--preset", "zz_loss", *overrides,
                                            "--output-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     run_dir = Path(result.stdout.strip().splitlines()[-1].removeprefix("run dir: "))
@@ -165,14 +168,14 @@ def test_generated_algorithm_ships_a_default_preset(on_path: Path) -> None:
     assert config.algorithm.params == {"temperature": 4.0, "alpha": 0.5}
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SCAFFOLD_KINDS)
 def test_presets_keep_the_default_teacher(generated: dict[str, Path], kind: str) -> None:
     """Presets copy the core job's teacher block, so every run shares one cached teacher."""
     import yaml
 
     from kdcore.config import load_config
 
-    preset = generated[kind] / f"kdcore_plugin_zz_{kind}" / "presets" / "example.yaml"
+    preset = generated[kind] / f"kdcore_plugin_zz_{kind}" / "presets" / scaffold.Names(name_for(kind), kind).preset_file
     data = yaml.safe_load(preset.read_text())
     core = yaml.safe_load((Path(scaffold.__file__).parent / "presets" / "teacher_student.yaml").read_text())
     load_config(data, [])  # the structure is a valid run config
@@ -247,7 +250,79 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytes
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("version, expected", [("0.1.0", ">=0.1,<0.2"), ("0.12.3", ">=0.12,<0.13"),
-                                               ("1.4.2", ">=1.4,<2"), ("2.0.0", ">=2.0,<3")])
+@pytest.mark.parametrize("version, expected", [("0.1.0", ">=0.1.0,<0.2"), ("0.12.3", ">=0.12.3,<0.13"),
+                                               ("1.4.2", ">=1.4.2,<2"), ("2.0.0rc1", ">=2.0.0,<3")])
 def test_declared_kdcore_range(version: str, expected: str) -> None:
     assert scaffold.kdcore_range(version) == expected
+
+
+# --- several components, and the layout kdcore's own plugins share -------------------------------
+
+def test_several_components_in_one_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = CliRunner().invoke(main, ["new-plugin", "myteam", "--kind", "loss", "--component", "sp",
+                                       "--component", "pkt", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "losses named 'sp', 'pkt'" in result.stdout
+    folder = tmp_path / "kdcore-plugin-myteam"
+    names = scaffold.Names("myteam", "loss", ("sp", "pkt"))
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == \
+        sorted(scaffold.layout(names))
+    site = tmp_path / "site"
+    install_dist_info(str(folder), str(site))
+    monkeypatch.syspath_prepend(str(site))
+    loaded = Plugins()
+    assert {"myteam:sp", "myteam:pkt"} <= {r.id for r in components("loss", loaded)}
+    assert "myteam:myteam" in {r.id for r in components("preset", loaded)}
+    with using_plugins(None):
+        passed, skipped, failures = run_test_classes(folder / "tests" / "test_myteam_contract.py")
+    assert not failures, "\n".join(failures)
+    assert passed >= 30, passed  # both losses' contracts ran
+    for module in [m for m in sys.modules if m.startswith("kdcore_plugin_myteam")]:
+        del sys.modules[module]
+
+
+def test_component_names_are_checked(tmp_path: Path) -> None:
+    bad = CliRunner().invoke(main, ["new-plugin", "mine", "--component", "Bad-Name", "--dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "--component 'Bad-Name'" in bad.stderr
+    twice = CliRunner().invoke(main, ["new-plugin", "mine", "--component", "a", "--component", "a",
+                                      "--dir", str(tmp_path)])
+    assert twice.exit_code == 2 and "names one component twice" in twice.stderr
+    builtin = CliRunner().invoke(main, ["new-plugin", "mine", "--component", "kd", "--dir", str(tmp_path)])
+    assert builtin.exit_code == 2 and "--component 'kd': kdcore has a built-in loss 'kd'" in builtin.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+ROOT = Path(scaffold.__file__).parents[1]
+
+
+@pytest.mark.parametrize("short", own_plugins())
+def test_in_repo_plugins_follow_the_scaffold_layout(short: str) -> None:
+    """Every plugin of this repository (those kdcore's install hints name) has the files
+    `kdcore new-plugin` writes, where it writes them, and registers its presets; more modules,
+    presets and tests beside them are fine. A preset is named after its data set."""
+    import yaml
+
+    folder = ROOT / "plugins" / f"kdcore-plugin-{short}"
+    names = scaffold.Names(short, "loss")
+    loaded = Plugins()
+    mine = [r for kind in kdcore.KINDS for r in components(kind, loaded) if r.plugin == names.plugin]
+    kinds = {r.kind for r in mine} & set(SCAFFOLD_KINDS)
+    if not kinds and not any(r.kind == "preset" for r in mine):
+        pytest.skip(f"{folder.name} has no component of a kind 'kdcore new-plugin' writes")
+    required = {path for kind in kinds or {"loss"} for path in scaffold.layout(scaffold.Names(short, kind))
+                if "/presets/" not in path and (kinds or not path.endswith("/losses.py"))}
+    missing = sorted(path for path in required if not (folder / path).is_file())
+    assert not missing, f"{folder.name} lacks {missing} (kdcore/scaffold.py: layout)"
+    presets = [r for r in mine if r.kind == "preset"]
+    assert [r.component.name for r in presets][:1] == [names.plugin], f"{folder.name}: no preset {short!r}"
+    for preset in presets:
+        path = Path(preset.component.resolve())
+        data = yaml.safe_load(path.read_text())
+        assert path.parent == folder / names.package / "presets"
+        assert path.name == f"{data['data']['type']}.yaml", f"{path} runs on {data['data']['type']}"
+    plugin_src = (folder / names.package / "plugin.py").read_text()
+    assert "import torch" not in plugin_src  # the entry-point module stays light
+    with open(folder / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)
+    assert project["project"]["entry-points"]["kdcore"] == {names.plugin: f"{names.package}.plugin"}
+    assert "presets/*.yaml" in project["tool"]["setuptools"]["package-data"][names.package]

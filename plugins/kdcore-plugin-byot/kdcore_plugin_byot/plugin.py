@@ -10,7 +10,7 @@ PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets", "fa
 @kdcore.hookimpl
 def kdcore_algorithms():
     return [kdcore.Component(
-        "self_distillation", "kdcore_plugin_byot.algorithm:SelfDistillation",
+        "self_distillation", "kdcore_plugin_byot.algorithms:SelfDistillation",
         "BYOT: shallow exit classifiers learn from the network's own deepest output and feature",
         presets={"default": PRESET})]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kdcore_plugin_byot.algorithm import SelfDistillation
+from kdcore_plugin_byot.algorithms import SelfDistillation
 from kdcore_plugin_byot.exits import ExitClassifier, ExitModel
 from torch import nn
 

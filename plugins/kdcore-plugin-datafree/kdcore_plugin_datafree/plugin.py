@@ -10,7 +10,7 @@ PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets", "fa
 @kdcore.hookimpl
 def kdcore_algorithms():
     return [kdcore.Component(
-        "data_free", "kdcore_plugin_datafree.algorithm:DataFree",
+        "data_free", "kdcore_plugin_datafree.algorithms:DataFree",
         "DeepInversion: synthesise images from the teacher's BN statistics, then distil on them",
         presets={"default": PRESET})]
 

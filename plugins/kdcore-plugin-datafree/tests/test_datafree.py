@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kdcore_plugin_datafree.algorithm import (
+from kdcore_plugin_datafree.algorithms import (
     DataFree,
     SyntheticBatches,
     balanced_labels,

@@ -10,7 +10,7 @@ PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets", "fa
 @kdcore.hookimpl
 def kdcore_algorithms():
     return [kdcore.Component(
-        "meal_v2", "kdcore_plugin_meal.algorithm:MealV2",
+        "meal_v2", "kdcore_plugin_meal.algorithms:MealV2",
         "MEAL V2: KL to the teachers' mean softmax (no labels) + a logit discriminator",
         presets={"default": PRESET})]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kdcore_plugin_meal.algorithm import MealV2, ensemble_kl
+from kdcore_plugin_meal.algorithms import MealV2, ensemble_kl
 from kdcore_plugin_meal.discriminator import Discriminator
 
 import kdcore
