@@ -233,8 +233,16 @@ def _type_name(tp: Any) -> str:
             type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for a message, cut short: a 10 MB value is not echoed whole."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _fail(path: str, expected: Any, value: Any) -> UserError:
-    return UserError(f"config key {path}: expected {_type_name(expected)}, got {value!r}")
+    return UserError(f"config key {path}: expected {_type_name(expected)}, got {shown(value)}")
 
 
 def _structure(tp: Any, value: Any, path: str) -> Any:
@@ -257,8 +265,9 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         if value not in typing.get_args(tp):
             choices = [str(a) for a in typing.get_args(tp)]
-            raise UserError(f"config key {path}: {value!r} is not one of "
-                            f"{', '.join(choices)}{did_you_mean(str(value), choices)}")
+            hint = did_you_mean(str(value), choices) if len(str(value)) < 100 else ""
+            raise UserError(f"config key {path}: {shown(value)} is not one of "
+                            f"{', '.join(choices)}{hint}")
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -283,7 +292,7 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(path, tp, value)
         if not math.isfinite(value):  # .nan / .inf parse as floats; no float key wants them
-            raise UserError(f"config key {path}: expected a finite number, got {value!r}")
+            raise UserError(f"config key {path}: expected a finite number, got {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -306,7 +315,7 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
     if cls is ComponentConfig and isinstance(data, str):
         data = {"type": data}  # a component without parameters may be named alone: [hflip]
     if not isinstance(data, dict):
-        raise UserError(f"config key {label}: expected a mapping, got {data!r}")
+        raise UserError(f"config key {label}: expected a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in attrs.fields(cls)}
     params_field = next((f.name for f in fields.values() if f.metadata.get("params")), None)
@@ -314,8 +323,8 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
     kwargs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in data.items():
-        shown = key if isinstance(key, str) and key.isprintable() else repr(key)
-        key_path = f"{path}.{shown}" if path else shown
+        name = key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else shown(key)
+        key_path = f"{path}.{name}" if path else name
         if not isinstance(key, str):
             raise UserError(f"config key {key_path}: keys must be strings")
         if key in known:
@@ -329,7 +338,7 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
         elif key_path in MOVED_KEYS:
             raise UserError(f"config key {key_path}: {MOVED_KEYS[key_path]}")
         else:
-            raise UserError(f"config key {key_path}: unknown key{did_you_mean(key, known)}; "
+            raise UserError(f"config key {key_path}: unknown key{did_you_mean(key, known) if len(key) <= 80 else ''}; "
                             f"valid keys: {', '.join(sorted(known))}")
     if params_field is not None:
         kwargs[params_field] = extra
@@ -404,11 +413,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set trainer.epochs=3")
+        raise UserError(f"--set {shown(text)}: expected KEY=VALUE, e.g. --set trainer.epochs=3")
     try:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.composer.ComposerError as exc:  # {a: 1, a: 2}: a key written twice
-        raise UserError(f"--set {text!r}: {exc.problem}") from None
+        raise UserError(f"--set {shown(text)}: {exc.problem}") from None
     except Exception:  # not YAML, or a value PyYAML's constructors refuse (2001-02-30): text
         value = raw
     return key.split("."), value
@@ -427,22 +436,22 @@ def apply_override(data: dict[str, Any], text: str) -> None:
                 node[part] = {}
             node = node[part]
         else:
-            raise UserError(f"--set {text!r}: {where} is {node!r}, not a mapping or list")
+            raise UserError(f"--set {shown(text)}: {where} is {node!r}, not a mapping or list")
     last = parts[-1]
     if isinstance(node, list):
         node[_index(node, last, ".".join(parts), text)] = value
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise UserError(f"--set {text!r}: {'.'.join(parts[:-1])} is {node!r}, not a mapping")
+        raise UserError(f"--set {shown(text)}: {'.'.join(parts[:-1])} is {node!r}, not a mapping")
 
 
 def _index(node: list, part: str, where: str, text: str) -> int:
     if not (part.isascii() and part.isdigit()):  # "²".isdigit() is True but int("²") fails
-        raise UserError(f"--set {text!r}: {where} indexes a list; use a number such as 0")
+        raise UserError(f"--set {shown(text)}: {where} indexes a list; use a number such as 0")
     i = int(part)
     if i >= len(node):
-        raise UserError(f"--set {text!r}: {where} is out of range (the list has {len(node)} "
+        raise UserError(f"--set {shown(text)}: {where} is out of range (the list has {len(node)} "
                         f"item{'s' if len(node) != 1 else ''})")
     return i
 
@@ -456,8 +465,52 @@ def load_config(data: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
     return config
 
 
+#: the largest seed: kdcore combines it with epoch and step numbers into 64-bit generator seeds
+MAX_SEED = 2**32 - 1
+#: epochs beyond this are a typo (a run of a million epochs is not a plan)
+MAX_EPOCHS = 1_000_000
+#: threads beyond this multiple of the machine's cores only wait for each other
+THREADS_PER_CORE = 4
+#: a run dir is NAME-YYYYmmdd-HHMMSS[-N], one path component: at most 255 bytes
+MAX_NAME_BYTES = 200
+
+
+def check_magnitudes(config: RunConfig) -> None:
+    """Values of the right type but absurd size, refused with the reason before they overflow
+    a seed, make a file name the system refuses, or crash torch's thread pool."""
+    import os
+
+    seeds = {"seed": config.seed}
+    seeds.update({f"teachers[{i}].train.seed": t.train.seed for i, t in enumerate(config.teachers)})
+    for key, value in seeds.items():
+        if not 0 <= value <= MAX_SEED:
+            raise UserError(f"config key {key}: must be in [0, {MAX_SEED}] (2^32 - 1: kdcore "
+                            f"combines it with epoch and step numbers into 64-bit generator "
+                            f"seeds), got {shown(value)}")
+    epochs = {"trainer.epochs": config.trainer.epochs}
+    epochs.update({f"teachers[{i}].train.epochs": t.train.epochs for i, t in enumerate(config.teachers)})
+    for key, value in epochs.items():
+        if value > MAX_EPOCHS:
+            raise UserError(f"config key {key}: at most {MAX_EPOCHS:,} epochs, got {shown(value)}")
+    cores = os.cpu_count() or 1
+    threads = config.trainer.threads
+    if threads is not None and threads > THREADS_PER_CORE * cores:
+        raise UserError(f"config key trainer.threads: {shown(threads)} is more than "
+                        f"{THREADS_PER_CORE} per core of this machine ({cores} cores, so at most "
+                        f"{THREADS_PER_CORE * cores}): more threads than cores only wait for each "
+                        f"other, and torch can crash on huge counts; use 0 (one per physical core)")
+    if config.name is not None and len(config.name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise UserError(f"config key name: {shown(config.name)} is longer than {MAX_NAME_BYTES} "
+                        f"bytes; the run dir's name (NAME-DATE-TIME) must fit a file name (255 bytes)")
+    for part in config.output_dir.split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > 255:
+            raise UserError(f"config key output_dir: the folder name {shown(part)} is longer than "
+                            f"255 bytes, which file systems refuse")
+
+
 def check(config: RunConfig) -> None:
     """Cross-field checks that the types alone cannot express."""
+    check_magnitudes(config)
     positive = {"data.batch_size": config.data.batch_size,
                 "data.eval_batch_size": config.data.eval_batch_size}
     for key, value in positive.items():

@@ -317,7 +317,17 @@ def build(kind: str, name: str, /, *, plugins: Plugins | None = None, where: str
         raise UserError(f"{label}: {kind} {registered.id!r} cannot be loaded: its factory "
                         f"{registered.component.factory!r} failed with {type(exc).__name__}: {exc}; "
                         f"{broken}") from None
-    built = call_factory(factory, params, context or {}, where=label, block_keys=_block_keys)
+    try:
+        built = call_factory(factory, params, context or {}, where=label, block_keys=_block_keys)
+    except UserError:
+        raise
+    except Exception as exc:  # a bug or a bad value the factory did not check: one line too
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        first = first if len(first) <= 300 else first[:300] + "..."
+        raise UserError(f"{label}: {kind} {registered.id!r} failed while being built with "
+                        f"{type(exc).__name__}: {first}; check its parameters, else {broken} "
+                        f"(the traceback: KDCORE_DEBUG=1 or kdcore --debug)") from exc
     if kind in MODULE_KINDS and not isinstance(built, nn.Module):
         raise UserError(f"{label}: {kind} {registered.id!r} built a {type(built).__name__}, not a "
                         f"torch.nn.Module; {broken}")

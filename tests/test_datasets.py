@@ -292,5 +292,5 @@ def test_teacher_cache_on_a_per_sample_split_without_teachers_is_ignored(tmp_pat
         "run", "--algo", "vanilla", "--teacher-cache", "--output-dir", str(tmp_path / "runs"),
         "--set", "data.type=cifar10", "--set", f"data.root={tmp_path / 'data'}",
         "--set", "data.params={in_memory: false}", "--set", "student.type=resnet8",
-        "--set", "trainer.epochs=1", "--set", "trainer.progress=false"])
+        "--set", "data.batch_size=5", "--set", "trainer.epochs=1", "--set", "trainer.progress=false"])
     assert result.exit_code == 0, result.output

@@ -83,6 +83,16 @@ class RemovesRunDir(kdcore.Loss):
         return (student * 0).sum()
 
 
+def exploding_model(num_classes: int = 10, in_channels: int = 1) -> torch.nn.Module:
+    """A model factory with a bug: it raises a RuntimeError, not a UserError."""
+    raise RuntimeError("shape [3, 0] is invalid for input of size 7")
+
+
+@kdcore.hookimpl
+def kdcore_models() -> list[kdcore.Component]:
+    return [kdcore.Component("kdfault_exploding", exploding_model, "test-only: raises")]
+
+
 @kdcore.hookimpl
 def kdcore_losses() -> list[kdcore.Component]:
     return [kdcore.Component("kdfault_bad", BadAt, "test-only: NaN/Inf at chosen steps"),
@@ -472,3 +482,97 @@ def test_skip_bad_images_leaves_them_out_with_a_count(tmp_path) -> None:
     assert "warning: image_folder: skipped 4 unreadable files of 12 under " in result.output
     summary = json.loads((only_run_dir(tmp_path / "out") / "summary.json").read_text())
     assert summary["train_images"] == 8
+
+
+# --- full disks ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["config.yaml", "last.pt", "summary.json"])
+def test_a_full_disk_is_one_line_naming_the_file_and_the_run_resumes(files, tmp_path, monkeypatch, which) -> None:
+    """Writes of that file go to /dev/full (every write fails with ENOSPC)."""
+    from kdcore.engine import checkpoint
+
+    real = checkpoint.temp_file
+
+    def full_for(folder: str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int, str]:
+        fd, path = real(folder, prefix, suffix)
+        if state["full"] and (suffix == ".pt") == (which == "last.pt") and \
+                (which != "summary.json" or os.path.exists(os.path.join(folder, "student.pt"))):
+            os.close(fd)
+            os.unlink(path)
+            return os.open("/dev/full", os.O_WRONLY), path
+        return fd, path
+
+    state = {"full": True}
+    monkeypatch.setattr(checkpoint, "temp_file", full_for)
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(files, "trainer.epochs=1")])
+    line = error_line(result, 2)
+    assert "no space left to write " in line and which in line and "No space left on device" in line
+    if which == "config.yaml":  # nothing was written: the run dir is removed again
+        assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+        return
+    run_dir = only_run_dir(tmp_path)
+    assert not [p for p in run_dir.rglob(".kdcore-tmp-*")]
+    state["full"] = False
+    result = invoke(["run", "--resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "summary.json").exists()
+
+
+# --- absurd values -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setting, said", [
+    ("trainer.threads=5000", "config key trainer.threads: 5000 is more than 4 per core of this machine"),
+    ("trainer.threads=100000", "config key trainer.threads: 100000 is more than 4 per core"),
+    ("seed=18446744073709551616", "config key seed: must be in [0, 4294967295]"),
+    ("seed=-1", "config key seed: must be in [0, 4294967295]"),
+    ("teachers.0.train.seed=99999999999", "config key teachers[0].train.seed: must be in [0, 4294967295]"),
+    ("trainer.epochs=1000000000000000000000", "config key trainer.epochs: at most 1,000,000 epochs"),
+    ("name=" + "n" * 250, "config key name: 'nnnn"),
+    ("output_dir=/tmp/" + "o" * 260, "config key output_dir: the folder name 'oooo"),
+])
+def test_absurd_values_are_refused_with_the_reason(files, tmp_path, setting, said) -> None:
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(files), "--set", setting])
+    line = error_line(result, 2)
+    assert said in line and len(line) < 400
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+def test_a_huge_value_is_not_echoed_whole(files, tmp_path) -> None:
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(files), "--set",
+                     "trainer.amp=" + "x" * 10_000_000])
+    line = error_line(result, 2)
+    assert "config key trainer.amp: 'xxxx" in line and "(10000000 characters)" in line
+    assert len(line) < 400
+
+
+def test_a_batch_larger_than_the_split_is_refused_before_any_teacher(files, tmp_path) -> None:
+    line = error_line(invoke(["run", "--output-dir", str(tmp_path), *sets(files, "data.batch_size=512")]), 2)
+    assert "config key data.batch_size: 512 is larger than the student's training split (256 images)" in line
+    line = error_line(invoke(["run", "--output-dir", str(tmp_path), *sets(
+        files, "teachers.0.checkpoint=null", "teachers.0.train.batch_size=300")]), 2)
+    assert "config key teachers[0].train.batch_size: 300 is larger than the teacher's training split" in line
+
+
+# --- factories, empty configs ---------------------------------------------------------------------
+
+def test_a_factory_that_raises_is_one_line_like_a_user_error(files, tmp_path, monkeypatch) -> None:
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(files, "student.type=kdfault_exploding")])
+    line = error_line(result, 2)
+    assert "model 'kdfault:kdfault_exploding' failed while being built with RuntimeError: shape [3, 0] " \
+           "is invalid for input of size 7" in line
+    assert "plugin 'kdfault' is broken" in line and "KDCORE_DEBUG=1" in line
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # removed, as after a UserError
+    monkeypatch.setenv("KDCORE_DEBUG", "1")
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(files, "student.type=kdfault_exploding")])
+    assert result.exit_code == 2
+    assert "Traceback" in result.output and "in exploding_model" in result.output
+    monkeypatch.delenv("KDCORE_DEBUG")
+    result = invoke(["--debug", "run", "--output-dir", str(tmp_path), *sets(files, "student.type=kdfault_exploding")])
+    assert result.exit_code == 2 and "in exploding_model" in result.output
+
+
+def test_an_empty_config_yaml_on_resume_says_it_is_empty(stopped, tmp_path) -> None:
+    run_dir = copy_of(stopped, tmp_path)
+    (run_dir / "config.yaml").write_text("")
+    line = error_line(invoke(["run", "--resume", str(run_dir)]), 2)
+    assert f"{run_dir / 'config.yaml'} is empty, so the run's settings are lost" in line

@@ -150,7 +150,8 @@ class BatchAugment:
                  part: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, Any]:
         """Augment ``x`` and its ``targets``, this process's rows of the global batch ``step``;
         ``part`` = (rank, world)."""
-        generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + step)
+        # modulo 2^64: the same seed as before for every seed small enough not to overflow
+        generator = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + step) % 2**64)
         for augment in self.steps:
             x, targets = augment.apply(x, targets, generator, part, self.kind, self.mask_fill)
         return x, targets

@@ -65,7 +65,7 @@ from .resume import (
     trained_config,
 )
 from .teacher_cache import attach_teacher_cache, check_teacher_cache
-from .teachers import prepare_teachers, weights_checksum
+from .teachers import prepare_teachers, teacher_data, weights_checksum
 
 
 def pick_device(name: str) -> torch.device:
@@ -95,6 +95,21 @@ def new_run_dir(config: RunConfig) -> str:
             what = "is a file or lies under one" if isinstance(exc, NotADirectoryError) else "cannot be written to"
             raise UserError(f"config key output_dir: {config.output_dir} {what}; pass another "
                             f"folder (--output-dir DIR)") from None
+
+
+def check_batch_sizes(config: RunConfig, splits: Any) -> None:
+    """A batch larger than its training split would be cut to the split (one step an epoch, a
+    teacher trained on one batch): refused, before any teacher is trained."""
+    if config.data.batch_size > len(splits.student_train):
+        raise UserError(f"config key data.batch_size: {config.data.batch_size} is larger than the "
+                        f"student's training split ({len(splits.student_train)} images); use at "
+                        f"most {len(splits.student_train)}")
+    for i, tcfg in enumerate(config.teachers):
+        images = len(teacher_data(tcfg, splits))
+        if not tcfg.checkpoint and 0 < images < tcfg.train.batch_size:
+            raise UserError(f"config key teachers[{i}].train.batch_size: {tcfg.train.batch_size} "
+                            f"is larger than the teacher's training split ({images} images); use "
+                            f"at most {images}")
 
 
 def check_run_dir(run_dir: str) -> None:
@@ -239,6 +254,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     splits = load_data(config.data)
     augment = build_augment(config.data.augment, splits.source.task)  # checked now, before any teacher trains
     check_teacher_cache(config, splits.student_train, augment)
+    check_batch_sizes(config, splits)
     distributed.check_batch(config.data.batch_size)
     use_import_paths(config.import_paths)  # type: import models
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
