@@ -249,3 +249,67 @@ def test_resolve_module_returns_the_module_or_a_user_error(path: str) -> None:
         assert repr(path) in str(exc)
         return
     assert found is modules[path]
+
+
+# --- absurd magnitudes (issue #19): huge, tiny and long values of the right type ------------------
+
+NUMERIC_KEYS = ["seed", "data.batch_size", "data.eval_batch_size", "data.train_limit", "data.test_limit",
+                "data.val_split", "trainer.epochs", "trainer.threads", "trainer.checkpoint_every",
+                "trainer.max_skipped_in_row", "trainer.grad_clip", "optimizer.lr", "optimizer.momentum",
+                "optimizer.weight_decay", "schedule.warmup_epochs", "teachers.0.train.epochs",
+                "teachers.0.train.seed", "teachers.0.train.batch_size",
+                "teachers.0.distill.0.head.losses.0.weight"]
+TEXT_KEYS = ["name", "output_dir", "trainer.device", "trainer.amp", "student.type", "teachers.0.name"]
+absurd_numbers = st.one_of(
+    st.sampled_from([2**31, 2**32, 2**32 - 1, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 2**64 + 1, -2**63,
+                     10**21, 10**100, -1, 0, 1e21, 1e300, -1e300, 5e-324, 1e-320, 100000, 5000]),
+    st.integers(-10**40, 10**40), st.floats(allow_nan=False, allow_infinity=False))
+absurd_texts = st.one_of(
+    st.integers(200, 300).map(lambda n: "n" * n), st.integers(1, 3).map(lambda k: "é" * (100 * k)),
+    st.sampled_from(["x" * 100_000, "/tmp/" + "d" * 300, "a/" * 2000, "\u0000" * 10]))
+
+
+def assert_within_documented_bounds(config: RunConfig) -> None:
+    """What a config that loads promises (docs/config.md): sizes a run can use."""
+    assert 0 <= config.seed <= 2**32 - 1
+    assert all(0 <= t.train.seed <= 2**32 - 1 for t in config.teachers)
+    assert 0 <= config.trainer.epochs <= 1_000_000
+    assert config.trainer.threads is None or 0 <= config.trainer.threads <= 4 * (os.cpu_count() or 1)
+    assert config.name is None or len(config.name.encode("utf-8", "surrogatepass")) <= 200
+    assert all(len(part.encode("utf-8", "surrogatepass")) <= 255 for part in config.output_dir.split("/"))
+
+
+@FAST
+@given(key=st.sampled_from(NUMERIC_KEYS), value=absurd_numbers)
+def test_absurd_numbers_are_a_bounded_config_or_one_short_line(key: str, value: Any) -> None:
+    for build in (lambda: load_config(preset(), [f"{key}={value!r}"]),
+                  lambda: load_config(_set(preset(), key, value))):
+        try:
+            build()
+        except UserError as exc:
+            assert len(str(exc)) < 1000, str(exc)[:200]
+        config = check_outcome(build)
+        if config is not None:
+            assert_within_documented_bounds(config)
+
+
+@FAST
+@given(key=st.sampled_from(TEXT_KEYS), value=absurd_texts)
+def test_absurd_texts_are_a_bounded_config_or_one_short_line(key: str, value: str) -> None:
+    try:
+        config = load_config(_set(preset(), key, value))
+    except UserError as exc:
+        message = str(exc)
+        assert "\n" not in message and len(message) < 1000, (len(message), message[:200])
+        return
+    assert_within_documented_bounds(config)
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """``data`` with ``key`` (a dotted path, list indices as numbers) set to ``value``."""
+    node: Any = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    node[int(parts[-1]) if isinstance(node, list) else parts[-1]] = value
+    return data
