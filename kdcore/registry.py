@@ -33,6 +33,7 @@ _INSTALL_HINTS = {
     "algorithm": {"self_distillation": "byot", "meal_v2": "meal", "data_free": "datafree"},
     "model_transform": {"fast_max_pool": "cpu-speed"},
     "logger": {"tensorboard": "tensorboard", "mlflow": "mlflow"},
+    "model": {"timm": "timm"},
     "preset": {"kd": "kd", "fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd", "crd": "crd",
                "ft": "ft", "ab": "ab", "ofd": "ofd", "byot": "byot", "meal": "meal",
                "datafree": "datafree"},

@@ -1,0 +1,3 @@
+"""timm's architectures as kdcore models."""
+
+__version__ = "0.1.0"
