@@ -319,7 +319,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         attach_teacher_cache(algorithm.distiller, batches.data if hasattr(batches, "data") else None,
                              {n: t["checkpoint"] for n, t in teachers.items()}, device,
                              batch_size=config.data.eval_batch_size,
-                             progress=config.trainer.progress, log=log)
+                             progress=config.trainer.progress, log=log,
+                             half_maps=getattr(splits.source.task, "target_kind", "label") != "label")
     optimizer = make_optimizer(checked_groups(algorithm), config.optimizer)
     scheduler = make_scheduler(optimizer, config.schedule, len(batches), config.trainer.epochs)
     position = Position()

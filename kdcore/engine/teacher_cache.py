@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import zlib
@@ -45,6 +46,14 @@ from .loop import bar_disabled
 from .teachers import weights_checksum
 
 VERSION = 2  # 2: checksums.json
+#: the free space a cache must leave on its disk
+DISK_MARGIN = 256 << 20
+# HALF_MAPS: for a dense task (segmentation, detection), taps whose per-sample shape has 2 or
+# more dimensions (dense logits, feature maps) are stored as float16, half the disk and page
+# cache; rows are widened to float32 when read. Classification caches stay float32 (exact).
+# float16 keeps 11 significant bits, so a logit of magnitude 16 is off by at most 2**-7: the
+# losses that read maps (CWD, pixel KD, FitNets, AT) change by far less than their seed-to-seed
+# spread (tests/test_teacher_cache.py measures it). Vectors (classifier logits) stay float32.
 RESIDENT_BYTES = 4 << 30  # caches up to this size live on the accelerator
 
 
@@ -125,7 +134,8 @@ class TeacherOutputCache:
             return {key: table.index_select(0, indices.to(table.device, non_blocking=True))
                     for key, table in self.resident.items()}
         idx = indices.detach().cpu().numpy()
-        return {key: torch.from_numpy(np.ascontiguousarray(array[idx])).to(device, non_blocking=True)
+        # float16 maps (dense outputs) widen on the device: the losses see float32 either way
+        return {key: torch.from_numpy(np.ascontiguousarray(array[idx])).to(device, non_blocking=True).float()
                 for key, array in self.arrays.items()}
 
 
@@ -133,12 +143,12 @@ class _NpyWriter:
     """One ``.npy`` file written front to back (header, then rows in order) with its CRC-32
     kept as it goes: no memory map, so a full disk is an error, not a signal."""
 
-    def __init__(self, path: str, shape: tuple[int, ...]) -> None:
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: Any = np.float32) -> None:
         self.path, self.crc = path, 0
         self.file = open(path, "wb")
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(
-            header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+            header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
                      "fortran_order": False, "shape": shape})
         self.write(header.getvalue())
 
@@ -153,9 +163,9 @@ class _NpyWriter:
 
 
 def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
-          batch_size: int, device: torch.device, progress: bool) -> None:
+          batch_size: int, device: torch.device, progress: bool, half: frozenset[str] = frozenset()) -> None:
     try:
-        _fill_into(distiller, name, data, folder, keys, batch_size, device, progress)
+        _fill_into(distiller, name, data, folder, keys, batch_size, device, progress, half)
     except OSError as error:
         if error.errno in DISK_FULL:
             raise UserError(f"teacher {name}: no space left to write its output cache in "
@@ -165,7 +175,7 @@ def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys:
 
 
 def _fill_into(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
-               batch_size: int, device: torch.device, progress: bool) -> None:
+               batch_size: int, device: torch.device, progress: bool, half: frozenset[str] = frozenset()) -> None:
     tmp = temp_folder(os.path.dirname(folder))  # not mkdtemp's 0700: runs of other users share it
     writers: dict[str, _NpyWriter] = {}
     try:
@@ -179,8 +189,14 @@ def _fill_into(distiller: Distiller, name: str, data: TensorSplit, folder: str, 
                     raise UserError(f"teacher_cache: tap {key!r} of teacher {name!r} is not a tensor "
                                     f"({type(value).__name__}); turn trainer.teacher_cache off")
                 if key not in writers:
-                    writers[key] = _NpyWriter(os.path.join(tmp, f"{i}.npy"), (len(data), *value.shape[1:]))
-                writers[key].write(np.ascontiguousarray(value.float().cpu().numpy()).tobytes())
+                    writers[key] = _NpyWriter(os.path.join(tmp, f"{i}.npy"), (len(data), *value.shape[1:]),
+                                              np.float16 if key in half else np.float32)
+                stored = value.half() if key in half else value.float()
+                if key in half and not bool(torch.isfinite(stored).all()) and bool(torch.isfinite(value).all()):
+                    raise UserError(f"teacher_cache: tap {key!r} of teacher {name!r} holds values beyond "
+                                    f"float16's range (|x| > 65504), which the cache stores dense maps "
+                                    f"in; turn trainer.teacher_cache off")
+                writers[key].write(np.ascontiguousarray(stored.cpu().numpy()).tobytes())
         sums = {}
         for i, key in enumerate(keys):
             writers[key].close()
@@ -236,7 +252,8 @@ def verify_cache(name: str, folder: str) -> None:
 
 
 def _fill_once(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
-               batch_size: int, device: torch.device, progress: bool, log: Callable[[str], None]) -> None:
+               batch_size: int, device: torch.device, progress: bool, log: Callable[[str], None],
+               half: frozenset[str] = frozenset()) -> None:
     """Fill ``folder`` unless it exists. Under a lock file: a second run sharing the cache
     waits for the first one's fill and then finds it filled."""
     if os.path.isdir(folder):
@@ -245,7 +262,7 @@ def _fill_once(distiller: Distiller, name: str, data: TensorSplit, folder: str, 
     with exclusive(folder, log):
         if not os.path.isdir(folder):
             with frozen_pass(distiller.teachers[name]):  # the features go to disk, never to autograd
-                _fill(distiller, name, data, folder, keys, batch_size, device, progress)
+                _fill(distiller, name, data, folder, keys, batch_size, device, progress, half)
 
 
 def _check_complete(name: str, folder: str) -> None:
@@ -255,10 +272,52 @@ def _check_complete(name: str, folder: str) -> None:
     verify_cache(name, folder)
 
 
+def tap_shapes(distiller: Distiller, name: str, data: TensorSplit, keys: list[str],
+               device: torch.device) -> dict[str, tuple[int, ...]]:
+    """Per-sample shapes of teacher ``name``'s cached taps, from one sample."""
+    with frozen_pass(distiller.teachers[name]):
+        features = distiller.compute_teacher_features(data.inputs[:1].to(device))[name]
+    return {key: tuple(features[key].shape[1:]) if torch.is_tensor(features[key]) else ()
+            for key in keys}
+
+
+def cache_size(shapes: dict[str, tuple[int, ...]], half: frozenset[str], n: int) -> tuple[int, str]:
+    """Bytes the cache takes, and its layout as ``tap N x C x H x W dtype (size)`` parts."""
+    total, parts = 0, []
+    for key, shape in shapes.items():
+        itemsize = 2 if key in half else 4
+        nbytes = n * math.prod(shape) * itemsize
+        total += nbytes
+        dims = " x ".join(str(d) for d in (n, *shape))
+        parts.append(f"{key} {dims} {'float16' if key in half else 'float32'} ({_human(nbytes)})")
+    return total, ", ".join(parts)
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return ""
+
+
+def check_room(name: str, parent: str, size: int, layout: str) -> None:
+    """Refuse, before writing anything, a cache that the disk cannot hold (with a margin)."""
+    os.makedirs(parent, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if size + DISK_MARGIN > free:
+        raise UserError(f"trainer.teacher_cache: teacher {name}'s outputs need {_human(size)} "
+                        f"({layout}) but {parent} has {_human(free)} free; turn "
+                        f"trainer.teacher_cache off, cache fewer taps, or set KDCORE_CACHE_DIR "
+                        f"to a disk with room")
+
+
 def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str, str],
                          device: torch.device, *, batch_size: int = 1000, progress: bool = True,
-                         log: Callable[[str], None] = print) -> dict[str, str]:
-    """Build (or find) the cache of every teacher and make ``distiller`` read from it."""
+                         log: Callable[[str], None] = print, half_maps: bool = False) -> dict[str, str]:
+    """Build (or find) the cache of every teacher and make ``distiller`` read from it.
+
+    ``half_maps`` (dense tasks): store maps as float16 (HALF_MAPS, at the top of this module)."""
     if not isinstance(data, TensorSplit):
         raise UserError(TEACHER_CACHE_NEEDS_MEMORY)
     digest = inputs_digest(data)
@@ -270,16 +329,23 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
             continue
         # and the output, as a computed pass has it: algorithms read it (MEAL V2's ensemble)
         keys = sorted({*keys, OUTPUT})
-        identity = json.dumps({"v": VERSION, "weights": weights_checksum(teacher), "inputs": digest,
-                               "taps": keys}, sort_keys=True)
-        key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        shapes = tap_shapes(distiller, name, data, keys, device)
+        half = frozenset(k for k in keys if half_maps and len(shapes[k]) >= 2)  # HALF_MAPS below
+        identity = {"v": VERSION, "weights": weights_checksum(teacher), "inputs": digest, "taps": keys}
+        if half:  # named only when used, so the caches of classifiers keep their keys
+            identity["float16"] = sorted(half)
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         folder = os.path.join(_folder_for(checkpoints[name]), f"{name}-{key}")
         if os.path.isdir(folder):
             log(f"teacher {name}: reading cached outputs from {folder}")
         else:
-            log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}")
-        def fill_and_check(name: str = name, folder: str = folder, keys: list[str] = keys) -> None:
-            _fill_once(distiller, name, data, folder, keys, batch_size, device, progress, log)
+            size, layout = cache_size(shapes, half, len(data))
+            log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}: "
+                f"{layout}, {_human(size)} in all")
+            check_room(name, os.path.dirname(folder), size, layout)
+        def fill_and_check(name: str = name, folder: str = folder, keys: list[str] = keys,
+                           half: frozenset[str] = half) -> None:
+            _fill_once(distiller, name, data, folder, keys, batch_size, device, progress, log, half)
             _check_complete(name, folder)
 
         # one process per machine fills it; the others wait for the whole fill, then check it

@@ -92,12 +92,11 @@ class SegNet(nn.Module):
         kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
+        h, w = x.shape[-2:]
         factor = self.stride * 2 ** (self.levels - 1)
-        if size[0] % factor or size[1] % factor:
-            raise UserError(f"{type(self).__name__} with {self.levels} resolutions and stride "
-                            f"{self.stride} needs inputs whose size divides by {factor}, got "
-                            f"{tuple(size)}")
+        pad_h, pad_w = -h % factor, -w % factor  # any size: pad to the coarsest grid, crop after
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
         skips = [self.enc1(x)]
         for k in range(2, self.levels + 1):
             skips.append(getattr(self, f"enc{k}")(skips[-1]))
@@ -106,8 +105,8 @@ class SegNet(nn.Module):
             y = getattr(self, f"dec{k}")(y, skips[k - 1])
         logits = self.classifier(y)
         if self.stride > 1:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return logits
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :h, :w] if pad_h or pad_w else logits
 
 
 def seg_teacher(num_classes: int = 11, in_channels: int = 1) -> SegNet:
