@@ -15,6 +15,7 @@ pip runs with ``PIP_NO_INDEX=1`` and no config file: it sees DIST and the linked
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -104,9 +105,26 @@ def environment(venv: dict[str, Path]) -> dict[str, str]:
     return env
 
 
-def test_built_wheels_install_and_run_a_preset_by_name(venv: dict[str, Path]) -> None:
+TINY = ["data.train_limit=256", "data.test_limit=256", "data.batch_size=64", "trainer.epochs=1",
+        "teachers.0.train.epochs=1", "teachers.0.train.train_limit=256", "trainer.progress=false",
+        "trainer.threads=1"]
+
+
+def test_the_readme_quick_start_from_built_wheels(venv: dict[str, Path]) -> None:
+    """README's first block, as typed (runs on a few hundred images)."""
     env, cwd = environment(venv), venv["home"]  # not the checkout: nothing of it on sys.path
     pip, kdcore = str(venv["bin"] / "pip"), str(venv["bin"] / "kdcore")
+    tiny = [a for s in [*TINY, f"output_dir={cwd / 'runs'}"] for a in ("--set", s)]
+
+    run([pip, "install", "--find-links", str(venv["dist"]), "kdcore"], env, cwd)
+    core = run([kdcore, "run", "--algo", "teacher_student", *tiny], env, cwd)  # the core alone
+    assert "student top1:" in core.stdout, core.stdout
+    bare = run([kdcore, "list", "loss"], env, cwd)
+    assert bare.stdout.split()[0] == "kdcore:kd"
+    assert "plugins add more: 'kdcore plugins' lists the installed ones" in bare.stderr
+    missing = run([kdcore, "run", "--preset", "rkd", *tiny], env, cwd, ok=False)
+    assert missing.returncode == 2 and "pip install kdcore-plugin-rkd" in missing.stderr
+    assert "in this checkout" not in missing.stderr, missing.stderr  # an installed wheel: no folder
 
     run([pip, "install", "--find-links", str(venv["dist"]), "kdcore-plugin-rkd"], env, cwd)
     shown = run([str(venv["bin"] / "python"), "-c", "import kdcore, kdcore_plugin_rkd; "
@@ -120,18 +138,12 @@ def test_built_wheels_install_and_run_a_preset_by_name(venv: dict[str, Path]) ->
     presets = run([kdcore, "list", "preset"], env, cwd)
     ids = {line.split()[0] for line in presets.stdout.splitlines()}
     assert {"kdcore:teacher_student", "kdcore:vanilla", "rkd:rkd"} <= ids
-    assert "plugins add more" in presets.stderr and "pip install kdcore-plugin-NAME" in presets.stderr
 
-    tiny = ["data.train_limit=256", "data.test_limit=256", "data.batch_size=64", "trainer.epochs=1",
-            "teachers.0.train.epochs=1", "teachers.0.train.train_limit=256", "trainer.progress=false",
-            "trainer.threads=1"]
-    trained = run([kdcore, "run", "--preset", "rkd", "--output-dir", str(cwd / "runs"),
-                   *[a for s in tiny for a in ("--set", s)]], env, cwd)
+    trained = run([kdcore, "run", "--preset", "rkd", *tiny], env, cwd)
     assert "student top1:" in trained.stdout and "run dir:" in trained.stdout, trained.stdout
-
-    # the default job's components all come with the core alone
-    shown = run([kdcore, "run", "--algo", "teacher_student", "--print-config"], env, cwd).stdout
-    assert "type: kd" in shown
+    run_dir = Path(trained.stdout.strip().splitlines()[-1].removeprefix("run dir: "))
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"task", "rkd"} <= set(last["train"]), last["train"]  # the preset's loss was trained
 
 
 def test_a_plugin_for_another_kdcore_is_refused_by_pip_and_skipped_by_kdcore(venv: dict[str, Path]) -> None:
