@@ -310,34 +310,70 @@ def test_last_pt_deleted_while_metrics_has_rows_is_refused(stopped, tmp_path) ->
     assert [json.loads(l)["epoch"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_an_edited_metrics_row_is_found_on_resume(stopped, tmp_path) -> None:
+def test_an_edited_metrics_row_is_written_again_from_the_checkpoints_record(stopped, tmp_path) -> None:
     run_dir = copy_of(stopped, tmp_path)
-    row = json.loads((run_dir / "metrics.jsonl").read_text())
+    original = (run_dir / "metrics.jsonl").read_text()
+    row = json.loads(original)
     row["student"]["test"]["top1"] = 99.9  # would become the summary's best value
     (run_dir / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    result = resume_skipping(run_dir)
+    assert result.exit_code == 0, result.output
+    assert "metrics.jsonl: row 1 differed from what checkpoints/last.pt recorded" in result.output
+    assert (run_dir / "metrics.jsonl").read_text().splitlines()[0] == original.strip()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["student"]["best_test_top1"] != 99.9
+
+
+@pytest.mark.parametrize("damage", [b"garbage\n", b"\xff\xfe\x00binary\n", "rename", "deleted"])
+def test_a_damaged_metrics_file_is_written_again_from_the_record(stopped, tmp_path, damage) -> None:
+    run_dir = copy_of(stopped, tmp_path)
+    metrics = run_dir / "metrics.jsonl"
+    original = metrics.read_text()
+    if damage == "rename":
+        metrics.write_text(original.replace('"epoch"', '"epoah"'))
+    elif damage == "deleted":
+        metrics.unlink()
+    else:
+        metrics.write_bytes(damage)
+    result = resume_skipping(run_dir)
+    assert result.exit_code == 0, result.output
+    assert "written again from its record" in result.output
+    assert metrics.read_text().splitlines()[0] == original.strip()
+
+
+def test_a_metrics_file_that_is_a_directory_is_one_line(stopped, tmp_path) -> None:
+    run_dir = copy_of(stopped, tmp_path)
+    (run_dir / "metrics.jsonl").unlink()
+    (run_dir / "metrics.jsonl").mkdir()
     line = error_line(resume_skipping(run_dir), 2)
-    assert "metrics.jsonl line 1 is not the row the run wrote" in line
-    assert "recorded: edited or damaged" in line
+    assert "metrics.jsonl is a directory, not the run's metrics file" in line
+    assert not (run_dir / "config.yaml.1").exists()  # refused before anything changed
 
 
 @pytest.mark.parametrize("damage, said", [
     (b"garbage\n", "line 1 is not a JSON object"),
     (b"\xff\xfe\x00binary\n", "line 1 is not text (binary damage)"),
     ("rename", "line 1 has no integer 'epoch'"),
-    ("directory", "is a directory, not the run's metrics file"),
 ])
-def test_a_damaged_metrics_file_is_one_line(stopped, tmp_path, damage, said) -> None:
-    run_dir = copy_of(stopped, tmp_path)
+def test_metrics_damaged_during_a_run_is_one_line_and_the_run_resumes(finished, tmp_path, damage, said) -> None:
+    """Damage after the last checkpoint, before the summary is written: the summary cannot be
+    made from the file, one line says why, and a resume writes the rows again and finishes."""
+    run_dir = copy_of(finished, tmp_path)
+    for name in ("summary.json", "student.pt"):
+        (run_dir / name).unlink()
     metrics = run_dir / "metrics.jsonl"
-    if damage == "rename":
-        metrics.write_text(metrics.read_text().replace('"epoch"', '"epoah"'))
-    elif damage == "directory":
-        metrics.unlink()
-        metrics.mkdir()
-    else:
-        metrics.write_bytes(damage)
-    assert said in error_line(resume_skipping(run_dir), 2)
-    assert not (run_dir / "config.yaml.1").exists()  # refused before anything changed
+    good = metrics.read_text()
+    metrics.write_text(good.replace('"epoch"', '"epoah"') if damage == "rename" else "")
+    if damage != "rename":
+        metrics.write_bytes(damage + good.encode())
+    from kdcore.engine.resume import metrics_rows
+    from kdcore.errors import UserError
+
+    with pytest.raises(UserError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        metrics_rows(str(metrics))
+    result = invoke(["run", "--resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert metrics.read_text() == good and (run_dir / "summary.json").exists()
 
 
 def test_a_hand_edited_config_is_said_key_by_key_and_recorded(stopped, tmp_path) -> None:

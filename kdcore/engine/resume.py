@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -81,10 +80,24 @@ def metrics_rows(path: str) -> list[dict[str, Any]]:
     return [parse_row(line, path, i + 1) for i, line in enumerate(metrics_lines(path))]
 
 
-def row_checksum(line: str) -> int:
-    """The CRC-32 of one metrics line as written (newline excluded): ``last.pt`` records one
-    per row it covers, so an edited or damaged row is found on resume."""
-    return zlib.crc32(line.rstrip("\n").encode("utf-8"))
+def rows_as_recorded(metrics_path: str, recorded: list[str], log: Callable[[str], None]) -> list[str]:
+    """The rows ``last.pt`` covers, as it recorded them (``metrics``): rows of ``metrics.jsonl``
+    that differ (edited, damaged, deleted, the file unreadable) are written again from the
+    record and said, so an edited number never becomes the summary's best value and a damaged
+    file does not end the run."""
+    wanted = [line + "\n" for line in recorded]
+    try:
+        found = metrics_lines(metrics_path)[: len(wanted)]
+    except UserError:
+        if os.path.isdir(metrics_path):  # not ours to remove
+            raise
+        found = []
+    differ = [i + 1 for i, line in enumerate(wanted) if i >= len(found) or found[i] != line]
+    if differ:
+        rows = ", ".join(map(str, differ[:5])) + (", ..." if len(differ) > 5 else "")
+        log(f"metrics.jsonl: row{'s' if len(differ) > 1 else ''} {rows} differed from what "
+            f"{CHECKPOINT} recorded (edited, damaged or deleted); written again from its record")
+    return wanted
 
 
 def rng_state() -> dict[str, Any]:
@@ -108,12 +121,13 @@ def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def run_state(algorithm: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
               scaler: torch.amp.GradScaler | None, position: Position, *, stages_done: bool,
-              metrics_rows: int, checksums: dict[str, str], row_checksums: list[int] | None = None,
+              metrics_rows: int, checksums: dict[str, str], metrics: list[str] | None = None,
               config: RunConfig | None = None) -> dict[str, Any]:
     """What ``last.pt`` holds: everything a resumed run needs to continue bit for bit, plus
-    what checks a resume: each metrics row's CRC-32, and the config the run trained with."""
+    what checks a resume: the metrics rows it covers as written (a few hundred bytes an epoch),
+    and the config the run trained with."""
     return {"format": 1, "algorithm": trainable_state(algorithm),
-            "metrics_crc32": list(row_checksums) if row_checksums is not None else None,
+            "metrics": list(metrics) if metrics is not None else None,
             "config": unstructure(config) if config is not None else None,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "optimizer_type": type(optimizer).__name__,
@@ -124,10 +138,12 @@ def run_state(algorithm: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
 
 def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
             checksums: dict[str, str], metrics_path: str | None,
-            scaler: torch.amp.GradScaler | None = None) -> tuple[Position, bool]:
+            scaler: torch.amp.GradScaler | None = None,
+            log: Callable[[str], None] = lambda message: None) -> tuple[Position, bool]:
     """Load a run checkpoint into the built run; returns (position, stages_done). The teachers
     must be the ones the run started with. ``metrics.jsonl`` (rank 0 only: ``metrics_path``) is
-    cut back to the rows the checkpoint covers: later ones belong to an epoch to be replayed."""
+    cut back to the rows the checkpoint covers (later ones belong to an epoch to be replayed),
+    and those rows are checked against the checkpoint's record of them (:func:`rows_as_recorded`)."""
     state = load_checkpoint(checkpoint_path, what="resume checkpoint", remedy=DAMAGED)
     if not isinstance(state, dict) or state.get("format") != 1:
         raise UserError(f"resume checkpoint {checkpoint_path} is not a kdcore run checkpoint")
@@ -157,19 +173,15 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
     set_rng_state(state["rng"])
     if metrics_path is not None:
         covered = state["metrics_rows"]
-        lines = metrics_lines(metrics_path)[:covered]
-        if len(lines) < covered:
-            raise UserError(f"{metrics_path} has {len(lines)} rows, but {checkpoint_path} was "
-                            f"written after {covered}; rows were deleted, so {METRICS_REMEDY}")
-        for i, line in enumerate(lines):
-            parse_row(line, metrics_path, i + 1)
-        recorded = state.get("metrics_crc32")  # absent in checkpoints of kdcore 0.1.7 and older
-        if recorded is not None:
-            for i, (line, crc) in enumerate(zip(lines, recorded)):
-                if row_checksum(line) != crc:
-                    raise UserError(f"{metrics_path} line {i + 1} is not the row the run wrote "
-                                    f"(its CRC-32 differs from the one {checkpoint_path} recorded:"
-                                    f" edited or damaged); {METRICS_REMEDY}")
+        if state.get("metrics") is not None:
+            lines = rows_as_recorded(metrics_path, state["metrics"][:covered], log)
+        else:  # a checkpoint of kdcore 0.1.7 or older: no record to check against
+            lines = metrics_lines(metrics_path)[:covered]
+            if len(lines) < covered:
+                raise UserError(f"{metrics_path} has {len(lines)} rows, but {checkpoint_path} was "
+                                f"written after {covered}; rows were deleted, so {METRICS_REMEDY}")
+            for i, line in enumerate(lines):
+                parse_row(line, metrics_path, i + 1)
         # atomically: a kill here must not leave the rows the checkpoint covers half-written
         write_text_atomic("".join(lines), metrics_path)
     return Position(**state["position"]), state["stages_done"]

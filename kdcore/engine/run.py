@@ -60,7 +60,6 @@ from .resume import (
     metrics_rows,
     remove_partial_writes,
     restore,
-    row_checksum,
     run_state,
     trained_config,
 )
@@ -330,14 +329,14 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
 
     if resume_dir is not None and os.path.exists(checkpoint_path):
         position, stages_done = restore(checkpoint_path, algorithm, optimizer, scheduler, checksums,
-                                        metrics_path if main else None, scaler)
+                                        metrics_path if main else None, scaler, log)
         log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
     if resume_dir is not None and main:  # after the checks: a refused resume changes nothing
         keep_resumed_config(config, run_dir, log, trained)
         remove_partial_writes(run_dir)
     # counted once (restore checked them against last.pt), then in memory
-    row_checksums = [row_checksum(line) for line in metrics_lines(metrics_path)] if main else []
-    rows_written = [len(row_checksums)]
+    metrics_record = [line.rstrip("\n") for line in metrics_lines(metrics_path)] if main else []
+    rows_written = [len(metrics_record)]
     saved_at = [position.global_step if os.path.exists(checkpoint_path) else None]
     # metrics.jsonl and trainer.loggers; closed when the run ends, however it ends
     loggers = open_loggers(config, run_dir, rows_written[0] + 1, log) if main else Loggers([])
@@ -355,7 +354,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         check_run_dir(run_dir)
         state = run_state(algorithm, optimizer, scheduler, scaler, position, stages_done=stages,
                           metrics_rows=rows_written[0], checksums=checksums,
-                          row_checksums=row_checksums, config=config)
+                          metrics=metrics_record, config=config)
         broken = nonfinite_tensors(state["algorithm"])  # a finite loss can still step to NaN weights
         if broken:
             raise NonFiniteLoss(f"the weights hold NaN/Inf after {position.global_step} steps "
@@ -395,7 +394,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
             check_run_dir(run_dir)
             loggers.log_epoch(row)  # metrics.jsonl first, then the trackers
             rows_written[0] += 1
-            row_checksums.append(row_checksum(json.dumps(row)))
+            metrics_record.append(json.dumps(row))  # as metrics.jsonl has it: last.pt records them
             shown = {f"{m} {s} {metric}" if len(scores) > 1 else f"{s} {metric}": v[metric]
                      for m, by_split in scores.items() for s, v in by_split.items() if metric in v}
             log(describe_epoch(pos.epoch, config.trainer.epochs, train, shown))
