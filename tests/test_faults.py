@@ -612,3 +612,33 @@ def test_an_empty_config_yaml_on_resume_says_it_is_empty(stopped, tmp_path) -> N
     (run_dir / "config.yaml").write_text("")
     line = error_line(invoke(["run", "--resume", str(run_dir)]), 2)
     assert f"{run_dir / 'config.yaml'} is empty, so the run's settings are lost" in line
+
+
+def test_a_build_lock_naming_a_dead_process_is_not_blamed(tmp_path) -> None:
+    """A kill leaves the lock file naming its process; whoever waits next must not name it."""
+    import fcntl
+    import threading
+
+    from kdcore.engine.checkpoint import exclusive
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path = str(tmp_path / "teacher.pt")
+    holder = open(path + ".lock", "a+")
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a live holder that has not written its name yet
+    holder.write(f"kdcore process {gone.pid} on {socket.gethostname()}\n")
+    holder.flush()
+    said: list[str] = []
+    def wait_for_it() -> None:
+        with exclusive(path, said.append):
+            pass
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    for _ in range(3000):
+        if said:
+            break
+        threading.Event().wait(0.01)
+    holder.close()  # releases the lock: the waiter gets it
+    waiter.join(timeout=30)
+    assert said == [f"waiting for another process to finish {path} (lock file {path}.lock)"]
