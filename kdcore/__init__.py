@@ -5,6 +5,7 @@ Plugins import :data:`hookimpl` and return :class:`Component` specs from the hoo
 :func:`components`, or run whole experiments with ``kdcore run``.
 """
 
+from .api import distill
 from .components import Algorithm, Batch, Connector, Distiller, DistillationHead, Loss, Stage
 from .components.distiller import DistillPoint
 from .engine.distributed import gather_rows, mean_across_ranks
@@ -18,5 +19,6 @@ from .version import PLUGIN_API_VERSION, __version__
 __all__ = [
     "Algorithm", "Batch", "ClassificationTask", "Component", "Connector", "DistillPoint",
     "Distiller", "DistillationHead", "KINDS", "Loss", "PLUGIN_API_VERSION", "Preset", "Stage", "Task",
-    "UserError", "__version__", "build", "components", "gather_rows", "hookimpl", "mean_across_ranks",
+    "UserError", "__version__", "build", "components", "distill", "gather_rows", "hookimpl",
+    "mean_across_ranks",
 ]
