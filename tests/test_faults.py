@@ -642,3 +642,13 @@ def test_a_build_lock_naming_a_dead_process_is_not_blamed(tmp_path) -> None:
     holder.close()  # releases the lock: the waiter gets it
     waiter.join(timeout=30)
     assert said == [f"waiting for another process to finish {path} (lock file {path}.lock)"]
+
+
+def test_a_teacher_checkpoint_holding_nan_is_refused(files, tmp_path) -> None:
+    state = torch.load(files["teacher"], weights_only=True)
+    state["fc.weight"][0, 0] = float("nan")
+    bad = tmp_path / "nan-teacher.pt"
+    torch.save(state, bad)
+    line = error_line(invoke(["run", "--output-dir", str(tmp_path / "out"), *sets(
+        files, f"teachers.0.checkpoint={bad}")]), 2)
+    assert f"teachers[0].checkpoint {bad} holds NaN/Inf weights (fc.weight)" in line
