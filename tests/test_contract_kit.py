@@ -118,6 +118,13 @@ class BadStageLoss(GoodLoss):
         return [kdcore.Stage("teacher_only", 1, lambda s, t, **extra: t.pow(2).mean(), needs_student=False)]
 
 
+class WhereLoss(FakeLoss):
+    """Takes a parameter named like one of kdcore.build's own options."""
+
+    def __init__(self, where: str = "x") -> None:
+        super().__init__()
+
+
 class BatchStdLoss(FakeLoss):
     def forward(self, student, teacher, **extra):
         diff = student - teacher
@@ -225,7 +232,8 @@ def _module() -> types.ModuleType:
                           C("plain_attribute", PlainAttributeLoss, "x"), C("matmul", MatmulLoss, "x"),
                           C("lenient", GoodLoss, "x"), C("unfreezing", UnfreezingLoss, "x"),
                           C("bad_stage", BadStageLoss, "x"), C("batch_std", BatchStdLoss, "x"),
-                          C("needs_scale", needs_scale, "x"), C("no_summary", GoodLoss)],
+                          C("needs_scale", needs_scale, "x"), C("no_summary", GoodLoss),
+                          C("reserved_param", WhereLoss, "x")],
         "kdcore_connectors": [C("wrong_shape", WrongShapeConnector, "x"),
                               C("idle_param", IdleParamConnector, "x")],
         "kdcore_heads": [C("vector_term", VectorTermHead, "x")],
@@ -353,6 +361,8 @@ CASES = [
     (L, "test_params_are_accepted", {"component": "good", "params": {"temprature": 2}},
      "params['temprature']"),
     (L, "test_component_is_registered", {"component": "no_summary"}, "one-line summary"),
+    (L, "test_params_are_accepted", {"component": "reserved_param"},
+     "the factory takes 'where', names kdcore.build keeps for itself"),
     (L, "test_factory_resolves", {"component": "needs_scale", "params": {"scale": 1.0},
                                   "plugin_set": lambda self: isolated_plugins(bad=BAD_FACTORY)},
      "does not resolve: ModuleNotFoundError"),
@@ -492,3 +502,34 @@ def test_install_dist_info_writes_what_importlib_metadata_reads(tmp_path: Path) 
     assert [(ep.group, ep.name, ep.value) for ep in dist.entry_points] == [
         ("kdcore", "fix_future", "kdfix_future.plugin")]
     assert (tmp_path / "kdfix_future" / "plugin.py").is_file()
+
+
+def test_plugin_contract_flags_a_clash_with_another_installed_plugin(fixture_site: Path) -> None:
+    """fix_other's loss 'twin' is also fix_good's, installed first: the short name stays with
+    fix_good, so fix_other's own CI must fail (and fix_good's passes)."""
+    install_dist_info(str(FIXTURES / "other"), str(fixture_site))
+    other = {"distribution": "kdcore-fixture-other", "entry_point": "fix_other"}
+    failure = plugin_judge("test_no_clash_with_other_plugins", **other)
+    assert "reuses names that others provide: loss 'twin' (fix_good:twin)" in failure, failure
+    good = {"distribution": "kdcore-fixture-good", "entry_point": "fix_good"}
+    assert "(fix_other:twin)" in plugin_judge("test_no_clash_with_other_plugins", **good)
+
+
+def test_plugin_contract_flags_a_missing_preset_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "kdfix_nopreset"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "plugin.py").write_text(
+        "import kdcore\n\n@kdcore.hookimpl\ndef kdcore_presets():\n"
+        "    return [kdcore.Preset('nopreset', 'kdfix_nopreset:presets/gone.yaml', 'x')]\n")
+    info = tmp_path / "kdcore_fixture_nopreset-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdcore-fixture-nopreset\nVersion: 0.1.0\n"
+                                   "Requires-Dist: kdcore<0.2,>=0.1\n")
+    (info / "entry_points.txt").write_text("[kdcore]\nfix_nopreset = kdfix_nopreset.plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("KDCORE_PLUGINS", raising=False)
+    failure = plugin_judge("test_presets_exist", distribution="kdcore-fixture-nopreset",
+                           entry_point="fix_nopreset")
+    assert "nopreset:nopreset: preset file 'kdfix_nopreset:presets/gone.yaml' not found" in failure, failure
+    assert "package-data" in failure
