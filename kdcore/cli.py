@@ -537,6 +537,20 @@ def compare(config_file: str | None, methods: str, seeds: int, epochs: int | Non
                f"curves: {os.path.join(out, 'curves.png')}")
 
 
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False), metavar="RUN_DIR...")
+@click.option("--out", default="predictions.png", show_default=True, help="the PNG to write")
+@click.option("--count", type=int, default=6, show_default=True, help="test images, one row each")
+@click.option("--min-score", type=float, default=0.3, show_default=True, help="boxes: lowest score drawn")
+@user_errors
+def draw(run_dirs: tuple[str, ...], out: str, count: int, min_score: float) -> None:
+    """Test images with the ground truth, the first run's teacher and each run's student
+    predictions (masks or boxes), from finished run directories of one data set."""
+    from .draw import draw as draw_picture
+
+    click.echo(f"picture: {draw_picture(list(run_dirs), out, count=count, min_score=min_score)}")
+
+
 @main.command(name="new-plugin")
 @click.argument("name")
 @click.option("--kind", type=click.Choice(["loss", "connector", "head", "distiller", "algorithm",

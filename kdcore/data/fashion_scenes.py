@@ -32,6 +32,8 @@ from .source import DataSource, TensorSplit
 
 IGNORE_INDEX = 255
 NUM_ITEM_CLASSES = 10  # Fashion-MNIST's classes; the mask adds background as class 0
+ITEM_NAMES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+              "bag", "boot")
 #: mean and std of the default scenes' pixels in [0, 1] units (train split, seed 0), used to
 #: normalise every configuration alike so a teacher sees the same scale whatever the options.
 SCENES_STATS = (0.118, 0.239)
@@ -169,7 +171,8 @@ def fashion_scenes(root: str = FASHION_MNIST_ROOT, task: str = "segmentation", c
         scale_to = canvas / 64  # the default anchors are for 64x64 canvases
         default = [[w * scale_to, h * scale_to] for w, h in SCENE_ANCHORS]
         task_obj = DetectionTask(num_classes=NUM_ITEM_CLASSES, image_size=(canvas, canvas),
-                                 anchors=default if anchors is None else anchors)
+                                 anchors=default if anchors is None else anchors,
+                                 class_names=ITEM_NAMES)
         num_classes = NUM_ITEM_CLASSES
     return DataSource(train=splits["train"], test=splits["test"], task=task_obj,
                       input_shape=(1, canvas, canvas), num_classes=num_classes,

@@ -78,8 +78,10 @@ class DetectionTask:
     def __init__(self, num_classes: int, image_size: tuple[int, int],
                  anchors: Any = SCENE_ANCHORS, ignore_iou: float = 0.6,
                  score_threshold: float = 0.01, nms_iou: float = 0.5,
-                 max_detections: int = 100) -> None:
+                 max_detections: int = 100, class_names: tuple[str, ...] | None = None) -> None:
         self.num_classes = int(num_classes)
+        #: for pictures (``kdcore draw``); class indices when absent
+        self.class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
         self.image_size = (int(image_size[0]), int(image_size[1]))  # (height, width)
         anchors = torch.as_tensor(anchors, dtype=torch.float32)
         if anchors.dim() != 2 or anchors.shape[1] != 2 or len(anchors) == 0 or bool((anchors <= 0).any()):

@@ -118,5 +118,7 @@ class YOLOKDLoss(kdcore.Loss):
         s_box = torch.cat([s[:, :, :2].sigmoid(), s[:, :, 2:4]], dim=2)
         box = (s_box - b).pow(2).sum(2)
         w_obj, w_cls, w_box = self.weights
-        total = w_obj * obj.sum() + w_cls * (o * kl).sum() + w_box * (o * box).sum()
+        # where, not a product: a suppressed prediction (o = 0) must add 0 even if its error overflows
+        scaled = torch.where(o > 0, o * (w_cls * kl + w_box * box), 0.0)
+        total = w_obj * obj.sum() + scaled.sum()
         return total / student.shape[0]

@@ -1,0 +1,139 @@
+"""``kdcore draw``: a picture of test images with the ground truth and each model's predictions.
+
+Users of dense models look at predictions before numbers. Given one or more run directories of
+the same data set, the picture has one row per test image and the columns: the ground truth,
+the first run's teacher, then each run's student (named by its run directory). What is drawn
+follows the task's ``target_kind``:
+
+- ``boxes``: boxes with class and score (``task.detect``: decoded, NMS-ed, score >= ``--min-score``);
+- ``mask``: the per-pixel class (argmax of the logits) in a fixed colour per class, ignored
+  pixels of the ground truth in black.
+
+Models are rebuilt from each run's ``config.yaml`` and loaded from its ``student.pt`` and the
+teacher checkpoint its ``summary.json`` names; the images are the first ``--count`` of the test
+split (the same for every column).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+#: a colour per class (tab20 order); class 0 of a segmentation mask (background) is black
+_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78"]
+
+
+def _load_run(run_dir: str) -> tuple[Any, dict[str, Any]]:
+    from .config import load_config, read_yaml
+
+    config_path, summary_path = (os.path.join(run_dir, name) for name in ("config.yaml", "summary.json"))
+    for path in (config_path, summary_path, os.path.join(run_dir, "student.pt")):
+        if not os.path.isfile(path):
+            raise UserError(f"{run_dir}: no {os.path.basename(path)}; kdcore draw needs a finished run "
+                            f"directory (kdcore run writes summary.json and student.pt at the end)")
+    with open(summary_path, encoding="utf-8") as f:
+        return load_config(read_yaml(config_path)), json.load(f)
+
+
+def _models(run_dirs: list[str]) -> tuple[Any, list[tuple[str, torch.nn.Module]]]:
+    """The first run's test split and the models to draw: (column title, model)."""
+    from .assemble import build_model, load_data
+    from .engine.checkpoint import load_weights
+
+    columns: list[tuple[str, torch.nn.Module]] = []
+    splits = None
+    for i, run_dir in enumerate(run_dirs):
+        config, summary = _load_run(run_dir)
+        if splits is None:
+            splits = load_data(config.data)
+            teacher = summary.get("teacher")
+            if teacher and teacher.get("checkpoint") and os.path.isfile(teacher["checkpoint"]):
+                model = build_model(config.teachers[0], splits.source, "teachers[0]")
+                load_weights(model, teacher["checkpoint"], what="teacher checkpoint")
+                columns.append((f"teacher ({config.teachers[0].type})", model))
+        student = build_model(config.student, splits.source, "student")
+        load_weights(student, os.path.join(run_dir, "student.pt"), what="student.pt")
+        columns.append((f"{os.path.basename(os.path.normpath(run_dir))}", student))
+    return splits, columns
+
+
+def _images(split: Any, count: int) -> tuple[torch.Tensor, Any]:
+    from .data import TensorSplit
+
+    if isinstance(split, TensorSplit):
+        return split.inputs[:count], split.targets[:count]
+    pairs = [split[i] for i in range(min(count, len(split)))]
+    return torch.stack([p[0] for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
+
+
+def _show_boxes(ax: Any, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None,
+                names: tuple[str, ...]) -> None:
+    import matplotlib.patches as patches
+
+    for j in range(len(boxes)):
+        x1, y1, x2, y2 = (float(v) for v in boxes[j])
+        colour = _COLOURS[int(labels[j]) % len(_COLOURS)]
+        # pixel i covers [i - 0.5, i + 0.5] in imshow's coordinates; boxes are pixel edges
+        ax.add_patch(patches.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
+                                       edgecolor=colour, linewidth=1.2))
+        name = names[int(labels[j])] if int(labels[j]) < len(names) else str(int(labels[j]))
+        text = name + (f" {float(scores[j]):.2f}" if scores is not None else "")
+        ax.text(x1 - 0.5, y1 - 1.0, text, color=colour, fontsize=5, va="bottom")
+
+
+def draw(run_dirs: list[str], out: str, count: int = 6, min_score: float = 0.3) -> str:
+    """Write the picture (module docstring) to ``out``; returns ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    splits, columns = _models(run_dirs)
+    task = splits.source.task
+    kind = getattr(task, "target_kind", "label")
+    if kind not in ("boxes", "mask"):
+        raise UserError(f"kdcore draw: {run_dirs[0]} is a {kind} task; draw shows masks and boxes "
+                        f"(segmentation and detection data sets)")
+    inputs, targets = _images(splits.test, count)
+    shown = inputs[:, 0]
+    with torch.no_grad():
+        outputs = [model.eval()(inputs) for _, model in columns]
+    titles = ["ground truth"] + [title for title, _ in columns]
+    fig, axes = plt.subplots(len(inputs), len(titles), figsize=(1.9 * len(titles), 1.9 * len(inputs)),
+                             squeeze=False)
+    cmap = ListedColormap(["#000000", *_COLOURS])
+    names = tuple(getattr(task, "class_names", ()))
+    for r in range(len(inputs)):
+        for c, title in enumerate(titles):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=6)
+            if kind == "boxes":
+                ax.imshow(shown[r].numpy(), cmap="gray")
+                if c == 0:
+                    rows = targets[r][targets[r, :, 4] >= 0]
+                    _show_boxes(ax, rows[:, :4], rows[:, 4].long(), None, names)
+                else:
+                    found = task.detect(outputs[c - 1][r:r + 1])
+                    keep = found.scores[0] >= min_score
+                    _show_boxes(ax, found.boxes[0][keep], found.labels[0][keep], found.scores[0][keep], names)
+            else:
+                mask = targets[r].long() if c == 0 else outputs[c - 1][r].argmax(0)
+                mask = torch.where(mask == getattr(task, "ignore_index", 255), 0, mask)
+                ax.imshow(mask.numpy(), cmap=cmap, vmin=0, vmax=len(_COLOURS), interpolation="nearest")
+    what = f"boxes: class and score >= {min_score}" if kind == "boxes" else "per-pixel class"
+    fig.suptitle(f"{splits.source.name} test images ({what})", fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
