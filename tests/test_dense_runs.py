@@ -114,3 +114,14 @@ def test_a_segmentation_model_on_a_classification_data_set_is_one_line(tmp_path,
     assert result.exit_code == 2, result.output
     assert ("student: this is a classification data set, which needs a model that outputs (at "
             "least) 10 class scores per image, but it outputs 10x28x28") in result.output
+
+
+@pytest.mark.parametrize("point", [
+    "{student_module: dec1, teacher_module: dec1, head: {student_connector: {type: conv_reg}, "
+    "losses: [{type: fitnet, weight: 10}]}}",
+    "{student_module: enc3, teacher_module: enc3, head: {losses: [{type: at, weight: 1000}]}}",
+])
+def test_feature_methods_run_unchanged_on_the_segmentation_models(tmp_path, cache, point) -> None:
+    result = invoke(tmp_path, *SEG, f"teachers.0.distill=[{point}]", "trainer.teacher_cache=true")
+    assert result.exit_code == 0, result.output
+    assert "student miou:" in result.output
