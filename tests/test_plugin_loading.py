@@ -470,3 +470,30 @@ def test_example_plugin_own_tests_pass_when_installed(acme_site: Path,
     assert "site-packages" not in sys.modules["acme_kd_losses"].__file__
     assert sys.modules["acme_kd_losses"].__file__.startswith(str(acme_site))  # the installed copy
 
+
+
+# --- presets by name ------------------------------------------------------------------------------
+
+def test_presets_run_by_name_with_preset_or_config() -> None:
+    with using_plugins(isolated_plugins()):
+        by_preset = CliRunner().invoke(main, ["run", "--preset", "vanilla", "--print-config"])
+        by_config = CliRunner().invoke(main, ["run", "--config", "vanilla", "--print-config"])
+        typo = CliRunner().invoke(main, ["run", "--preset", "vanila", "--print-config"])
+        neither = CliRunner().invoke(main, ["run", "--config", "vanila", "--print-config"])
+        both = CliRunner().invoke(main, ["run", "--preset", "vanilla", "--config", "x.yaml"])
+        listed = CliRunner().invoke(main, ["list", "presets"])
+    assert by_preset.exit_code == 0 and "type: vanilla" in by_preset.stdout
+    assert by_config.stdout == by_preset.stdout
+    assert typo.exit_code == 2 and "unknown preset 'vanila' (did you mean 'vanilla'" in typo.stderr
+    assert neither.exit_code == 2 and neither.stderr.startswith(
+        "kdcore: error: config file vanila does not exist, and it is no installed preset 'vanila'")
+    assert both.exit_code == 2 and "give one" in both.stderr
+    assert {line.split()[0] for line in listed.stdout.splitlines()} == {"kdcore:teacher_student", "kdcore:vanilla"}
+
+
+def test_a_missing_plugin_preset_names_the_distribution() -> None:
+    with using_plugins(isolated_plugins()):
+        result = CliRunner().invoke(main, ["run", "--preset", "rkd"])
+    assert result.exit_code == 2
+    assert "--preset: unknown preset 'rkd'; it is provided by kdcore-plugin-rkd: pip install kdcore-plugin-rkd" \
+        in result.stderr
