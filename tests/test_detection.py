@@ -185,6 +185,8 @@ def test_keep_labels_marks_whole_scenes_and_survives_augmentation():
     x, moved = RandomCrop(8).apply(split.inputs, split.targets, g, kind="boxes")
     x, moved = HorizontalFlip(1.0).apply(x, moved, g, kind="boxes")
     assert torch.equal((moved[:, :, 4] == UNLABELLED).all(1), hidden)
+    assert moved[hidden].eq(UNLABELLED).all()  # whole rows, coordinates too
+    assert moved[~hidden][moved[~hidden][:, :, 4] == -1].eq(-1).all()  # padding stays padding
     _task().check_targets(split.targets, "data")
 
 

@@ -44,13 +44,14 @@ def _shift(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, p: int, fill: fl
 
 def _clip_boxes(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Boxes clipped to the image; one with no area left inside becomes padding (all -1).
-    Rows that are not boxes (class < 0: padding, or an unlabelled scene's marker) stay as they are."""
+    Rows that are not boxes (class < 0: padding -1, an unlabelled scene's marker -2) are their
+    class value throughout, whatever the move did to their coordinates."""
     limit = boxes.new_tensor([w, h, w, h])
     xyxy = torch.minimum(boxes[..., :4].clamp(min=0), limit)
     real = boxes[..., 4:] >= 0
     keep = real[..., 0] & (xyxy[..., 2] > xyxy[..., 0]) & (xyxy[..., 3] > xyxy[..., 1])
     out = torch.cat([xyxy, boxes[..., 4:]], dim=-1)
-    return torch.where(keep[..., None], out, torch.where(real, torch.full_like(out, -1.0), boxes))
+    return torch.where(keep[..., None], out, torch.where(real, -1.0, boxes[..., 4:]).expand_as(out))
 
 
 class RandomCrop:
