@@ -388,6 +388,8 @@ def list_components(kind: str) -> None:
 @click.option("--dataset", default="fashion_mnist", show_default=True,
               help="data set whose input shape and classes to use")
 @click.option("--root", "data_root", help="the data set's folder (as data.root in a config)")
+@click.option("--data", "data_params", multiple=True, metavar="KEY=VALUE",
+              help="a data set parameter (as data.params.KEY), e.g. --data task=detection")
 @click.option("--input-shape", help="C,H,W instead of reading the data set, e.g. 3,32,32")
 @click.option("--num-classes", type=int, default=10, show_default=True,
               help="classes, with --input-shape")

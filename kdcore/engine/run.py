@@ -29,6 +29,7 @@ from ..assemble import build_algorithm, build_model, check_takes_inputs, load_da
 from ..config import RunConfig, dump_yaml, read_yaml, structure
 from ..data.augment import build_augment
 from ..errors import UserError
+from ..export import write_safetensors
 from ..loggers import Loggers, open_loggers
 from ..models.imported import use_import_paths
 from ..task import headline
@@ -434,6 +435,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         raise NonFiniteLoss(f"the student's weights hold NaN/Inf ({', '.join(broken[:3])}); "
                             f"student.pt is not written", BROKEN_HINT, kept())
     save_atomic(exported.state_dict(), os.path.join(run_dir, "student.pt"))
+    write_safetensors(exported.state_dict(), os.path.join(run_dir, "student.safetensors"))
     write_json_atomic(summary, os.path.join(run_dir, "summary.json"))
     loggers.log_summary(summary)
     return run_dir
