@@ -395,7 +395,8 @@ def list_components(kind: str) -> None:
               help="classes, with --input-shape")
 @user_errors
 def inspect(models: tuple[str, ...], pair: bool, params: tuple[str, ...], dataset: str,
-            data_root: str | None, input_shape: str | None, num_classes: int) -> None:
+            data_root: str | None, data_params: tuple[str, ...], input_shape: str | None,
+            num_classes: int) -> None:
     """Every addressable module path of MODEL with its output shape, for distill points.
 
     With --pair TEACHER STUDENT: both models side by side, stage ends of equal resolution
@@ -414,7 +415,8 @@ def inspect(models: tuple[str, ...], pair: bool, params: tuple[str, ...], datase
     for text in params:
         keys, value = parse_override(text)
         kwargs[".".join(keys)] = value
-    shape, context = _inspect_input(dataset, data_root, input_shape, num_classes)
+    data_kwargs = {".".join(keys): value for keys, value in map(parse_override, data_params)}
+    shape, context = _inspect_input(dataset, data_root, input_shape, num_classes, data_kwargs)
     if pair:
         from .pairing import pair_report
 
@@ -447,7 +449,8 @@ def inspect(models: tuple[str, ...], pair: bool, params: tuple[str, ...], datase
 
 
 def _inspect_input(dataset: str, data_root: str | None, input_shape: str | None,
-                   num_classes: int) -> tuple[tuple[int, ...], dict[str, int]]:
+                   num_classes: int, data_kwargs: dict[str, Any] | None = None
+                   ) -> tuple[tuple[int, ...], dict[str, int]]:
     """The per-sample input shape and the models' context (classes, channels) for inspect."""
     from .registry import build
 
@@ -461,7 +464,8 @@ def _inspect_input(dataset: str, data_root: str | None, input_shape: str | None,
         context = {"num_classes": num_classes, "in_channels": shape[0]}
     else:
         try:
-            source = build("dataset", dataset, where="--dataset", **({"root": data_root} if data_root else {}))
+            source = build("dataset", dataset, where="--dataset", **(data_kwargs or {}),
+                           **({"root": data_root} if data_root else {}))
         except UserError as exc:
             raise UserError(f"{exc} (here: --root DIR; or --input-shape C,H,W, which reads no data)") from None
         shape, context = source.input_shape, {"num_classes": source.num_classes,
@@ -551,6 +555,34 @@ def draw(run_dirs: tuple[str, ...], out: str, count: int, min_score: float) -> N
     from .draw import draw as draw_picture
 
     click.echo(f"picture: {draw_picture(list(run_dirs), out, count=count, min_score=min_score)}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
+              show_default=True, help="file format")
+@click.option("--out", help="the file to write (default: RUN_DIR/student.torchscript.pt or student.onnx)")
+@click.option("--samples", type=int, default=256, show_default=True,
+              help="test inputs on which the file's outputs are compared with the PyTorch student's")
+@click.option("--no-fold", is_flag=True,
+              help="leave the data set's normalisation out (the file then takes normalised inputs)")
+@user_errors
+def export(run_dir: str, fmt: str, out: str | None, samples: int, no_fold: bool) -> None:
+    """Write the student of RUN_DIR as TorchScript or ONNX, checked against PyTorch."""
+    from .export import export_run
+
+    if samples < 1:
+        raise UserError(f"--samples {samples}: must be at least 1")
+    result = export_run(run_dir, fmt, out, samples=samples, fold=not no_fold)
+    shape = ", ".join(map(str, result["input_shape"]))
+    norm = result["normalisation"]
+    takes = (f"(N, {shape}) images in [0, 1] (pixel / 255); normalisation with mean {norm['mean']}, "
+             f"std {norm['std']} folded in" if norm else
+             f"(N, {shape}) inputs as the data set gives them to the student")
+    click.echo(f"wrote {result['file']} ({result['bytes'] / 1e6:.2f} MB), {result['params']:,} parameters")
+    click.echo(f"input: {takes}")
+    click.echo(f"checked: outputs match the PyTorch student on {result['samples']} test inputs "
+               f"(largest difference {result['max_abs_diff']:.2g})")
 
 
 @main.command(name="new-plugin")
