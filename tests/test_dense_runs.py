@@ -125,3 +125,11 @@ def test_feature_methods_run_unchanged_on_the_segmentation_models(tmp_path, cach
     result = invoke(tmp_path, *SEG, f"teachers.0.distill=[{point}]", "trainer.teacher_cache=true")
     assert result.exit_code == 0, result.output
     assert "student miou:" in result.output
+
+
+def test_inspect_takes_the_data_sets_parameters() -> None:
+    result = CliRunner().invoke(main, ["inspect", "seg_student", "--dataset", "fashion_scenes",
+                                       "--data", "train_scenes=8", "--data", "test_scenes=8"])
+    assert result.exit_code == 0, result.output
+    assert "input (1, 64, 64)" in result.output
+    assert "classifier       (11, 32, 32)" in result.output and "(11, 64, 64)     (model output)" in result.output
