@@ -88,9 +88,14 @@ def preset_file(method: str) -> str:
 
 
 def _model_key(block: dict[str, Any]) -> Any:
-    """A model block without what does not change the architecture (name, checkpoint, train)."""
-    return json.dumps({k: v for k, v in block.items() if k not in ("name", "checkpoint", "train", "distill",
-                                                                      "expect_top1")}, sort_keys=True, default=str)
+    """What decides a model block's architecture: its type and parameters (not its name,
+    checkpoint, training or distill points: the block's own declared keys)."""
+    from .config import StudentConfig, TeacherConfig, block_keys
+
+    declared = set(block_keys(TeacherConfig)) | set(block_keys(StudentConfig))
+    params = {k: v for k, v in block.items() if k not in declared}
+    params.update(block.get("params") or {})
+    return json.dumps({"type": block.get("type"), **params}, sort_keys=True, default=str)
 
 
 class Placer:
@@ -207,11 +212,17 @@ def _algorithm_preset(method: str, preset: dict[str, Any], data: dict[str, Any])
         raise UserError(f"algorithm {kind} names layers of its preset's student "
                         f"({preset['student'].get('type')}); run it with kdcore run --preset {method}")
     preset_teachers = preset.get("teachers") or []
-    if any(not t.get("checkpoint") and "splits" in (preset.get("data") or {}) for t in preset_teachers):
+    mine = {_model_key(t): t for t in data.get("teachers") or []}
+    if any(not mine.get(_model_key(t), t).get("checkpoint") and "splits" in (preset.get("data") or {})
+           for t in preset_teachers):
         raise UserError(f"algorithm {kind} trains on no training images, so its teacher needs a "
                         f"checkpoint: kdcore run --preset {method} --set teachers.0.checkpoint=PATH")
     data["algorithm"] = copy.deepcopy(preset["algorithm"])
-    data["teachers"] = copy.deepcopy(preset_teachers)
+    # a teacher the user's config also has (same model) is the user's block: its checkpoint or
+    # training settings, so the cached teacher is shared with the other methods
+    mine = {_model_key(t): t for t in data.get("teachers") or []}
+    data["teachers"] = [{**copy.deepcopy(mine.get(_model_key(t), t)), "name": t.get("name", "teacher"),
+                         "distill": copy.deepcopy(t.get("distill") or [])} for t in preset_teachers]
     return data
 
 
@@ -509,7 +520,8 @@ def table(plan: Plan, results: list[dict[str, Any]], chosen: dict[str, Any], wal
     shown = opts.config if shown.startswith("..") else shown
     lines = [f"Config: `{shown}`{' ' + ' '.join('--set ' + o for o in opts.overrides) if opts.overrides else ''}"
              f" (data {user['data']['type']}, student {user['student']['type']}, teacher {teachers}); "
-             f"{opts.seeds} seed{'s' if opts.seeds != 1 else ''}, {epochs} epochs, {opts.parallel} run(s) at a time; "
+             f"{opts.seeds} seed{'s' if opts.seeds != 1 else ''}, {epochs} epoch{'s' if epochs != 1 else ''}, "
+             f"{opts.parallel} run{'s' if opts.parallel != 1 else ''} at a time; "
              f"{wall / 60:.1f} min wall.",
              "",
              f"| method | runs | test {metric}, last epoch | vs vanilla | test {metric} at best val epoch "

@@ -46,6 +46,18 @@ def test_the_presets_own_models_take_its_points_as_written() -> None:
     assert config["teachers"][0]["train"] == user["teachers"][0]["train"]  # the user's teacher
 
 
+def test_an_algorithm_preset_shares_the_users_teacher() -> None:
+    """MEAL V2 keeps its algorithm and its second teacher; its first teacher is the user's
+    block (same model), so the cached teacher is the other methods'."""
+    user = user_config("teachers.0.train.epochs=1", "teachers.0.train.train_limit=256")
+    config = method_config("meal", user, Placer(user))
+    assert config["algorithm"]["type"] == "meal_v2"
+    assert [t["type"] for t in config["teachers"]] == ["cnn_teacher", "cnn"]
+    assert config["teachers"][0]["train"]["train_limit"] == 256 and config["teachers"][0]["train"]["epochs"] == 1
+    with pytest.raises(UserError, match="its teacher needs a checkpoint"):
+        method_config("datafree", user, Placer(user))
+
+
 @pytest.mark.fashion
 def test_feature_methods_move_to_the_users_stages_or_are_refused() -> None:
     user = user_config("student.type=resnet8")  # stages layer1..3 at 28, 14, 7 pixels
@@ -187,3 +199,25 @@ def test_compare_end_to_end_with_interrupt_and_resume(tmp_path) -> None:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     again = CliRunner().invoke(main, ["compare", "--config", "teacher_student", "--out", out])
     assert again.exit_code == 2 and f"continue it with --resume {out}" in again.output
+
+
+def test_method_table_is_a_call_of_compare(tmp_path) -> None:
+    """benchmarks/method_table.py builds one compare command and splices its table into the
+    docs between the markers, keeping the text around them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("method_table", os.path.join(ROOT, "benchmarks", "method_table.py"))
+    table_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table_script)
+    args = table_script.argparse.Namespace(methods="vanilla,kd,at", seeds=3, epochs=5, labelled=2000,
+                                           val_split=5000, train_limit=None, parallel=4, device="cuda",
+                                           no_tune=False, teacher_cache=False, set=[], runs_dir="R")
+    cmd = table_script.compare_args(args)
+    assert cmd[:3] == ["compare", "--config", "teacher_student"]
+    assert cmd[cmd.index("--tune") + 1] == "kd.temperature=1,2,4,8"
+    assert "data.labelled=2000" in cmd and "data.val_split=5000" in cmd and cmd[cmd.index("--out") + 1] == "R"
+    doc = tmp_path / "b.md"
+    doc.write_text(f"intro\n{table_script.START}\nold\n{table_script.END}\nafter\n")
+    table_script.splice("| new |", str(doc))
+    assert doc.read_text() == f"intro\n{table_script.START}\n\n| new |\n{table_script.END}\nafter\n"
+    assert {"vanilla", "kd", "at", "dkd"} <= set(table_script.every_method())
