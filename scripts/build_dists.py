@@ -1,6 +1,6 @@
 """Build the sdist and wheel of kdcore and of every plugin under plugins/ into one folder.
 
-    python scripts/build_dists.py [DIST]        # default: dist/
+    python scripts/build_dists.py [DIST] [--jobs N]   # default: dist/, one build per CPU
 
 Each wheel is built from its sdist (``python -m build``), so a file missing from the sdist
 fails here, not on a user's machine. ``--no-isolation`` uses this environment's setuptools
@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,22 +28,26 @@ def projects(root: str = ROOT) -> list[str]:
     return [root, *plugins]
 
 
-def build(project: str, dist: str) -> None:
-    """sdist, then the wheel from the sdist, of ``project`` into ``dist``."""
+def build(project: str, dist: str) -> str:
+    """sdist, then the wheel from the sdist, of ``project`` into ``dist``; the error, if any."""
     proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, project],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"build_dists: {project} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        return f"build_dists: {project} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dist", nargs="?", default=os.path.join(ROOT, "dist"), help="output folder")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="builds at a time")
     args = parser.parse_args(argv)
     os.makedirs(args.dist, exist_ok=True)
     start = time.monotonic()
-    for project in projects():
-        build(project, args.dist)
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each build is its own process
+        errors = [e for e in pool.map(lambda p: build(p, args.dist), projects()) if e]
+    if errors:
+        sys.exit("\n".join(errors))
     made = sorted(os.listdir(args.dist))
     print(f"build_dists: {len(made)} files in {args.dist} ({time.monotonic() - start:.0f} s)")
     return 0
