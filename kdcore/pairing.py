@@ -60,10 +60,13 @@ class Pair:
 
 @attrs.frozen
 class Probe:
-    """Every module's output shape of one model, in execution order (``output`` last)."""
+    """Every module's output shape of one model, in the order they finish (``output`` last)."""
 
     model: nn.Module
     features: list[Feature]
+    #: every module that ran, in the order they finish, with or without a tensor output (a
+    #: backbone returning several feature maps is still a block to look into)
+    finished: list[str] = attrs.field(factory=list)
 
     def shape(self, path: str) -> tuple[int, ...] | None:
         return next((f.shape for f in self.features if f.path == path), None)
@@ -80,20 +83,22 @@ class Pairing:
 
 def probe(model: nn.Module, sample: torch.Tensor) -> Probe:
     """Run ``sample`` through ``model`` in eval mode, recording each module's output shape in
-    the order modules start (a block before its children)."""
+    the order modules finish (a block after its children: where its stage ends)."""
     order: list[str] = []
+    finished: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, module in model.named_modules():
         if not name:
             continue
-        handles.append(module.register_forward_pre_hook(
-            lambda m, i, name=name: order.append(name) if name not in shapes and name not in order else None))
 
         def record(m: nn.Module, i: Any, out: Any, name: str = name) -> None:
             out = _first_tensor(out)
-            if torch.is_tensor(out) and name not in shapes:  # a reused module: its first call
+            if name not in finished:  # a reused module: its first call
+                finished.append(name)
+            if torch.is_tensor(out) and name not in shapes:
                 shapes[name] = tuple(out.shape[1:])
+                order.append(name)
 
         handles.append(module.register_forward_hook(record))
     was_training = model.training
@@ -105,10 +110,10 @@ def probe(model: nn.Module, sample: torch.Tensor) -> Probe:
         for h in handles:
             h.remove()
         model.train(was_training)
-    features = [Feature(p, shapes[p]) for p in order if p in shapes]
+    features = [Feature(p, shapes[p]) for p in order]
     if torch.is_tensor(out):
         features.append(Feature(OUTPUT, tuple(out.shape[1:])))
-    return Probe(model, features)
+    return Probe(model, features, finished)
 
 
 def _children(model: nn.Module, path: str, ran: dict[str, int]) -> list[str]:
@@ -120,8 +125,11 @@ def _children(model: nn.Module, path: str, ran: dict[str, int]) -> list[str]:
 def stage_ends(found: Probe) -> list[Feature]:
     """The model's blocks that output feature maps, in execution order (module docstring)."""
     model = found.model
-    ran = {f.path: i for i, f in enumerate(found.features) if f.path != OUTPUT}
+    ran = {path: i for i, path in enumerate(found.finished)}
     by_path = {f.path: f for f in found.features}
+
+    def resolution(path: str) -> tuple[int, ...] | None:
+        return by_path[path].resolution if path in by_path else None
 
     def is_block(path: str) -> bool:
         return any(True for _ in model.get_submodule(path).children())
@@ -129,12 +137,11 @@ def stage_ends(found: Probe) -> list[Feature]:
     def spine(path: str) -> list[str]:
         out = []
         for child in _children(model, path, ran):
-            inner = {by_path[k].resolution for k in _children(model, child, ran)
-                     if is_block(k) and by_path[k].resolution}
+            inner = {resolution(k) for k in _children(model, child, ran) if is_block(k) and resolution(k)}
             out.extend(spine(child) if len(inner) >= 2 else [child])
         return out
 
-    top = [by_path[p] for p in spine("") if by_path[p].resolution]
+    top = [by_path[p] for p in spine("") if resolution(p)]
     blocks = [f for f in top if is_block(f.path)]
     return blocks or top
 

@@ -75,6 +75,37 @@ def test_a_container_of_stages_is_looked_into_and_the_embedding_is_the_classifie
                                      ("features.2", "features.2")]
 
 
+class MultiScale(nn.Module):
+    """A backbone returning several feature maps (as a detector's): no tensor output of its
+    own, still a block whose stages are paired."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(1, width, 3, 2, 1), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        a = self.stage1(x)
+        return [a, self.stage2(a)]
+
+
+class Detector(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.backbone = MultiScale(width)
+        self.head = nn.Conv2d(2 * width, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x)[-1])
+
+
+def test_a_backbone_with_several_outputs_is_looked_into() -> None:
+    pairing = pair_models(Detector(4), Detector(8), SAMPLE)
+    # the 1x1 head conv is a leaf, not a stage (blocks are, where a model has them)
+    assert paths(pairing.stages) == [("backbone.stage1", "backbone.stage1"), ("backbone.stage2", "backbone.stage2")]
+    assert pairing.logits.student.shape == (6, 7, 7) and pairing.embedding is None
+
+
 def test_outputs_of_different_shape_give_no_logits_point() -> None:
     pairing = pair_models(SmallCNN((4, 8, 8), num_classes=5), cnn_teacher(), SAMPLE)
     assert pairing.logits is None and pairing.stages
