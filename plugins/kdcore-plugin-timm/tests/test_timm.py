@@ -57,11 +57,7 @@ def test_an_unknown_arch_names_the_closest() -> None:
 
 @pytest.mark.e2e
 def test_a_timm_teacher_distills_into_a_timm_student(tmp_path) -> None:
-    summary = run_preset("kdcore", "teacher_student.yaml", tmp_path, extra=(
-        "student={type: timm, arch: mobilenetv3_small_050}",
-        "teachers.0.type=timm", "teachers.0.arch=resnet10t",
-        "teachers.0.distill=[{student_module: output, teacher_module: output, "
-        "head: {losses: [{type: kd, temperature: 4.0}]}}]", "data.batch_size=64"))
+    summary = run_preset("kdcore_plugin_timm", "fashion_mnist.yaml", tmp_path, extra=("data.batch_size=64",))
     assert summary["student"]["params"] == 578186 and summary["teacher"]["params"] == 4927186
     assert {"task", "kd"} <= set(summary["last_train"])
     config = (Path(summary["run_dir"]) / "config.yaml").read_text()
