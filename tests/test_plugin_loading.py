@@ -186,7 +186,8 @@ def test_a_clashing_short_name_stays_with_the_first_installed(on_path: Path) -> 
     assert not loaded.status["fix_good"].warnings
 
     code, out, err = run_cli(["plugins", "--strict"])
-    assert code == 1 and "fix_other" in err.split("problems:")[1] and "fix_good" not in err.split("problems:")[1]
+    troubled = err.split("problems:")[1]
+    assert code == 1 and "fix_other" in troubled and "fix_good" not in troubled
     assert "warning: loss 'twin' is also provided by fix_good:twin" in out
     assert lookup("loss", "fix_l1", loaded).id == "fix_good:fix_l1"  # unique names need no prefix
 
@@ -488,12 +489,13 @@ def test_presets_run_by_name_with_preset_or_config() -> None:
     assert neither.exit_code == 2 and neither.stderr.startswith(
         "kdcore: error: config file vanila does not exist, and it is no installed preset 'vanila'")
     assert both.exit_code == 2 and "give one" in both.stderr
-    assert {line.split()[0] for line in listed.stdout.splitlines()} == {"kdcore:teacher_student", "kdcore:vanilla"}
+    listed_ids = {line.split()[0] for line in listed.stdout.splitlines()}
+    assert listed_ids == {"kdcore:teacher_student", "kdcore:vanilla"}
 
 
 def test_a_missing_plugin_preset_names_the_distribution() -> None:
     with using_plugins(isolated_plugins()):
         result = CliRunner().invoke(main, ["run", "--preset", "rkd"])
     assert result.exit_code == 2
-    assert "--preset: unknown preset 'rkd'; it is provided by kdcore-plugin-rkd: pip install kdcore-plugin-rkd" \
-        in result.stderr
+    assert ("--preset: unknown preset 'rkd'; it is provided by kdcore-plugin-rkd: "
+            "pip install kdcore-plugin-rkd") in result.stderr

@@ -175,7 +175,8 @@ def test_presets_keep_the_default_teacher(generated: dict[str, Path], kind: str)
 
     from kdcore.config import load_config
 
-    preset = generated[kind] / f"kdcore_plugin_zz_{kind}" / "presets" / scaffold.Names(name_for(kind), kind).preset_file
+    presets = generated[kind] / f"kdcore_plugin_zz_{kind}" / "presets"
+    preset = presets / scaffold.Names(name_for(kind), kind).preset_file
     data = yaml.safe_load(preset.read_text())
     core = yaml.safe_load((Path(scaffold.__file__).parent / "presets" / "teacher_student.yaml").read_text())
     load_config(data, [])  # the structure is a valid run config
