@@ -26,10 +26,18 @@ START, END = "<!-- method-table:start -->", "<!-- method-table:end -->"
 
 
 def every_method() -> list[str]:
-    """vanilla and every installed preset but the core's own (the default job is kd's)."""
+    """vanilla and every installed preset written for the default job's data and student (the
+    core's own presets aside: the default job is kd's)."""
+    from kdcore.config import read_yaml
     from kdcore.registry import components
 
-    return ["vanilla"] + [r.component.name for r in components("preset") if r.plugin != "kdcore"]
+    found = []
+    for reg in components("preset"):
+        data = read_yaml(reg.component.resolve()) if reg.plugin != "kdcore" else {}
+        if (data.get("data") or {}).get("type") == "fashion_mnist" and \
+                (data.get("student") or {}).get("type") == "cnn_student":
+            found.append(reg.component.name)
+    return ["vanilla"] + found
 
 
 def compare_args(args: argparse.Namespace) -> list[str]:

@@ -139,7 +139,11 @@ class Placer:
                 moved.update(student_io=pair.student.io, teacher_io=pair.teacher.io)
             return moved
 
-        if ps == OUTPUT and pt == OUTPUT:
+        logits_layer = (ps != OUTPUT and ours.logits is not None and sio == tio == "output"
+                        and ours.student.shape(ps) == ours.logits.student.shape
+                        and ours.teacher.shape(pt) == ours.logits.teacher.shape)
+        if (ps == OUTPUT and pt == OUTPUT) or logits_layer:  # the layer that makes the logits: them
+            moved.update(student_module=OUTPUT, teacher_module=OUTPUT)
             if theirs.logits is None:
                 raise UserError("the student's and the teacher's outputs differ in shape")
             return moved
@@ -165,8 +169,11 @@ class Placer:
                         raise UserError(f"it taps {ps!r}, a layer inside a stage of its preset's "
                                         f"models, and the {side} has no {path!r}")
             return put(target, sub)
+        if ps in dict(theirs.student.model.named_modules()) and pt in dict(theirs.teacher.model.named_modules()):
+            return moved  # not a stage, but your models have layers of the same names: as written
         raise UserError(f"its distill point {ps!r} -> {pt!r} is not a stage end, the embedding or "
-                        f"the logits of its preset's models, so it has no counterpart in yours")
+                        f"the logits of its preset's models, and your models have no layers of "
+                        f"those names")
 
 
 def method_config(method: str, user: dict[str, Any], placer: Placer) -> dict[str, Any]:
