@@ -522,17 +522,25 @@ def test_skip_bad_images_leaves_them_out_with_a_count(tmp_path) -> None:
 
 # --- full disks ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("which", ["config.yaml", "last.pt", "summary.json"])
+@pytest.mark.parametrize("which", ["config.yaml", "last.pt", "summary.json", "teachers"])
 def test_a_full_disk_is_one_line_naming_the_file_and_the_run_resumes(files, tmp_path, monkeypatch, which) -> None:
-    """Writes of that file go to /dev/full (every write fails with ENOSPC)."""
+    """Writes of that file go to /dev/full (every write fails with ENOSPC); "teachers": the
+    trained teacher's save into the teacher cache."""
     from kdcore.engine import checkpoint
 
     real = checkpoint.temp_file
+    extra = ["teachers.0.checkpoint=null", "teachers.0.train.epochs=1"] if which == "teachers" else []
+    if which == "teachers":
+        monkeypatch.setenv("KDCORE_CACHE_DIR", str(tmp_path / "cache"))
 
     def full_for(folder: str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int, str]:
         fd, path = real(folder, prefix, suffix)
-        if state["full"] and (suffix == ".pt") == (which == "last.pt") and \
-                (which != "summary.json" or os.path.exists(os.path.join(folder, "student.pt"))):
+        if which == "teachers":
+            hit = folder.endswith("teachers")
+        else:
+            hit = suffix == ".pt" if which == "last.pt" else suffix == ".txt" and \
+                (which == "config.yaml") != os.path.exists(os.path.join(folder, "student.pt"))
+        if state["full"] and hit:
             os.close(fd)
             os.unlink(path)
             return os.open("/dev/full", os.O_WRONLY), path
@@ -540,11 +548,11 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_run_resumes(files, tmp_
 
     state = {"full": True}
     monkeypatch.setattr(checkpoint, "temp_file", full_for)
-    result = invoke(["run", "--output-dir", str(tmp_path), *sets(files, "trainer.epochs=1")])
+    result = invoke(["run", "--output-dir", str(tmp_path), *sets(files, "trainer.epochs=1", *extra)])
     line = error_line(result, 2)
     assert "no space left to write " in line and which in line and "No space left on device" in line
-    if which == "config.yaml":  # nothing was written: the run dir is removed again
-        assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+    if which in ("config.yaml", "teachers"):  # no student trained: the run dir is removed again
+        assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "cache"]
         return
     run_dir = only_run_dir(tmp_path)
     assert not [p for p in run_dir.rglob(".kdcore-tmp-*")]

@@ -367,7 +367,7 @@ def test_torn_metrics_line_is_dropped_on_resume(stopped_run, tmp_path) -> None:
 def test_resume_removes_the_partial_writes_a_kill_left(stopped_run, tmp_path) -> None:
     run_dir = copy_run(stopped_run[0], tmp_path)
     torn = [run_dir / "checkpoints" / ".kdcore-tmp-4242-0123456789ab.pt",
-            run_dir / ".kdcore-tmp-4242-0123456789ab.txt",
+            run_dir / ".kdcore-tmp-4242-0123456789ab.txt", run_dir / ".kdcore-tmp-4242-0123456789ab.safetensors",
             run_dir / "checkpoints" / ".tmp-4242-0123456789ab.pt"]  # 0.1.6's writer
     mine = [run_dir / "notes.tmp", run_dir / "checkpoints" / ".tmp-mine.pt", run_dir / "summary.json.tmp"]
     for path in torn + mine:

@@ -31,11 +31,11 @@ NO_LOCKING = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 #: errors that mean the disk (or the user's quota) is full
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
-#: the atomic writer's temporary files are ``.kdcore-tmp-<pid>-<12 hex>.pt`` (or ``.txt``); a
+#: the atomic writer's temporary files are ``.kdcore-tmp-<pid>-<12 hex>.pt`` (``.txt``, ``.safetensors``); a
 #: resume removes only names of this shape (and 0.1.6's ``.tmp-<pid>-<12 hex>.pt|.tmp``), never
 #: a user's own ``notes.tmp``
 TEMP_PREFIX = ".kdcore-tmp-"
-TEMP_NAME = re.compile(r"\.(?:kdcore-)?tmp-[0-9]+-[0-9a-f]{12}\.(?:pt|txt|tmp)\Z")
+TEMP_NAME = re.compile(r"\.(?:kdcore-)?tmp-[0-9]+-[0-9a-f]{12}\.(?:pt|txt|tmp|safetensors)\Z")
 #: the lock a run holds on its directory for its whole lifetime
 RUN_LOCK = ".kdcore-run.lock"
 
