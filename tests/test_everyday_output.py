@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -51,8 +50,7 @@ def stop_when(out: Path, marker: str, sig: int, *items: str) -> tuple[int, str]:
     assert proc.stdout is not None
     for line in proc.stdout:
         seen.append(line)
-        if marker in line:
-            time.sleep(0.5)
+        if marker in line:  # printed just before the work it announces starts
             proc.send_signal(sig)
             break
     rest, _ = proc.communicate(timeout=120)
