@@ -71,7 +71,8 @@ def link_dependencies(target: Path) -> None:
 def run(cmd: list[str], env: dict[str, str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     if ok and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n"
+                    f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
 
 
@@ -80,10 +81,10 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """DIST built by scripts/build_dists.py, and a fresh venv that sees torch and nothing of kdcore."""
     where = tmp_path_factory.mktemp("wheels")
     dist = where / "dist"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_dists.py"), str(dist)], check=True,
-                   capture_output=True, timeout=900)
-    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir",
-                    str(where / "other"), str(INCOMPATIBLE)], check=True, capture_output=True, timeout=300)
+    env = dict(os.environ)
+    run([sys.executable, str(ROOT / "scripts" / "build_dists.py"), str(dist)], env, ROOT)
+    run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(where / "other"),
+         str(INCOMPATIBLE)], env, ROOT)
     env_dir = where / "venv"
     subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(env_dir)],
                    check=True, timeout=300)
@@ -122,6 +123,9 @@ def test_the_readme_quick_start_from_built_wheels(venv: dict[str, Path]) -> None
     bare = run([kdcore, "list", "loss"], env, cwd)
     assert bare.stdout.split()[0] == "kdcore:kd"
     assert "plugins add more: 'kdcore plugins' lists the installed ones" in bare.stderr
+    made = run([kdcore, "new-plugin", "zz", "--dir", str(cwd / "scaffold")], env, cwd)  # reads the
+    preset = cwd / "scaffold" / "kdcore-plugin-zz" / "kdcore_plugin_zz" / "presets" / "fashion_mnist.yaml"
+    assert "created" in made.stdout and "cnn_teacher" in preset.read_text()  # core's preset data
     missing = run([kdcore, "run", "--preset", "rkd", *tiny], env, cwd, ok=False)
     assert missing.returncode == 2 and "pip install kdcore-plugin-rkd" in missing.stderr
     assert "in this checkout" not in missing.stderr, missing.stderr  # an installed wheel: no folder
