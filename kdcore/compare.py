@@ -241,7 +241,7 @@ def set_tuned(data: dict[str, Any], method: str, key: str, value: Any) -> None:
     for teacher in data.get("teachers") or []:
         for point in teacher.get("distill") or []:
             for loss in point.get("head", {}).get("losses") or []:
-                names, any_kw = accepted_params(lookup("loss", loss["type"]).component.resolve())
+                names, _ = accepted_params(lookup("loss", loss["type"]).component.resolve())
                 if key in loss or key in names:
                     loss[key] = value
                     hits += 1
@@ -289,11 +289,11 @@ class Plan:
         self.refused: dict[str, str] = {}
         placer = Placer(self.user)
         for method in self.methods:
+            if method != "vanilla":
+                preset_file(method)  # an unknown method is the user's mistake, not a refusal
             try:
                 self.configs[method] = method_config(method, self.user, placer)
             except UserError as exc:
-                if "--methods" in str(exc):  # an unknown method is the user's mistake, not a refusal
-                    raise
                 self.refused[method] = str(exc)
         for tuning in self.tunings:
             if tuning.method in self.configs:

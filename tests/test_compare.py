@@ -177,7 +177,9 @@ def test_compare_end_to_end_with_interrupt_and_resume(tmp_path) -> None:
     interrupted = dirs(out, "vanilla-s1")
     assert len(interrupted) == 1 and summary("vanilla-s1") is None
 
-    resumed = CliRunner().invoke(main, ["compare", "--resume", out], env=env, catch_exceptions=False)
+    # --parallel may change on resume (two runs at a time, one thread each)
+    resumed = CliRunner().invoke(main, ["compare", "--resume", out, "--parallel", "2"], env=env,
+                                 catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
     # the finished run is not redone; the interrupted one continues in its own directory
     assert os.path.getmtime(finished) == stamp and len(dirs(out, "vanilla-s0")) == 1
