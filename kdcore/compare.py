@@ -661,6 +661,10 @@ def compare(options: Options | None, out: str, *, resume: bool = False,
     write_json_atomic({"options": state["options"], "refused": plan.refused, "chosen": chosen,
                        "runs": results}, os.path.join(out, "runs.json"))
     plot(results, plan.methods, os.path.join(out, "curves.png"))
+    failed = [r["tag"] for r in results if "metric" not in r]
+    if failed:
+        log(f"{len(failed)} run(s) failed ({', '.join(failed[:4])}{', ...' if len(failed) > 4 else ''}): "
+            f"see {os.path.join(out, 'logs')}; 'kdcore compare --resume {out}' retries them")
     return report
 
 
