@@ -660,3 +660,26 @@ def test_a_teacher_checkpoint_holding_nan_is_refused(files, tmp_path) -> None:
     line = error_line(invoke(["run", "--output-dir", str(tmp_path / "out"), *sets(
         files, f"teachers.0.checkpoint={bad}")]), 2)
     assert f"teachers[0].checkpoint {bad} holds NaN/Inf weights (fc.weight)" in line
+
+
+@pytest.mark.e2e
+def test_nan_weights_under_torchrun_stop_every_process(files, tmp_path) -> None:
+    """Rank 1 checks the weights at the epoch end too, so it stops with rank 0 instead of
+    waiting for it in the next all-reduce until torch's timeout."""
+    worker = os.path.join(os.path.dirname(__file__), "fixtures", "ddp_nan_weights_worker.py")
+    args = ["run", "--output-dir", str(tmp_path), *sets(
+        files, "trainer.epochs=2", "trainer.on_nonfinite=skip",  # rank 1 would wait in the skip agreement
+        losses("{type: kdfault_nan_grad_ddp, steps: [3]}"))]  # epoch 1's last step
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", worker, *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    said = proc.stdout + proc.stderr
+    assert said.count("the weights hold NaN/Inf after 4 steps") >= 1
+    # the first rank to stop exits 3 (torchrun then stops the other, if it has not stopped yet);
+    # a rank left waiting would hang until torch's 30-minute timeout, past this test's 120 s
+    assert "exitcode  : 3" in said
+    assert "[rank1]: Traceback" not in said and "[rank0]: Traceback" not in said  # one line each
+    run_dir = only_run_dir(tmp_path)
+    assert not (run_dir / "student.pt").exists()
+    assert finite(load_checkpoint(str(run_dir / "checkpoints" / "last.pt"))["algorithm"])

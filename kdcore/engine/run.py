@@ -62,6 +62,7 @@ from .resume import (
     remove_partial_writes,
     restore,
     run_state,
+    trainable_state,
     trained_config,
 )
 from .teacher_cache import attach_teacher_cache, check_teacher_cache
@@ -349,20 +350,24 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
             return "no checkpoint was written before it"
         return f"the last good checkpoint is kept: {CHECKPOINT}, after {saved_at[0]} steps"
 
-    def save(stages: bool) -> None:
-        if not main:
-            return
-        check_run_dir(run_dir)
-        state = run_state(algorithm, optimizer, scheduler, scaler, position, stages_done=stages,
-                          metrics_rows=rows_written[0], checksums=checksums,
-                          metrics=metrics_record, config=config)
-        broken = nonfinite_tensors(state["algorithm"])  # a finite loss can still step to NaN weights
+    def check_weights() -> None:
+        """A finite loss can still step to NaN weights: checked before every checkpoint, by every
+        process (DDP keeps their weights equal), so all stop together."""
+        broken = nonfinite_tensors(trainable_state(algorithm))
         if broken:
             raise NonFiniteLoss(f"the weights hold NaN/Inf after {position.global_step} steps "
                                 f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}) "
                                 f"although the loss was finite; not checkpointed", BROKEN_HINT, kept())
-        save_atomic(state, checkpoint_path)
-        saved_at[0] = position.global_step
+
+    def save(stages: bool) -> None:
+        check_weights()
+        if main:
+            check_run_dir(run_dir)
+            state = run_state(algorithm, optimizer, scheduler, scaler, position, stages_done=stages,
+                              metrics_rows=rows_written[0], checksums=checksums,
+                              metrics=metrics_record, config=config)
+            save_atomic(state, checkpoint_path)
+        saved_at[0] = position.global_step  # every rank knows what rank 0 kept
 
     try:
         if not stages_done:
@@ -387,6 +392,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
 
         def on_epoch_end(pos: Position, train: dict[str, float]) -> None:
             if not main:  # the others move on and wait for rank 0 at the next step's all-reduce
+                check_weights()  # as rank 0 does before its checkpoint: all stop together
                 return
             scores = score()
             row = {"epoch": pos.epoch, "lr": optimizer.param_groups[0]["lr"], "train": train, **scores}
