@@ -683,3 +683,18 @@ def test_nan_weights_under_torchrun_stop_every_process(files, tmp_path) -> None:
     run_dir = only_run_dir(tmp_path)
     assert not (run_dir / "student.pt").exists()
     assert finite(load_checkpoint(str(run_dir / "checkpoints" / "last.pt"))["algorithm"])
+
+
+def test_a_full_disk_while_a_metrics_row_is_appended_names_the_file(files, tmp_path, monkeypatch) -> None:
+    import errno
+
+    from kdcore import loggers
+
+    def full(self: Any, row: dict) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(loggers.JsonlLogger, "log_epoch", full)
+    line = error_line(invoke(["run", "--output-dir", str(tmp_path), *sets(files, "trainer.epochs=1")]), 2)
+    assert f"no space left to write {only_run_dir(tmp_path) / 'metrics.jsonl'} (No space left on device)" in line
+    monkeypatch.undo()
+    assert invoke(["run", "--resume", str(only_run_dir(tmp_path))]).exit_code == 0

@@ -35,7 +35,16 @@ from ..models.imported import use_import_paths
 from ..task import headline
 from . import distributed
 from .batches import TrainBatches
-from .checkpoint import RUN_LOCK, load_weights, run_lock, save_atomic, write_json_atomic, write_text_atomic
+from .checkpoint import (
+    DISK_FULL,
+    RUN_LOCK,
+    disk_full,
+    load_weights,
+    run_lock,
+    save_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .cpu import tune_cpu
 from .evaluate import evaluate
 from .frozen import fold_batchnorm, teacher_memory_format
@@ -399,7 +408,12 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
             if len(optimizer.param_groups) > 1:  # Algorithm.parameter_groups() with lr_scale
                 row["lr_groups"] = [group["lr"] for group in optimizer.param_groups]
             check_run_dir(run_dir)
-            loggers.log_epoch(row)  # metrics.jsonl first, then the trackers
+            try:
+                loggers.log_epoch(row)  # metrics.jsonl first, then the trackers
+            except OSError as error:  # the row is not covered by a checkpoint yet: resumable
+                if error.errno in DISK_FULL:
+                    raise disk_full(metrics_path, error) from None
+                raise
             rows_written[0] += 1
             metrics_record.append(json.dumps(row))  # as metrics.jsonl has it: last.pt records them
             shown = {f"{m} {s} {metric}" if len(scores) > 1 else f"{s} {metric}": v[metric]
