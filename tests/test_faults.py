@@ -698,3 +698,12 @@ def test_a_full_disk_while_a_metrics_row_is_appended_names_the_file(files, tmp_p
     assert f"no space left to write {only_run_dir(tmp_path) / 'metrics.jsonl'} (No space left on device)" in line
     monkeypatch.undo()
     assert invoke(["run", "--resume", str(only_run_dir(tmp_path))]).exit_code == 0
+
+
+def test_nonfinite_tensors_names_only_the_floating_tensors_holding_nan_or_inf() -> None:
+    from kdcore.engine.loop import nonfinite_tensors
+
+    state = {"ok": torch.ones(3), "nan": torch.tensor([1.0, float("nan")]), "ints": torch.arange(3),
+             "inf": torch.tensor([float("-inf")]), "empty": torch.empty(0), "half": torch.ones(2).half()}
+    assert nonfinite_tensors(state) == ["nan", "inf"]
+    assert nonfinite_tensors({"ok": torch.ones(2)}) == [] and nonfinite_tensors({}) == []

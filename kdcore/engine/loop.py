@@ -56,7 +56,10 @@ def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     names = [name for name, value in state.items() if value.is_floating_point() and value.numel()]
     if not names:
         return []
-    ok = torch.stack([torch.isfinite(state[name]).all().cpu() for name in names])
+    flags = [torch.isfinite(state[name]).all() for name in names]
+    devices = {flag.device for flag in flags}
+    # stacked where they are (one copy to the host), unless the tensors live on several devices
+    ok = torch.stack(flags).cpu() if len(devices) == 1 else torch.stack([f.cpu() for f in flags])
     if bool(ok.all()):
         return []
     return [name for name, good in zip(names, ok.tolist()) if not good]
