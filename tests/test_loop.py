@@ -123,3 +123,12 @@ def test_a_term_that_broadcasts_is_named_and_no_terms_is_refused() -> None:
         sum_terms({"ok": torch.tensor(1.0), "wide": torch.ones(4)})
     with pytest.raises(UserError, match="returned no loss terms"):
         sum_terms({})
+
+
+def test_nonfinite_tensors_names_the_broken_weights_and_passes_over_extra_state() -> None:
+    from kdcore.engine.loop import nonfinite_tensors
+
+    state = {"ok": torch.ones(3), "bad": torch.tensor([1.0, float("nan")]), "steps": torch.tensor(4),
+             "extra": {"generator": "state"}, "empty": torch.zeros(0)}
+    assert nonfinite_tensors(state) == ["bad"]
+    assert nonfinite_tensors({"extra": {"a": 1}, "n": torch.tensor(2)}) == []

@@ -50,10 +50,12 @@ class NonFiniteLoss(Exception):
 STAGE_KEPT = "before training: no checkpoint is written"
 
 
-def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
     """The names of the floating-point tensors holding a NaN or Inf: one reduction per tensor,
-    one host sync for all, so checking before every checkpoint costs little."""
-    names = [name for name, value in state.items() if value.is_floating_point() and value.numel()]
+    one host sync for all, so checking before every checkpoint costs little. Entries that are
+    not tensors (a module's extra state) are not weights and are passed over."""
+    names = [name for name, value in state.items()
+             if torch.is_tensor(value) and value.is_floating_point() and value.numel()]
     if not names:
         return []
     flags = [torch.isfinite(state[name]).all() for name in names]

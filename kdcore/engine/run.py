@@ -109,8 +109,9 @@ def new_run_dir(config: RunConfig) -> str:
 
 def check_batch_sizes(config: RunConfig, splits: Any) -> None:
     """A batch larger than its training split would be cut to the split (one step an epoch, a
-    teacher trained on one batch): refused, before any teacher is trained."""
-    if config.data.batch_size > len(splits.student_train):
+    teacher trained on one batch): refused, before any teacher is trained. An empty split is
+    data-free distillation's (its algorithm makes the batches), checked where batches are made."""
+    if 0 < len(splits.student_train) < config.data.batch_size:
         raise UserError(f"config key data.batch_size: {config.data.batch_size} is larger than the "
                         f"student's training split ({len(splits.student_train)} images); use at "
                         f"most {len(splits.student_train)}")
@@ -250,6 +251,7 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
 
 def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
          created: list[str], held: contextlib.ExitStack) -> str:
+    use_import_paths(config.import_paths)  # type: import models
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = distributed.setup(config.trainer.device) or pick_device(config.trainer.device)
@@ -266,7 +268,6 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     check_teacher_cache(config, splits.student_train, augment)
     check_batch_sizes(config, splits)
     distributed.check_batch(config.data.batch_size)
-    use_import_paths(config.import_paths)  # type: import models
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
     if resume_dir is None and main:
         created.append(run_dir)
