@@ -12,7 +12,8 @@ Protocol (the yolo_kd preset's data, models and schedule; docs/methods/yolo_kd.m
 
     python benchmarks/detection_table.py --seeds 3 --parallel 2
 
-Writes the table between the detection-table markers of docs/benchmarks.md, the runs as
+A rerun of the command with the same ``--runs-dir`` reads the runs that finished instead of
+repeating them. Writes the table between the detection-table markers of docs/benchmarks.md, the runs as
 docs/benchmarks/detection_table.json, and (``--picture``) the picture of test scenes with
 ``kdcore draw`` when that command exists.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import glob
 import json
 import os
 import statistics
@@ -52,16 +54,23 @@ def arms(labelled: int) -> dict[str, tuple[str, list[dict] | None, dict]]:
         "yolo_kd_no_fmnms": ("teacher_student", [yolo_kd_point(False)], {}),
         "yolo_kd": ("teacher_student", [yolo_kd_point(True)], {}),
         f"vanilla_{labelled}_labelled": ("vanilla", None, {"labelled": labelled, "drop_unlabelled": True}),
+        # the same number of optimizer steps as the runs on every scene (more epochs)
+        f"vanilla_{labelled}_labelled_same_steps": ("vanilla", None, {"labelled": labelled, "drop_unlabelled": True,
+                                                                     "same_steps": True}),
         f"yolo_kd_{labelled}_labelled": ("teacher_student", [yolo_kd_point(True)], {"labelled": labelled}),
     }
 
 
 def config_for(arm: tuple[str, list[dict] | None, dict], seed: int, args: argparse.Namespace) -> dict:
     algorithm, points, data = arm
+    data = dict(data)
+    epochs = args.epochs
+    if data.pop("same_steps", False):
+        epochs = round(args.epochs * (args.scenes - args.val_split) / data["labelled"])
     cfg = yaml.safe_load(open(PRESET, encoding="utf-8"))
     cfg["seed"] = seed
     cfg["data"].update({"val_split": args.val_split, "train_scenes": args.scenes, **data})
-    cfg["trainer"].update({"epochs": args.epochs, "progress": False, "threads": args.threads})
+    cfg["trainer"].update({"epochs": epochs, "progress": False, "threads": args.threads})
     if points is None:
         cfg["algorithm"] = {"type": "vanilla"}
         cfg.pop("teachers")
@@ -71,27 +80,40 @@ def config_for(arm: tuple[str, list[dict] | None, dict], seed: int, args: argpar
     return cfg
 
 
+def finished(tag: str, out: str) -> str | None:
+    """The run directory of ``tag`` from an earlier call that finished (summary.json written)."""
+    found = sorted(glob.glob(os.path.join(out, "runs", f"{tag}-2*", "summary.json")))
+    return os.path.dirname(found[-1]) if found else None
+
+
 def run_one(tag: str, cfg: dict, out: str) -> dict:
+    earlier = finished(tag, out)
+    if earlier is not None:  # a rerun of the command resumes: finished runs are read, not repeated
+        return read_run(tag, earlier)
     path = os.path.join(out, "configs", f"{tag}.yaml")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
     cmd = [sys.executable, "-m", "kdcore", "run", "--config", path, "--output-dir",
            os.path.join(out, "runs"), "--name", tag]
-    started = time.time()
     proc = subprocess.run(["nice", "-n", "10", *cmd], capture_output=True, text=True)
-    wall = time.time() - started
     with open(os.path.join(out, "logs", f"{tag}.log"), "w", encoding="utf-8") as f:
         f.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         return {"tag": tag, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
     run_dir = next(line[len("run dir: "):] for line in proc.stdout.splitlines() if line.startswith("run dir: "))
+    return read_run(tag, run_dir)
+
+
+def read_run(tag: str, run_dir: str) -> dict:
     summary = json.load(open(os.path.join(run_dir, "summary.json"), encoding="utf-8"))
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8")]
     val = [r["student"]["val"]["map50"] for r in rows]
     best = max(range(len(val)), key=lambda i: val[i])
     test = [r["student"]["test"] for r in rows]
-    return {"tag": tag, "run_dir": run_dir, "wall": wall, "best_epoch": best + 1,
+    # the run's own time (summary.json: data, teacher training or loading, training, evaluation),
+    # the same whether this call ran it or read it back
+    return {"tag": tag, "run_dir": run_dir, "wall": summary["seconds"], "best_epoch": best + 1, "epochs": len(rows),
             "best": {k: test[best][k] for k in ("map50", "map")},
             "last": {k: test[-1][k] for k in ("map50", "map")},
             "teacher": {k: summary["teacher"][k] for k in ("map50", "map")} if "teacher" in summary else None}
@@ -105,7 +127,7 @@ def mean_std(values: list[float]) -> str:
 
 def table(results: dict[str, list[dict]]) -> str:
     lines = ["| arm | test mAP@.5, best val epoch | mAP@[.5:.95], best val | mAP@.5, last epoch | "
-             "mAP@[.5:.95], last | best epochs | s / run |", "|---|---|---|---|---|---|---|"]
+             "mAP@[.5:.95], last | best / all epochs | s / run |", "|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
         ok = [r for r in runs if "error" not in r]
         if not ok:
@@ -114,7 +136,8 @@ def table(results: dict[str, list[dict]]) -> str:
         lines.append("| " + " | ".join([
             name, mean_std([r["best"]["map50"] for r in ok]), mean_std([r["best"]["map"] for r in ok]),
             mean_std([r["last"]["map50"] for r in ok]), mean_std([r["last"]["map"] for r in ok]),
-            ",".join(str(r["best_epoch"]) for r in ok), f"{statistics.mean(r['wall'] for r in ok):.0f}"]) + " |")
+            ",".join(f"{r['best_epoch']}/{r['epochs']}" for r in ok),
+            f"{statistics.mean(r['wall'] for r in ok):.0f}"]) + " |")
     return "\n".join(lines)
 
 
@@ -151,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = {f"{name}-s{seed}": config_for(arm, seed, args) for name, arm in chosen.items()
             for seed in range(args.seeds)}
     done: dict[str, dict] = {}
+    ran = sum(finished(tag, args.runs_dir) is None for tag in jobs)
     if "yolo_kd-s0" in jobs:  # alone first: it trains and caches the teacher the others load
         done["yolo_kd-s0"] = run_one("yolo_kd-s0", jobs["yolo_kd-s0"], args.runs_dir)
         print(f"yolo_kd-s0: {done['yolo_kd-s0'].get('best', done['yolo_kd-s0'].get('error'))}", flush=True)
@@ -168,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"results": results, "teacher": teacher, "seconds": total, "argv": argv or sys.argv[1:]}, f, indent=1)
     shown = " ".join(argv if argv is not None else sys.argv[1:])
     report = "\n".join([
-        f"Command: `python benchmarks/detection_table.py {shown}` ({total / 60:.1f} min in all, "
-        f"{args.parallel} runs at a time, {args.threads} thread each, on this shared 2-core CPU).", "",
+        f"Command: `python benchmarks/detection_table.py {shown}` ({total / 60:.1f} min for this call, "
+        f"which ran {ran} of the {len(jobs)} runs and read the others back; {args.parallel} runs at a "
+        f"time, {args.threads} thread each, niced, on the shared 2-core CPU).", "",
         f"Teacher (yolo_teacher, 135k parameters): test mAP@.5 {teacher['map50']:.2f}, "
         f"mAP@[.5:.95] {teacher['map']:.2f}." if teacher else "Teacher: no run finished.", "",
         f"Student: yolo_student (22k parameters), {args.epochs} epochs; best epoch chosen on the "
@@ -177,9 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         table(results), ""])
     splice(report, args.out)
     print(report)
-    if args.picture and "yolo_kd" in results and "vanilla" in results:
-        draw = [sys.executable, "-m", "kdcore", "draw", results["yolo_kd"][0]["run_dir"],
-                results["vanilla"][0]["run_dir"], "--out", args.picture]
+    shown_arms = [a for a in ("vanilla", "yolo_kd_no_fmnms", "yolo_kd") if a in results]
+    if args.picture and len(shown_arms) > 1:  # seed 0 of each; the first run's teacher comes first
+        draw = [sys.executable, "-m", "kdcore", "draw", *[results[a][0]["run_dir"] for a in shown_arms],
+                "--out", args.picture, "--min-score", "0.25"]
         proc = subprocess.run(draw, capture_output=True, text=True)
         print(proc.stdout + proc.stderr if proc.returncode else f"picture: {args.picture}")
     return 0

@@ -1,8 +1,9 @@
 """``kdcore draw``: a picture of test images with the ground truth and each model's predictions.
 
 Users of dense models look at predictions before numbers. Given one or more run directories of
-the same data set, the picture has one row per test image and the columns: the ground truth,
-the first run's teacher, then each run's student (named by its run directory). What is drawn
+the same data set, the picture has one row per test image and the columns: (for masks, the input
+image,) the ground truth, the first run's teacher, then each run's student (named by its run
+directory). What is drawn
 follows the task's ``target_kind``:
 
 - ``boxes``: boxes with class and score (``task.detect``: decoded, NMS-ed, score >= ``--min-score``);
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import torch
@@ -59,7 +61,8 @@ def _models(run_dirs: list[str]) -> tuple[Any, list[tuple[str, torch.nn.Module]]
                 columns.append((f"teacher ({config.teachers[0].type})", model))
         student = build_model(config.student, splits.source, "student")
         load_weights(student, os.path.join(run_dir, "student.pt"), what="student.pt")
-        columns.append((f"{os.path.basename(os.path.normpath(run_dir))}", student))
+        name = re.sub(r"-\d{8}-\d{6}(-\d+)?$", "", os.path.basename(os.path.normpath(run_dir)))
+        columns.append((f"student: {name}", student))
     return splits, columns
 
 
@@ -105,7 +108,9 @@ def draw(run_dirs: list[str], out: str, count: int = 6, min_score: float = 0.3) 
     shown = inputs[:, 0]
     with torch.no_grad():
         outputs = [model.eval()(inputs) for _, model in columns]
-    titles = ["ground truth"] + [title for title, _ in columns]
+    # masks cover the image, so a segmentation picture shows the input in a column of its own
+    lead = ["input"] if kind == "mask" else []
+    titles = lead + ["ground truth"] + [title for title, _ in columns]
     fig, axes = plt.subplots(len(inputs), len(titles), figsize=(1.9 * len(titles), 1.9 * len(inputs)),
                              squeeze=False)
     cmap = ListedColormap(["#000000", *_COLOURS])
@@ -126,8 +131,11 @@ def draw(run_dirs: list[str], out: str, count: int = 6, min_score: float = 0.3) 
                     found = task.detect(outputs[c - 1][r:r + 1])
                     keep = found.scores[0] >= min_score
                     _show_boxes(ax, found.boxes[0][keep], found.labels[0][keep], found.scores[0][keep], names)
+            elif c < len(lead):
+                ax.imshow(shown[r], cmap="gray")
             else:
-                mask = targets[r].long() if c == 0 else outputs[c - 1][r].argmax(0)
+                k = c - len(lead)
+                mask = targets[r].long() if k == 0 else outputs[k - 1][r].argmax(0)
                 mask = torch.where(mask == getattr(task, "ignore_index", 255), 0, mask)
                 ax.imshow(mask.numpy(), cmap=cmap, vmin=0, vmax=len(_COLOURS), interpolation="nearest")
     what = f"boxes: class and score >= {min_score}" if kind == "boxes" else "per-pixel class"
