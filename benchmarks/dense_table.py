@@ -62,7 +62,7 @@ TASKS: dict[str, dict[str, Any]] = {
         "preset": os.path.join(ROOT, "plugins", "kdcore-plugin-cwd", "kdcore_plugin_cwd", "presets",
                                "fashion_scenes.yaml"),
         "arms": segmentation_arms, "first": "cwd_logits", "metrics": ("miou", "pixel_acc"),
-        "names": {"miou": "mIoU", "pixel_acc": "pixel acc."}, "picture": ("cwd_logits_features", "vanilla"),
+        "names": {"miou": "mIoU", "pixel_acc": "pixel acc."}, "picture": ("cwd_logits", "pixel_kd", "vanilla"),
     },
 }
 
@@ -74,6 +74,13 @@ def config_for(task: dict[str, Any], points: list[dict[str, Any]] | None, seed: 
     cfg["data"]["val_split"] = args.val_split
     cfg["data"].setdefault("params", {})["train_scenes"] = args.scenes
     cfg["trainer"].update({"epochs": args.epochs, "progress": False, "threads": args.threads})
+    for item in args.set:  # KEY.PATH=VALUE on the preset, as kdcore run --set
+        keys, _, text = item.partition("=")
+        *parents, last = keys.split(".")
+        node = cfg
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = yaml.safe_load(text)
     if points is None:
         cfg["algorithm"] = {"type": "vanilla"}
         cfg.pop("teachers")
@@ -174,10 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--arms", default="", help="comma list (default: all of the task's)")
     parser.add_argument("--tau", type=float, default=1.0, help="segmentation: CWD temperature")
-    parser.add_argument("--cwd-weight", type=float, default=3.0, help="segmentation: CWD weight on the logits")
-    parser.add_argument("--feature-weight", type=float, default=3.0, help="segmentation: CWD weight on dec1")
+    parser.add_argument("--cwd-weight", type=float, default=10.0, help="segmentation: CWD weight on the logits")
+    parser.add_argument("--feature-weight", type=float, default=10.0, help="segmentation: CWD weight on dec1")
     parser.add_argument("--pixel-weight", type=float, default=1.0, help="segmentation: pixel KD weight")
     parser.add_argument("--pixel-temperature", type=float, default=1.0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override of the preset, e.g. 'student={type: seg_net, params: {widths: [6, 12, 24, 32]}}'")
     parser.add_argument("--runs-dir", default="")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     parser.add_argument("--picture", default="default", help="PNG of test scenes ('' for none)")
