@@ -550,7 +550,7 @@ def compare(config_file: str | None, methods: str, seeds: int, epochs: int | Non
 @click.option("--min-score", type=float, default=0.3, show_default=True, help="boxes: lowest score drawn")
 @user_errors
 def draw(run_dirs: tuple[str, ...], out: str, count: int, min_score: float) -> None:
-    """Test images with the ground truth, the first run's teacher and each run's student
+    """Test images with the ground truth, the teacher (of the first run that has one) and each run's student
     predictions (masks or boxes), from finished run directories of one data set."""
     from .draw import draw as draw_picture
 

@@ -2,9 +2,8 @@
 
 Users of dense models look at predictions before numbers. Given one or more run directories of
 the same data set, the picture has one row per test image and the columns: (for masks, the input
-image,) the ground truth, the first run's teacher, then each run's student (named by its run
-directory). What is drawn
-follows the task's ``target_kind``:
+image,) the ground truth, the teacher of the first run that has one, then each run's student
+(named by its run directory). What is drawn follows the task's ``target_kind``:
 
 - ``boxes``: boxes with class and score (``task.detect``: decoded, NMS-ed, score >= ``--min-score``);
 - ``mask``: the per-pixel class (argmax of the logits) in a fixed colour per class, ignored
@@ -44,21 +43,24 @@ def _load_run(run_dir: str) -> tuple[Any, dict[str, Any]]:
 
 
 def _models(run_dirs: list[str]) -> tuple[Any, list[tuple[str, torch.nn.Module]]]:
-    """The first run's test split and the models to draw: (column title, model)."""
+    """The first run's test split and the models to draw: (column title, model), the first
+    teacher found (its checkpoint as summary.json names it) before the students."""
     from .assemble import build_model, load_data
     from .engine.checkpoint import load_weights
 
     columns: list[tuple[str, torch.nn.Module]] = []
     splits = None
-    for i, run_dir in enumerate(run_dirs):
+    teacher_shown = False
+    for run_dir in run_dirs:
         config, summary = _load_run(run_dir)
         if splits is None:
             splits = load_data(config.data)
-            teacher = summary.get("teacher")
-            if teacher and teacher.get("checkpoint") and os.path.isfile(teacher["checkpoint"]):
-                model = build_model(config.teachers[0], splits.source, "teachers[0]")
-                load_weights(model, teacher["checkpoint"], what="teacher checkpoint")
-                columns.append((f"teacher ({config.teachers[0].type})", model))
+        teacher = summary.get("teacher")
+        if not teacher_shown and teacher and os.path.isfile(teacher.get("checkpoint") or ""):
+            model = build_model(config.teachers[0], splits.source, "teachers[0]")
+            load_weights(model, teacher["checkpoint"], what="teacher checkpoint")
+            columns.insert(0, (f"teacher ({config.teachers[0].type})", model))
+            teacher_shown = True
         student = build_model(config.student, splits.source, "student")
         load_weights(student, os.path.join(run_dir, "student.pt"), what="student.pt")
         name = re.sub(r"-\d{8}-\d{6}(-\d+)?$", "", os.path.basename(os.path.normpath(run_dir)))
