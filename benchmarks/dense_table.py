@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default="")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     parser.add_argument("--picture", default="default", help="PNG of test scenes ('' for none)")
+    parser.add_argument("--json", default="default", help="every run's scores (default: "
+                        "docs/benchmarks/<task>_table.json, or beside --out when that is elsewhere)")
     args = parser.parse_args(argv)
     task = TASKS[args.task]
     args.runs_dir = args.runs_dir or os.path.join(ROOT, "runs", f"{args.task}-table")
@@ -206,8 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: [done[f"{name}-s{seed}"] for seed in range(args.seeds)] for name in chosen}
     teacher = next((r["teacher"] for rs in results.values() for r in rs if r.get("teacher")), None)
     total = time.time() - started
-    os.makedirs(figures, exist_ok=True)
-    with open(os.path.join(figures, f"{args.task}_table.json"), "w", encoding="utf-8") as f:
+    default_out = os.path.abspath(args.out) == os.path.join(ROOT, "docs", "benchmarks.md")
+    json_path = args.json if args.json != "default" else (
+        os.path.join(figures, f"{args.task}_table.json") if default_out
+        else os.path.splitext(args.out)[0] + ".json")
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w", encoding="utf-8") as f:
         json.dump({"results": results, "teacher": teacher, "seconds": total,
                    "argv": argv if argv is not None else sys.argv[1:]}, f, indent=1)
     metrics, names = task["metrics"], task["names"]
