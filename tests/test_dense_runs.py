@@ -58,6 +58,13 @@ def test_segmentation_run_reports_miou_and_caches_float16_maps(tmp_path, cache) 
     assert "miou" in row["student"]["test"] and "top1" not in row["student"]["test"]
     arrays = [np.load(p, mmap_mode="r") for p in cache.rglob("*.npy")]
     assert sorted(a.dtype.name for a in arrays) == ["float16", "float16"]
+    # the picture of test scenes: input, ground truth, teacher, student
+    drawn = CliRunner().invoke(main, ["draw", run_dir, "--out", str(tmp_path / "scenes.png"), "--count", "2"])
+    assert drawn.exit_code == 0, drawn.output
+    from PIL import Image
+
+    width, height = Image.open(tmp_path / "scenes.png").size
+    assert abs(width / height - 4 / 2) < 0.1  # 4 columns (input, truth, teacher, student), 2 rows
 
 
 def test_float16_teacher_maps_change_the_losses_by_far_less_than_their_size() -> None:
