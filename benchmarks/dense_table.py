@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), default="segmentation")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--scenes", type=int, default=1800, help="training scenes (before the validation hold-out)")
     parser.add_argument("--val-split", type=int, default=300)
@@ -202,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.arms:
         chosen = {k: v for k, v in chosen.items() if k in args.arms.split(",")}
     started = time.time()
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = {f"{name}-s{seed}": config_for(task, points, seed, args) for name, points in chosen.items()
-            for seed in range(args.seeds)}
-    done = run_all(jobs, f"{task['first']}-s0", args, task["metrics"])
-    results = {name: [done[f"{name}-s{seed}"] for seed in range(args.seeds)] for name in chosen}
+            for seed in seeds}
+    done = run_all(jobs, f"{task['first']}-s{seeds[0]}", args, task["metrics"])
+    results = {name: [done[f"{name}-s{seed}"] for seed in seeds] for name in chosen}
     teacher = next((r["teacher"] for rs in results.values() for r in rs if r.get("teacher")), None)
     total = time.time() - started
     default_out = os.path.abspath(args.out) == os.path.join(ROOT, "docs", "benchmarks.md")
