@@ -4,7 +4,7 @@ Both compare two maps ``(N, C, H, W)`` of equal shape (logits, or features after
 
 - CWD turns each *channel* into a distribution over its ``H*W`` positions,
   ``phi(y_c) = softmax(y_c / tau)``, and sums ``KL(phi(t_c) || phi(s_c))`` over positions,
-  averaged over the ``N*C`` channels and scaled by ``tau^2`` (the paper's Eq. 3 with mmrazor's
+  averaged over the ``N*C`` channels and scaled by ``tau^2`` (the paper's formula with mmrazor's
   ChannelWiseDivergence normalisation);
 - pixel KD turns each *pixel* into a distribution over its ``C`` classes,
   ``softmax(y_i / T)``, and averages ``KL(p_t,i || p_s,i)`` over the ``N*H*W`` pixels, scaled
