@@ -28,7 +28,8 @@ _HOOK = {kind: f"kdcore_{kind}es" if kind.endswith("s") else f"kdcore_{kind}s" f
 _INSTALL_HINTS = {
     "loss": {"fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd",
              "rkd_distance": "rkd", "rkd_angle": "rkd", "crd": "crd", "crd_inbatch": "crd",
-             "ft": "ft", "ab": "ab", "ofd": "ofd"},
+             "ft": "ft", "ab": "ab", "ofd": "ofd", "cwd": "cwd", "pixel_kd": "cwd",
+             "yolo_kd": "yolo-kd"},
     "connector": {"conv_reg": "fitnet", "paraphraser": "ft", "translator": "ft"},
     "algorithm": {"self_distillation": "byot", "meal_v2": "meal", "data_free": "datafree"},
     "model_transform": {"fast_max_pool": "cpu-speed"},
@@ -36,7 +37,7 @@ _INSTALL_HINTS = {
     "model": {"timm": "timm"},
     "preset": {"kd": "kd", "fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd", "crd": "crd",
                "ft": "ft", "ab": "ab", "ofd": "ofd", "byot": "byot", "meal": "meal",
-               "datafree": "datafree"},
+               "datafree": "datafree", "cwd": "cwd", "yolo_kd": "yolo-kd", "timm": "timm"},
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kdcore
-from kdcore.testing import LossContract, PluginContract, run_preset
+from kdcore.testing import run_preset
 from kdcore_plugin_yolo_kd.losses import YOLOKDLoss, fm_nms
 
 
@@ -214,22 +214,6 @@ def test_mismatched_heads_are_user_error():
 def test_bad_neighbourhood_is_user_error():
     with pytest.raises(kdcore.UserError, match="odd"):
         kdcore.build("loss", "yolo_kd", neighbourhood=2)
-
-
-# --- registration and contract ---------------------------------------------------------------
-
-class TestPluginContract(PluginContract):
-    distribution = "kdcore-plugin-yolo-kd"
-    entry_point = "yolo_kd"
-    components = {"loss": ["yolo_kd"]}
-
-
-class TestYOLOKDContract(LossContract):
-    tests_to_skip = {"declares no pre-training stage": ["test_stages_valid"]}
-    component = "yolo_kd:yolo_kd"
-    student_shape = (3, 15, 8, 8)
-    more_shapes = [((1, 6, 2, 3), (1, 6, 2, 3))]
-    bad_shapes = [((32, 8, 8), (32, 8, 8)), ((10,), (10,))]
 
 
 # --- end to end ---------------------------------------------------------------------------
