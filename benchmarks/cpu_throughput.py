@@ -170,7 +170,7 @@ def one_run(arm: str, args: argparse.Namespace) -> dict[str, Any]:
             loss0 = float(sum(terms.values()))
 
         def steps(n: int) -> None:
-            kd.block(n, lambda: None)
+            kd.block(n, lambda *_: None)  # on_step gets the position
     torch.save(x0, os.path.join(args.scratch, f"first-{arm}.pt"))
     steps(args.warmup)
     result = run_arm(steps, args.steps, args.steps * bs)
