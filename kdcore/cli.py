@@ -405,7 +405,6 @@ def inspect(models: tuple[str, ...], pair: bool, params: tuple[str, ...], datase
 
     from .assemble import shape_error
     from .config import parse_override
-    from .registry import build
     from .taps import feature_shapes
 
     if len(models) != (2 if pair else 1):
