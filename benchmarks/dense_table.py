@@ -78,9 +78,9 @@ def config_for(task: dict[str, Any], points: list[dict[str, Any]] | None, seed: 
         keys, _, text = item.partition("=")
         *parents, last = keys.split(".")
         node = cfg
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = yaml.safe_load(text)
+        for key in parents:  # a number indexes a list: teachers.0.train.epochs=16
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        node[int(last) if isinstance(node, list) else last] = yaml.safe_load(text)
     if points is None:
         cfg["algorithm"] = {"type": "vanilla"}
         cfg.pop("teachers")

@@ -106,6 +106,18 @@ def test_segnet_teacher_and_student_share_layout_and_resolution() -> None:
     assert student(torch.randn(1, 1, 40, 28)).shape == (1, 11, 40, 28)  # padded inside, cropped
 
 
+def test_segnet_background_prior_starts_at_the_prior_and_refuses_bad_values() -> None:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        probs = seg_student()(torch.randn(4, 1, 64, 64)).softmax(1).mean((0, 2, 3))
+        random_start = SegNet((8, 8, 16, 32))(torch.randn(4, 1, 64, 64)).softmax(1).mean((0, 2, 3))
+    assert abs(float(probs[0]) - 0.85) < 0.01  # background
+    assert torch.allclose(probs[1:], torch.full((10,), 0.015), atol=0.002)  # the rest, evenly
+    assert abs(float(random_start[0]) - 0.85) > 0.3  # without it the start is far from the prior
+    with pytest.raises(UserError, match="background_prior: 1.5 must be between 0 and 1"):
+        SegNet((4, 8), background_prior=1.5)
+
+
 @pytest.mark.parametrize("arch", ["lraspp_mobilenet_v3_large", "fcn_resnet50", "deeplabv3_mobilenet_v3_large"])
 def test_torchvision_segmentation_builds_and_trains_one_step(arch: str) -> None:
     torch.manual_seed(0)

@@ -45,7 +45,7 @@ def kdcore_models() -> list[Component]:
         Component("seg_teacher", "kdcore.models.segmentation:seg_teacher",
                   "default fashion_scenes teacher: SegNet 16/32/64/96, 206k parameters"),
         Component("seg_student", "kdcore.models.segmentation:seg_student",
-                  "default fashion_scenes student: SegNet 4/8/16/32, 15k parameters"),
+                  "default fashion_scenes student: SegNet 8/8/16/32, 16k parameters"),
         Component("torchvision_seg", "kdcore.models.torchvision_models:torchvision_segmentation",
                   "torchvision segmentation model by arch (lraspp_mobilenet_v3_large, fcn_resnet50, "
                   "deeplabv3_*), random init, returns the 'out' logits"),

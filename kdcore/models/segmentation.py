@@ -16,6 +16,7 @@ resolution on both sides: feature distillation needs a connector for channels on
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -71,10 +72,15 @@ class SegNet(nn.Module):
         are then upsampled (bilinear) to the input's size, as DeepLab and LR-ASPP do at 1/8.
         Stride 2 makes the net four times cheaper; the output is at the input's size either way.
     :param num_classes: output channels (background included; from the data set).
+    :param background_prior: when set, the classifier starts out predicting this share of
+        background (class 0) and the rest spread evenly over the other classes (small weights,
+        biases at the log prior, as RetinaNet initialises its classifier), instead of random
+        logits of a few units; see :func:`seg_student`.
     """
 
     def __init__(self, widths: Sequence[int] = (16, 32, 64, 96), depth: int = 1, stride: int = 2,
-                 num_classes: int = 11, in_channels: int = 1) -> None:
+                 num_classes: int = 11, in_channels: int = 1,
+                 background_prior: float | None = None) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) < 2 or min(widths) < 1:
@@ -90,6 +96,14 @@ class SegNet(nn.Module):
             self.add_module(f"dec{k}", Up(widths[k], widths[k - 1], widths[k - 1], depth))
         self.classifier = nn.Conv2d(widths[0], num_classes, 1)
         kaiming_init(self)
+        if background_prior is not None:
+            if not 0.0 < background_prior < 1.0 or num_classes < 2:
+                raise UserError(f"model parameter background_prior: {background_prior!r} must be "
+                                f"between 0 and 1 (the share of background pixels, e.g. 0.85)")
+            nn.init.normal_(self.classifier.weight, std=0.01)
+            with torch.no_grad():
+                self.classifier.bias.fill_(math.log((1.0 - background_prior) / (num_classes - 1)))
+                self.classifier.bias[0] = math.log(background_prior)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -115,5 +129,13 @@ def seg_teacher(num_classes: int = 11, in_channels: int = 1) -> SegNet:
 
 
 def seg_student(num_classes: int = 11, in_channels: int = 1) -> SegNet:
-    """The default ``fashion_scenes`` student: widths 4/8/16/32, about ten times smaller."""
-    return SegNet((4, 8, 16, 32), depth=1, num_classes=num_classes, in_channels=in_channels)
+    """The default ``fashion_scenes`` student: widths 8/8/16/32 (16k parameters, 12.5x smaller
+    than the teacher), classifier started at the background prior (0.85 of the scenes' pixels).
+
+    Why: the earlier 4/8/16/32 student (15k) with a random classifier stayed at "everything is
+    background" (mIoU 7.70) for the whole 8 epochs on some seeds, since ten small classes beat
+    the 85% background only once the features tell them apart through four ``dec1`` channels.
+    Eight ``dec1`` channels and the prior start train every seed tried (docs/methods/cwd.md).
+    """
+    return SegNet((8, 8, 16, 32), depth=1, num_classes=num_classes, in_channels=in_channels,
+                  background_prior=0.85)
