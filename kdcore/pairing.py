@@ -26,7 +26,7 @@ import attrs
 import torch
 from torch import nn
 
-from .taps import OUTPUT, _first_tensor
+from .taps import OUTPUT, probe_pass
 
 
 @attrs.frozen
@@ -87,29 +87,15 @@ def probe(model: nn.Module, sample: torch.Tensor) -> Probe:
     order: list[str] = []
     finished: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
 
-        def record(m: nn.Module, i: Any, out: Any, name: str = name) -> None:
-            out = _first_tensor(out)
-            if name not in finished:  # a reused module: its first call
-                finished.append(name)
-            if torch.is_tensor(out) and name not in shapes:
-                shapes[name] = tuple(out.shape[1:])
-                order.append(name)
+    def record(name: str, out: Any) -> None:
+        if name not in finished:  # a reused module: its first call
+            finished.append(name)
+        if torch.is_tensor(out) and name not in shapes:
+            shapes[name] = tuple(out.shape[1:])
+            order.append(name)
 
-        handles.append(module.register_forward_hook(record))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = _first_tensor(model(sample))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    out = probe_pass(model, sample, record)
     features = [Feature(p, shapes[p]) for p in order]
     if torch.is_tensor(out):
         features.append(Feature(OUTPUT, tuple(out.shape[1:])))

@@ -9,7 +9,7 @@ or when the ``with`` block ends.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -141,30 +141,33 @@ class FeatureTaps:
         return self.features[tap.key]
 
 
-def feature_shapes(model: nn.Module, sample: torch.Tensor) -> Mapping[str, tuple[int, ...]]:
-    """Run ``sample`` through ``model`` and return every module path's per-sample output shape."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-
-    def make(name: str):
-        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-            out = _first_tensor(output)
-            if torch.is_tensor(out):
-                shapes[name] = tuple(out.shape[1:])
-        return hook
-
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(make(name)))
+def probe_pass(model: nn.Module, sample: torch.Tensor, on_output: Callable[[str, Any], None]) -> Any:
+    """One pass of ``sample`` through ``model`` in eval mode without autograd, calling
+    ``on_output(path, output's first tensor)`` as each named submodule finishes; returns the
+    model's own first tensor output. The hooks and the training mode are restored afterwards."""
+    handles = [module.register_forward_hook(
+                   lambda m, i, out, name=name: on_output(name, _first_tensor(out)))
+               for name, module in model.named_modules() if name]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = _first_tensor(model(sample))
+            return _first_tensor(model(sample))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+
+
+def feature_shapes(model: nn.Module, sample: torch.Tensor) -> Mapping[str, tuple[int, ...]]:
+    """Run ``sample`` through ``model`` and return every module path's per-sample output shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str, out: Any) -> None:
+        if torch.is_tensor(out):
+            shapes[name] = tuple(out.shape[1:])
+
+    out = probe_pass(model, sample, record)
     result: dict[str, tuple[int, ...]] = {}
     if torch.is_tensor(out):
         result[OUTPUT] = tuple(out.shape[1:])
