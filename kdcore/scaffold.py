@@ -346,6 +346,17 @@ INIT = '''\
 __version__ = "0.1.0"
 '''
 
+#: the presets hook every generated plugin.py ends with
+PRESET_HOOK = '''
+
+@kdcore.hookimpl
+def kdcore_presets():
+    """Declare the run configs this plugin ships: `kdcore run --preset $plugin`. The file is
+    found inside the installed package, so ship it as package data (pyproject.toml)."""
+    return [kdcore.Preset("$plugin", "$package:presets/$preset_file",
+                          "an example run with $names")]
+'''
+
 PLUGIN = '''\
 """Entry point of $dist: kdcore imports it to find the plugin's components.
 
@@ -368,14 +379,7 @@ def $hook():
 $declared,
     ]
 
-
-@kdcore.hookimpl
-def kdcore_presets():
-    """Declare the run configs this plugin ships: `kdcore run --preset $plugin`. The file is
-    found inside the installed package, so ship it as package data (pyproject.toml)."""
-    return [kdcore.Preset("$plugin", "$package:presets/$preset_file",
-                          "an example run with $names")]
-'''
+''' + PRESET_HOOK
 
 DECLARE = '''        kdcore.Component("$name", "$package.$module:$attr",
                          "$summary")'''
@@ -409,14 +413,7 @@ def $hook():
 $declared,
     ]
 
-
-@kdcore.hookimpl
-def kdcore_presets():
-    """Declare the run configs this plugin ships: `kdcore run --preset $plugin`. The file is
-    found inside the installed package, so ship it as package data (pyproject.toml)."""
-    return [kdcore.Preset("$plugin", "$package:presets/$preset_file",
-                          "an example run with $names")]
-'''
+''' + PRESET_HOOK
 
 COMPONENTS = {
     "loss": '''\
