@@ -134,7 +134,7 @@ def draw(run_dirs: list[str], out: str, count: int = 6, min_score: float = 0.3) 
                     keep = found.scores[0] >= min_score
                     _show_boxes(ax, found.boxes[0][keep], found.labels[0][keep], found.scores[0][keep], names)
             elif c < len(lead):
-                ax.imshow(shown[r], cmap="gray")
+                ax.imshow(shown[r].numpy(), cmap="gray")
             else:
                 k = c - len(lead)
                 mask = targets[r].long() if k == 0 else outputs[k - 1][r].argmax(0)
