@@ -32,6 +32,9 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tables import failure, mean_std, run_config, splice  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -92,20 +95,9 @@ def config_for(task: dict[str, Any], points: list[dict[str, Any]] | None, seed: 
 
 
 def run_one(tag: str, cfg: dict[str, Any], out: str, metrics: tuple[str, ...]) -> dict[str, Any]:
-    path = os.path.join(out, "configs", f"{tag}.yaml")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    cmd = [sys.executable, "-m", "kdcore", "run", "--config", path, "--output-dir",
-           os.path.join(out, "runs"), "--name", tag]
-    started = time.time()
-    proc = subprocess.run(["nice", "-n", "10", *cmd], capture_output=True, text=True)
-    wall = time.time() - started
-    with open(os.path.join(out, "logs", f"{tag}.log"), "w", encoding="utf-8") as f:
-        f.write(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        return {"tag": tag, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
-    run_dir = next(line[len("run dir: "):] for line in proc.stdout.splitlines() if line.startswith("run dir: "))
+    proc, run_dir, wall = run_config(tag, cfg, out)
+    if run_dir is None:
+        return failure(tag, proc)
     summary = json.load(open(os.path.join(run_dir, "summary.json"), encoding="utf-8"))
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8")]
     headline = summary.get("metric", metrics[0])
@@ -116,12 +108,6 @@ def run_one(tag: str, cfg: dict[str, Any], out: str, metrics: tuple[str, ...]) -
             "best_epoch": best + 1, "best": {k: test[best][k] for k in metrics},
             "last": {k: test[-1][k] for k in metrics},
             "teacher": {k: summary["teacher"][k] for k in metrics} if "teacher" in summary else None}
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.2f}" if values else "-"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def table(results: dict[str, list[dict[str, Any]]], metrics: tuple[str, ...], names: dict[str, str]) -> str:
@@ -142,16 +128,6 @@ def table(results: dict[str, list[dict[str, Any]]], metrics: tuple[str, ...], na
             *[mean_std([r["last"][m] for r in ok]) for m in other],
             ",".join(str(r["best_epoch"]) for r in ok), f"{statistics.mean(r['wall'] for r in ok):.0f}"]) + " |")
     return "\n".join(lines)
-
-
-def splice(report: str, path: str, start: str, end: str) -> None:
-    """Put ``report`` between the markers of ``path`` (appended when missing)."""
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    if start not in text:
-        text += f"\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(head + start + "\n\n" + report + "\n" + end + rest.split(end, 1)[1])
 
 
 def run_all(jobs: dict[str, dict[str, Any]], first: str, args: argparse.Namespace,

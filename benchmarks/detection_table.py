@@ -32,6 +32,10 @@ import time
 
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tables  # noqa: E402
+from tables import failure, mean_std, run_config  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(ROOT, "plugins", "kdcore-plugin-yolo-kd", "kdcore_plugin_yolo_kd", "presets",
                       "fashion_scenes.yaml")
@@ -90,18 +94,9 @@ def run_one(tag: str, cfg: dict, out: str) -> dict:
     earlier = finished(tag, out)
     if earlier is not None:  # a rerun of the command resumes: finished runs are read, not repeated
         return read_run(tag, earlier)
-    path = os.path.join(out, "configs", f"{tag}.yaml")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    cmd = [sys.executable, "-m", "kdcore", "run", "--config", path, "--output-dir",
-           os.path.join(out, "runs"), "--name", tag]
-    proc = subprocess.run(["nice", "-n", "10", *cmd], capture_output=True, text=True)
-    with open(os.path.join(out, "logs", f"{tag}.log"), "w", encoding="utf-8") as f:
-        f.write(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        return {"tag": tag, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
-    run_dir = next(line[len("run dir: "):] for line in proc.stdout.splitlines() if line.startswith("run dir: "))
+    proc, run_dir, _ = run_config(tag, cfg, out)
+    if run_dir is None:
+        return failure(tag, proc)
     return read_run(tag, run_dir)
 
 
@@ -117,12 +112,6 @@ def read_run(tag: str, run_dir: str) -> dict:
             "best": {k: test[best][k] for k in ("map50", "map")},
             "last": {k: test[-1][k] for k in ("map50", "map")},
             "teacher": {k: summary["teacher"][k] for k in ("map50", "map")} if "teacher" in summary else None}
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.2f}" if values else "-"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def table(results: dict[str, list[dict]]) -> str:
@@ -142,12 +131,7 @@ def table(results: dict[str, list[dict]]) -> str:
 
 
 def splice(report: str, path: str) -> None:
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(head + START + "\n\n" + report + "\n" + END + rest.split(END, 1)[1])
+    tables.splice(report, path, START, END)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,9 @@ import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tables  # noqa: E402
+
 START, END = "<!-- method-table:start -->", "<!-- method-table:end -->"
 
 
@@ -57,12 +60,7 @@ def compare_args(args: argparse.Namespace) -> list[str]:
 
 def splice(report: str, path: str) -> None:
     """Put ``report`` between the method-table markers of ``path`` (created if missing)."""
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else f"# Benchmarks\n\n{START}\n{END}\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(head + START + "\n\n" + report + "\n" + END + rest.split(END, 1)[1])
+    tables.splice(report, path, START, END)
 
 
 def main(argv: list[str] | None = None) -> int:
