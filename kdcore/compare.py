@@ -36,6 +36,8 @@ from typing import Any
 import attrs
 
 from .config import dump_yaml, load_config, parse_override, read_yaml
+from .engine.checkpoint import write_json_atomic, write_text_atomic
+from .engine.resume import metrics_rows
 from .errors import UserError
 from .taps import OUTPUT
 
@@ -349,7 +351,6 @@ class Plan:
             except ImportError:  # pragma: no cover - an older core: the run checks them
                 pass
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            from .engine.checkpoint import write_text_atomic
 
             write_text_atomic(dump_yaml(config), path)
         return path
@@ -461,9 +462,9 @@ class Runner:
 # --- results --------------------------------------------------------------------------------
 
 def primary_metric(summary: dict[str, Any]) -> str:
-    """The task's headline metric of a run: the summary's ``primary_metric`` when it says, else
-    the first known metric the student's scores hold."""
-    key = summary.get("primary_metric", summary.get("metric"))
+    """The task's headline metric of a run: the summary's ``metric`` when it says, else the
+    first known metric the student's scores hold."""
+    key = summary.get("metric")
     if isinstance(key, str):
         return key
     student = summary.get("student", {})
@@ -479,9 +480,7 @@ def read_result(out: str, job: Job) -> dict[str, Any]:
     with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     metric = primary_metric(summary)
-    rows = []
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = metrics_rows(os.path.join(run_dir, "metrics.jsonl"))
     model = "student" if rows and "student" in rows[0] else next(
         (k for k, v in (rows[0] if rows else {}).items() if isinstance(v, dict) and "test" in v), "student")
     test = [r[model]["test"].get(metric) for r in rows if model in r]
@@ -630,7 +629,7 @@ def compare(options: Options | None, out: str, *, resume: bool = False,
     state["options"] = attrs.asdict(options)
     state["refused"] = plan.refused
     state["runs"] = [attrs.asdict(j) for j in plan.tune_jobs + plan.jobs]
-    _save(plan_path, state)
+    write_json_atomic(state, plan_path)
     for method, why in plan.refused.items():
         log(f"{method}: refused: {why}")
     everything = plan.tune_jobs + plan.jobs
@@ -652,10 +651,9 @@ def compare(options: Options | None, out: str, *, resume: bool = False,
             runner.run(todo, lambda job: describe(read_result(out, job)))
     finally:
         state["wall_seconds"] += time.time() - started
-        _save(plan_path, state)
+        write_json_atomic(state, plan_path)
     results = [read_result(out, j) for j in plan.tune_jobs + plan.jobs]
     report = table(plan, results, chosen, state["wall_seconds"])
-    from .engine.checkpoint import write_json_atomic, write_text_atomic
 
     write_text_atomic(report, os.path.join(out, "table.md"))
     write_json_atomic({"options": state["options"], "refused": plan.refused, "chosen": chosen,
@@ -691,7 +689,3 @@ def choose(plan: Plan, results: list[dict[str, Any]]) -> dict[str, dict[str, Any
     return chosen
 
 
-def _save(path: str, state: dict[str, Any]) -> None:
-    from .engine.checkpoint import write_json_atomic
-
-    write_json_atomic(state, path)

@@ -169,6 +169,16 @@ class RunConfig:
     import_paths: list[str] = attrs.field(factory=list)
 
 
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Plain config data as ``{dotted.key: value}``; lists of blocks are walked by index
+    (``teachers.0.type``), other lists are values."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: value}
+
+
 def block_keys(cls: type) -> list[str]:
     """The keys a component block declares itself (``type``, ``weight``, ``distill`` ...): every
     other key in it is a parameter of the component."""

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from ..components.algorithm import is_teacher_state
-from ..config import ConfigDumper, RunConfig, dump_yaml, load_config, read_yaml, unstructure
+from ..config import ConfigDumper, RunConfig, dump_yaml, flatten, load_config, read_yaml, unstructure
 from ..errors import UserError
 from .checkpoint import TEMP_NAME, load_checkpoint, state_dict_of, write_text_atomic
 from .loop import Position, nonfinite_tensors
@@ -214,14 +214,6 @@ FREE_ON_RESUME = ("data.eval_batch_size", "data.test_limit", "data.root", "data.
 FREE_IN_TEACHERS = ("distill", "expect_top1", "expect_metric", "checkpoint")  # the rest makes the teacher
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}{i}.").items()}
-    return {prefix[:-1]: value}
-
-
 def _fixed(path: str) -> bool:
     if path in FREE_ON_RESUME or not (path + ".").startswith(FIXED_ON_RESUME):
         return False
@@ -235,7 +227,7 @@ def check_resume_changes(saved: RunConfig, config: RunConfig, *, how: str = "--r
     """Refuse ``--resume`` overrides that would make the saved state belong to another run
     (other data, models or seed): found before any teacher is trained or loaded. ``how`` says
     where the change came from (overrides, or config.yaml edited since the checkpoint)."""
-    before, after = _flat(unstructure(saved)), _flat(unstructure(config))
+    before, after = flatten(unstructure(saved)), flatten(unstructure(config))
     for i, (old, new) in enumerate(zip(saved.teachers, config.teachers)):
         if old.checkpoint and new.checkpoint:  # how it would be trained does not matter then
             for flat in (before, after):
@@ -272,7 +264,7 @@ def trained_config(checkpoint_path: str) -> dict[str, Any] | None:
 def config_changes(trained: dict[str, Any], config: RunConfig) -> list[str]:
     """``key old -> new`` for every key whose value differs from the checkpoint's config (keys a
     newer kdcore added are not changes)."""
-    before, after = _flat(trained), _flat(unstructure(config))
+    before, after = flatten(trained), flatten(unstructure(config))
     return [f"{path} {_value(before[path])} -> {_value(after.get(path))}"
             for path in sorted(before) if path in after and before[path] != after[path]]
 

@@ -348,10 +348,9 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         remove_partial_writes(run_dir)
     # counted once (restore checked them against last.pt), then in memory
     metrics_record = [line.rstrip("\n") for line in metrics_lines(metrics_path)] if main else []
-    rows_written = [len(metrics_record)]
     saved_at = [position.global_step if os.path.exists(checkpoint_path) else None]
     # metrics.jsonl and trainer.loggers; closed when the run ends, however it ends
-    loggers = open_loggers(config, run_dir, rows_written[0] + 1, log) if main else Loggers([])
+    loggers = open_loggers(config, run_dir, len(metrics_record) + 1, log) if main else Loggers([])
     held.callback(loggers.close)
 
     def kept() -> str:
@@ -374,7 +373,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
         if main:
             check_run_dir(run_dir)
             state = run_state(algorithm, optimizer, scheduler, scaler, position, stages_done=stages,
-                              metrics_rows=rows_written[0], checksums=checksums,
+                              metrics_rows=len(metrics_record), checksums=checksums,
                               metrics=metrics_record, config=config)
             save_atomic(state, checkpoint_path)
         saved_at[0] = position.global_step  # every rank knows what rank 0 kept
@@ -415,7 +414,6 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
                 if error.errno in DISK_FULL:
                     raise disk_full(metrics_path, error) from None
                 raise
-            rows_written[0] += 1
             metrics_record.append(json.dumps(row))  # as metrics.jsonl has it: last.pt records them
             shown = {f"{m} {s} {metric}" if len(scores) > 1 else f"{s} {metric}": v[metric]
                      for m, by_split in scores.items() for s, v in by_split.items() if metric in v}

@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..assemble import Splits, build_model
+from ..assemble import Splits, _take, build_model
 from ..builtin.algorithms import Vanilla
-from ..config import RunConfig, TeacherConfig, unstructure
-from ..data import TensorSplit
+from ..config import RunConfig, TeacherConfig, flatten, shown, unstructure
 from ..errors import UserError
 from ..models.imported import resolve_target
 from ..task import headline
@@ -74,15 +73,8 @@ def teacher_data(tcfg: TeacherConfig, splits: Splits) -> Any:
     data = splits.full_train
     limit = tcfg.train.train_limit
     if limit and limit < len(data):
-        data = data.subset(torch.arange(limit)) if isinstance(data, TensorSplit) else \
-            torch.utils.data.Subset(data, range(limit))
+        data = _take(data, torch.arange(limit))
     return data
-
-
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): value}
 
 
 def why_new(path: str, recipe: dict[str, Any]) -> str:
@@ -100,12 +92,13 @@ def why_new(path: str, recipe: dict[str, Any]) -> str:
             continue
         if "recipe" not in meta:
             continue
-        mine, theirs = _flat(recipe), _flat(meta["recipe"])
-        changed = [f"{k} {theirs.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(mine) | set(theirs))
-                   if mine.get(k) != theirs.get(k)]
-        if changed:
+        mine, theirs = flatten(recipe), flatten(meta["recipe"])
+        changed = [f"{k} {shown(theirs.get(k), 24)} -> {shown(mine.get(k), 24)}"
+                   for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+        if changed:  # a log line: three settings at most, long values (paths) cut short
+            more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
             return f"the cached {os.path.basename(other)} was trained with other settings: " + \
-                "; ".join(changed[:4])
+                "; ".join(changed[:3]) + more
     return f"no {kind} teacher trained with these settings is cached yet"
 
 
