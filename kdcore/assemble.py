@@ -27,7 +27,7 @@ from .config import (
 from .data import DataSource, TensorSplit
 from .errors import UserError
 from .models.imported import build_imported
-from .registry import build
+from .registry import build, lookup
 from .taps import OUTPUT, FeatureTaps, Tap, resolve_module
 
 
@@ -284,9 +284,26 @@ def build_point(pcfg: DistillPointConfig, where: str, teacher_name: str, point_n
                         Tap(pcfg.teacher_module, pcfg.teacher_io), head)
 
 
+def check_teachers_wanted(config: RunConfig) -> None:
+    """Refuse teachers for an algorithm whose class says ``takes_teachers = False`` (it would
+    ignore them, or the user meant another algorithm): one line, before anything is built."""
+    if not config.teachers:
+        return
+    registered = lookup("algorithm", config.algorithm.type, where="algorithm")
+    try:
+        factory = registered.component.resolve()
+    except Exception:  # a factory that does not import: build() names it and its plugin
+        return
+    if getattr(factory, "takes_teachers", True) is False:
+        raise UserError(f"config key teachers: algorithm {config.algorithm.type!r} learns without "
+                        f"teachers, but the config gives {len(config.teachers)}; set teachers: [] "
+                        f"(--set teachers=[]), or pick an algorithm that distils (teacher_student)")
+
+
 def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
                     teachers: dict[str, nn.Module], run_dir: str | None = None) -> Algorithm:
     """Wire student, teachers, heads and distiller into the configured algorithm."""
+    check_teachers_wanted(config)
     sample = sample_inputs(splits)
     names = term_names(config)
     for ti, tcfg in enumerate(config.teachers):
@@ -319,7 +336,7 @@ def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
     context = {"student": student, "task": source.task, "distiller": distiller,
                "num_classes": source.num_classes, "input_shape": source.input_shape,
                "num_samples": len(splits.train), "batch_size": config.data.batch_size,
-               "seed": config.seed, "test_data": splits.test, "run_dir": run_dir}
+               "seed": config.seed, "test_data": splits.test, "run_dir": run_dir, "config": config}
     algorithm = build("algorithm", config.algorithm.type, where="algorithm", context=context,
                       _block_keys=block_keys(ComponentConfig), **config.algorithm.params)
     if not isinstance(algorithm, Algorithm):

@@ -60,6 +60,8 @@ class SelfDistillation(kdcore.Algorithm):
     :param deep_ce_weight: weight of the deepest classifier's cross-entropy (1.0).
     """
 
+    takes_teachers = False  # the core refuses a config with teachers, naming the key
+
     def __init__(self, student: nn.Module, task: Any, distiller: kdcore.Distiller | None = None, *,
                  input_shape: Sequence[int], num_classes: int,
                  exits: Sequence[str] = ("stage1", "stage2"), deep_feature: str = "embedding",
