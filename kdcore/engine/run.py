@@ -51,8 +51,9 @@ from .frozen import fold_batchnorm, teacher_memory_format
 from .transforms import apply_transforms, build_transforms
 from .loop import (
     BROKEN_HINT,
+    LoopSettings,
     NonFiniteLoss,
-    Position,
+    TrainingState,
     describe_epoch,
     loss_scaler,
     nonfinite_tensors,
@@ -251,23 +252,74 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
 
 def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
          created: list[str], held: contextlib.ExitStack) -> str:
+    """The run, step by step: each step is a function below, in this order."""
+    device, log = set_up_process(config, log)
+    main = distributed.is_main()
+    splits, augment = load_checked_data(config)
+    run_dir = open_run_dir(config, resume_dir, main, log, created, held)
+    started = time.perf_counter()
+    resuming = resume_dir is not None
+    trained = check_resume(config, run_dir) if resuming else None
+    if resuming and finished(run_dir, config.trainer.epochs, log):
+        log(f"the run is complete ({config.trainer.epochs} epochs, summary.json written); nothing "
+            f"to do. To train it longer: --resume {run_dir} --set trainer.epochs=N")
+        return run_dir if main else ""
+
+    check_assembly(config, splits)
+    teachers = load_teachers(config, splits, device, log)
+    checksums = {name: t["sha256"] for name, t in teachers.items()}
+    algorithm = build_student_and_algorithm(config, splits, teachers, device, run_dir, log,
+                                            from_last=resuming and os.path.exists(os.path.join(run_dir, CHECKPOINT)))
+    batches = make_batches(config, splits, augment, algorithm, teachers, device, log)
+    training = Training(config, algorithm, batches, splits, device, run_dir, checksums, log)
+    training.restore_or_start(resuming, trained)
+    held.callback(training.loggers.close)  # closed when the run ends, however it ends
+    try:
+        training.pretrain()
+        training.train()
+    except NonFiniteLoss as exc:
+        raise exc.keeping(training.kept()) from None
+    finally:
+        algorithm.remove_taps()
+
+    distributed.barrier()
+    if not main:
+        return ""
+    finish(training, teachers, checksums, time.perf_counter() - started)
+    return run_dir
+
+
+def set_up_process(config: RunConfig, log: Callable[[str], None]) -> tuple[torch.device, Callable[[str], None]]:
+    """Plugins' import paths, seeds, the device (one per process under torchrun) and CPU
+    threads; returns the device and the log to use (silent on ranks other than 0)."""
     use_import_paths(config.import_paths)  # type: import models
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = distributed.setup(config.trainer.device) or pick_device(config.trainer.device)
     if config.trainer.sync_batchnorm:
         distributed.check_sync_batchnorm(device)
-    main = distributed.is_main()
-    if not main:
+    if not distributed.is_main():
         log = lambda message: None  # noqa: E731 - rank 0 speaks for all
         config.trainer.progress = False
     if device.type == "cpu" and config.trainer.cpu_tuning:
         tune_cpu(config.trainer.threads)
+    return device, log
+
+
+def load_checked_data(config: RunConfig) -> tuple[Any, Any]:
+    """The data splits and the training augmentation, with the settings that depend on them
+    checked now, before any teacher trains."""
     splits = load_data(config.data)
-    augment = build_augment(config.data.augment, splits.source.task)  # checked now, before any teacher trains
+    augment = build_augment(config.data.augment, splits.source.task)
     check_teacher_cache(config, splits.student_train, augment)
     check_batch_sizes(config, splits)
     distributed.check_batch(config.data.batch_size)
+    return splits, augment
+
+
+def open_run_dir(config: RunConfig, resume_dir: str | None, main: bool, log: Callable[[str], None],
+                 created: list[str], held: contextlib.ExitStack) -> str:
+    """The run dir (a new one, or the one resumed), locked for this run, with the config."""
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
     if resume_dir is None and main:
         created.append(run_dir)
@@ -276,24 +328,28 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     if resume_dir is None and main:
         write_text_atomic(dump_yaml(config), os.path.join(run_dir, "config.yaml"))
     log(f"run dir: {run_dir}")
-    started = time.perf_counter()
+    return run_dir
+
+
+def check_resume(config: RunConfig, run_dir: str) -> dict[str, Any] | None:
+    """Refuse a ``--resume`` that would change what the run trains (against config.yaml, and
+    against the config last.pt was trained with); returns the latter (None: no last.pt, or one
+    that did not record it)."""
     saved_config = os.path.join(run_dir, "config.yaml")
-    checkpoint_path = os.path.join(run_dir, CHECKPOINT)
-    if resume_dir is not None and os.path.isfile(saved_config):
+    if os.path.isfile(saved_config):
         # as saved, unchecked: a value a newer kdcore refuses may be what the overrides fix
         check_resume_changes(structure(RunConfig, read_yaml(saved_config)), config)
-    trained = trained_config(checkpoint_path) if resume_dir is not None else None
+    trained = trained_config(os.path.join(run_dir, CHECKPOINT))
     if trained is not None:  # config.yaml edited by hand since the checkpoint: same rules
         check_resume_changes(structure(RunConfig, trained), config,
                              how=f"--resume (config.yaml edited since {CHECKPOINT})")
-    if resume_dir is not None:
-        check_resumable(run_dir)
-    if resume_dir is not None and finished(run_dir, config.trainer.epochs, log):
-        log(f"the run is complete ({config.trainer.epochs} epochs, summary.json written); nothing "
-            f"to do. To train it longer: --resume {run_dir} --set trainer.epochs=N")
-        return run_dir if main else ""
+    check_resumable(run_dir)
+    return trained
 
-    check_assembly(config, splits)
+
+def load_teachers(config: RunConfig, splits: Any, device: torch.device,
+                  log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Every teacher loaded or trained (and cached), with its checksum and size as trained."""
     if any(not t.checkpoint for t in config.teachers):  # as prepare_teachers reads it
         # under torchrun, the first process of each machine trains an uncached teacher (and logs
         # it, on rank 0); the others wait and load what it cached
@@ -301,12 +357,20 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
                                                 device, "preparing the teachers")
     else:  # only checkpoints to load: every process at once, no agreement needed
         teachers = prepare_teachers(config, splits, device, log)
-    checksums = {name: weights_checksum(t["model"]) for name, t in teachers.items()}
     for t in teachers.values():  # as trained, before speed_up folds BatchNorms into convolutions
+        t["sha256"] = weights_checksum(t["model"])
         t["params"] = sum(p.numel() for p in t["model"].parameters())
+    return teachers
+
+
+def build_student_and_algorithm(config: RunConfig, splits: Any, teachers: dict[str, dict[str, Any]],
+                                device: torch.device, run_dir: str, log: Callable[[str], None], *,
+                                from_last: bool) -> Any:
+    """The student (from ``student.checkpoint`` unless last.pt will restore it: ``from_last``)
+    and the algorithm around it and the teachers, on the device and sped up as configured."""
     torch.manual_seed(config.seed)  # the student's init must not depend on teacher caching
     student = build_model(config.student, splits.source, "student")
-    if config.student.checkpoint and not (resume_dir is not None and os.path.exists(checkpoint_path)):
+    if config.student.checkpoint and not from_last:
         load_weights(student, os.path.expanduser(config.student.checkpoint), what="student.checkpoint")
     algorithm = build_algorithm(config, splits, student, {n: t["model"] for n, t in teachers.items()},
                                 run_dir=run_dir)
@@ -319,7 +383,14 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     speed_up(algorithm, config, device, log)
     for t in teachers.values():  # the weights as they run: they must not change from here on
         t["running_sha256"] = weights_checksum(t["model"])
+    return algorithm
 
+
+def make_batches(config: RunConfig, splits: Any, augment: Any, algorithm: Any,
+                 teachers: dict[str, dict[str, Any]], device: torch.device,
+                 log: Callable[[str], None]) -> Any:
+    """The student's training batches (as the algorithm wants them), with the teachers' outputs
+    cached on disk when ``trainer.teacher_cache`` asks for it."""
     batches = algorithm.train_batches(
         TrainBatches(splits.student_train, config.data.batch_size, config.seed, device=device,
                      channels_last=config.trainer.channels_last, rank=distributed.rank(),
@@ -332,132 +403,156 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
                              batch_size=config.data.eval_batch_size,
                              progress=config.trainer.progress, log=log,
                              half_maps=getattr(splits.source.task, "target_kind", "label") != "label")
-    optimizer = make_optimizer(checked_groups(algorithm), config.optimizer)
-    scheduler = make_scheduler(optimizer, config.schedule, len(batches), config.trainer.epochs)
-    position = Position()
-    stages_done = False
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    scaler = loss_scaler(config.trainer.amp, device)
+    return batches
 
-    if resume_dir is not None and os.path.exists(checkpoint_path):
-        position, stages_done = restore(checkpoint_path, algorithm, optimizer, scheduler, checksums,
-                                        metrics_path if main else None, scaler, log)
-        log(f"resumed at epoch {position.epoch + 1}, step {position.step_in_epoch} from {checkpoint_path}")
-    if resume_dir is not None and main:  # after the checks: a refused resume changes nothing
-        keep_resumed_config(config, run_dir, log, trained)
-        remove_partial_writes(run_dir)
-    # counted once (restore checked them against last.pt), then in memory
-    metrics_record = [line.rstrip("\n") for line in metrics_lines(metrics_path)] if main else []
-    saved_at = [position.global_step if os.path.exists(checkpoint_path) else None]
-    # metrics.jsonl and trainer.loggers; closed when the run ends, however it ends
-    loggers = open_loggers(config, run_dir, len(metrics_record) + 1, log) if main else Loggers([])
-    held.callback(loggers.close)
 
-    def kept() -> str:
-        """What a NaN/Inf stop leaves to resume from."""
-        if saved_at[0] is None:
-            return "no checkpoint was written before it"
-        return f"the last good checkpoint is kept: {CHECKPOINT}, after {saved_at[0]} steps"
+class Training:
+    """The student's training and what it writes as it goes: the optimizer, schedule and loss
+    scale, where training stands, the metrics rows and ``last.pt``. ``on_step`` and
+    ``on_epoch_end`` are the loop's callbacks."""
 
-    def check_weights() -> None:
+    def __init__(self, config: RunConfig, algorithm: Any, batches: Any, splits: Any,
+                 device: torch.device, run_dir: str, checksums: dict[str, str],
+                 log: Callable[[str], None]) -> None:
+        self.config, self.algorithm, self.batches, self.splits = config, algorithm, batches, splits
+        self.device, self.run_dir, self.checksums, self.log = device, run_dir, checksums, log
+        self.main = distributed.is_main()
+        self.optimizer = make_optimizer(checked_groups(algorithm), config.optimizer)
+        self.scheduler = make_scheduler(self.optimizer, config.schedule, len(batches), config.trainer.epochs)
+        self.scaler = loss_scaler(config.trainer.amp, device)
+        self.position = TrainingState()
+        self.stages_done = False
+        self.checkpoint_path = os.path.join(run_dir, CHECKPOINT)
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.metrics_record: list[str] = []  # the rows as metrics.jsonl has them: last.pt records them
+        self.saved_at: int | None = None  # the global step of the last checkpoint written
+        self.loggers = Loggers([])  # metrics.jsonl and trainer.loggers, on rank 0
+
+    def restore_or_start(self, resuming: bool, trained: dict[str, Any] | None) -> None:
+        """Put a resumed run back where last.pt left it (else start at step 0), then open the
+        metrics file and loggers after the rows it covers."""
+        if resuming and os.path.exists(self.checkpoint_path):
+            self.position, self.stages_done = restore(
+                self.checkpoint_path, self.algorithm, self.optimizer, self.scheduler, self.checksums,
+                self.metrics_path if self.main else None, self.scaler, self.log)
+            self.log(f"resumed at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch} "
+                     f"from {self.checkpoint_path}")
+        if resuming and self.main:  # after the checks: a refused resume changes nothing
+            keep_resumed_config(self.config, self.run_dir, self.log, trained)
+            remove_partial_writes(self.run_dir)
+        # counted once (restore checked them against last.pt), then in memory
+        if self.main:
+            self.metrics_record = [line.rstrip("\n") for line in metrics_lines(self.metrics_path)]
+        self.saved_at = self.position.global_step if os.path.exists(self.checkpoint_path) else None
+        if self.main:
+            self.loggers = open_loggers(self.config, self.run_dir, len(self.metrics_record) + 1, self.log)
+
+    def pretrain(self) -> None:
+        """The algorithm's pre-training stages (FitNets hints and the like), once, then a checkpoint."""
+        if self.stages_done:
+            return
+        for point, stage in self.algorithm.stages():
+            if stage.epochs > 0:
+                self.log(f"stage {stage.name} (distill point {point}): {stage.epochs} epochs")
+                history = run_stage(self.algorithm, point, stage, self.batches,
+                                    LoopSettings.of(self.config.trainer))
+                self.log(f"stage {stage.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in history.items()))
+        self.stages_done = True
+        self.save()
+
+    def train(self) -> None:
+        """The student's epochs, from where the run stands."""
+        trainer = self.config.trainer
+        train_epochs(self.algorithm, self.batches, self.optimizer, self.scheduler, self.position,
+                     LoopSettings.of(trainer, scaler=self.scaler,
+                                     step_module=distributed.wrap(self.algorithm, self.device),
+                                     reduce=distributed.reduce_sums, on_step=self.on_step,
+                                     on_epoch_end=self.on_epoch_end))
+
+    def on_step(self, pos: TrainingState) -> None:
+        every = self.config.trainer.checkpoint_every
+        if every and pos.global_step % every == 0 and pos.step_in_epoch < len(self.batches):
+            self.save()
+
+    def on_epoch_end(self, pos: TrainingState, train: dict[str, float]) -> None:
+        """Score, write the epoch's metrics row, say it, and checkpoint."""
+        if not self.main:  # the others move on and wait for rank 0 at the next step's all-reduce
+            self.check_weights()  # as rank 0 does before its checkpoint: all stop together
+            return
+        scores = self.score()
+        optimizer = self.optimizer
+        row = {"epoch": pos.epoch, "lr": optimizer.param_groups[0]["lr"], "train": train, **scores}
+        if len(optimizer.param_groups) > 1:  # Algorithm.parameter_groups() with lr_scale
+            row["lr_groups"] = [group["lr"] for group in optimizer.param_groups]
+        check_run_dir(self.run_dir)
+        try:
+            self.loggers.log_epoch(row)  # metrics.jsonl first, then the trackers
+        except OSError as error:  # the row is not covered by a checkpoint yet: resumable
+            if error.errno in DISK_FULL:
+                raise disk_full(self.metrics_path, error) from None
+            raise
+        self.metrics_record.append(json.dumps(row))
+        metric = headline(self.splits.source.task)  # shown each epoch: top1, miou, map50
+        shown = {f"{m} {s} {metric}" if len(scores) > 1 else f"{s} {metric}": v[metric]
+                 for m, by_split in scores.items() for s, v in by_split.items() if metric in v}
+        self.log(describe_epoch(pos.epoch, self.config.trainer.epochs, train, shown))
+        skipped = train.get("scaler_skipped_steps", 0)
+        if skipped * 2 > len(self.batches):  # a few skips as the scale settles are normal
+            self.log(f"warning: the fp16 loss scaler skipped {skipped} of {len(self.batches)} steps "
+                     f"this epoch (Inf/NaN gradients), so the weights barely moved; check the "
+                     f"losses' gradients, or use trainer.amp=bf16")
+        self.save()
+
+    def score(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{model: {split: metrics}}`` for every model the algorithm evaluates."""
+        return {name: {split: evaluate(model, data, self.splits.source.task,
+                                       batch_size=self.config.data.eval_batch_size, device=self.device)
+                       for split, data in self.splits.evaluation.items()}
+                for name, model in self.algorithm.evaluation_models().items()}
+
+    def save(self) -> None:
+        """Write last.pt (rank 0), after checking the weights (every rank)."""
+        self.check_weights()
+        if self.main:
+            check_run_dir(self.run_dir)
+            state = run_state(self.algorithm, self.optimizer, self.scheduler, self.scaler, self.position,
+                              stages_done=self.stages_done, metrics_rows=len(self.metrics_record),
+                              checksums=self.checksums, metrics=self.metrics_record, config=self.config)
+            save_atomic(state, self.checkpoint_path)
+        self.saved_at = self.position.global_step  # every rank knows what rank 0 kept
+
+    def check_weights(self) -> None:
         """A finite loss can still step to NaN weights: checked before every checkpoint, by every
         process (DDP keeps their weights equal), so all stop together."""
-        broken = nonfinite_tensors(trainable_state(algorithm))
+        broken = nonfinite_tensors(trainable_state(self.algorithm))
         if broken:
-            raise NonFiniteLoss(f"the weights hold NaN/Inf after {position.global_step} steps "
+            raise NonFiniteLoss(f"the weights hold NaN/Inf after {self.position.global_step} steps "
                                 f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}) "
-                                f"although the loss was finite; not checkpointed", BROKEN_HINT, kept())
+                                f"although the loss was finite; not checkpointed", BROKEN_HINT, self.kept())
 
-    def save(stages: bool) -> None:
-        check_weights()
-        if main:
-            check_run_dir(run_dir)
-            state = run_state(algorithm, optimizer, scheduler, scaler, position, stages_done=stages,
-                              metrics_rows=len(metrics_record), checksums=checksums,
-                              metrics=metrics_record, config=config)
-            save_atomic(state, checkpoint_path)
-        saved_at[0] = position.global_step  # every rank knows what rank 0 kept
+    def kept(self) -> str:
+        """What a NaN/Inf stop leaves to resume from."""
+        if self.saved_at is None:
+            return "no checkpoint was written before it"
+        return f"the last good checkpoint is kept: {CHECKPOINT}, after {self.saved_at} steps"
 
-    try:
-        if not stages_done:
-            for point, stage in algorithm.stages():
-                if stage.epochs > 0:
-                    log(f"stage {stage.name} (distill point {point}): {stage.epochs} epochs")
-                    history = run_stage(algorithm, point, stage, batches, progress=config.trainer.progress,
-                                        on_nonfinite=config.trainer.on_nonfinite,
-                                        max_skipped_in_row=config.trainer.max_skipped_in_row)
-                    log(f"stage {stage.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in history.items()))
-            stages_done = True
-            save(True)
 
-        evaluation = splits.evaluation
-        metric = headline(splits.source.task)  # shown each epoch: top1, miou, map50
-
-        def score() -> dict[str, dict[str, dict[str, float]]]:
-            return {name: {split: evaluate(model, data, splits.source.task,
-                                           batch_size=config.data.eval_batch_size, device=device)
-                           for split, data in evaluation.items()}
-                    for name, model in algorithm.evaluation_models().items()}
-
-        def on_epoch_end(pos: Position, train: dict[str, float]) -> None:
-            if not main:  # the others move on and wait for rank 0 at the next step's all-reduce
-                check_weights()  # as rank 0 does before its checkpoint: all stop together
-                return
-            scores = score()
-            row = {"epoch": pos.epoch, "lr": optimizer.param_groups[0]["lr"], "train": train, **scores}
-            if len(optimizer.param_groups) > 1:  # Algorithm.parameter_groups() with lr_scale
-                row["lr_groups"] = [group["lr"] for group in optimizer.param_groups]
-            check_run_dir(run_dir)
-            try:
-                loggers.log_epoch(row)  # metrics.jsonl first, then the trackers
-            except OSError as error:  # the row is not covered by a checkpoint yet: resumable
-                if error.errno in DISK_FULL:
-                    raise disk_full(metrics_path, error) from None
-                raise
-            metrics_record.append(json.dumps(row))  # as metrics.jsonl has it: last.pt records them
-            shown = {f"{m} {s} {metric}" if len(scores) > 1 else f"{s} {metric}": v[metric]
-                     for m, by_split in scores.items() for s, v in by_split.items() if metric in v}
-            log(describe_epoch(pos.epoch, config.trainer.epochs, train, shown))
-            skipped = train.get("scaler_skipped_steps", 0)
-            if skipped * 2 > len(batches):  # a few skips as the scale settles are normal
-                log(f"warning: the fp16 loss scaler skipped {skipped} of {len(batches)} steps "
-                    f"this epoch (Inf/NaN gradients), so the weights barely moved; check the "
-                    f"losses' gradients, or use trainer.amp=bf16")
-            save(True)
-
-        def on_step(pos: Position) -> None:
-            every = config.trainer.checkpoint_every
-            if every and pos.global_step % every == 0 and pos.step_in_epoch < len(batches):
-                save(True)
-
-        train_epochs(algorithm, batches, optimizer, scheduler, epochs=config.trainer.epochs,
-                     position=position, on_nonfinite=config.trainer.on_nonfinite,
-                     max_skipped_in_row=config.trainer.max_skipped_in_row,
-                     grad_clip=config.trainer.grad_clip, progress=config.trainer.progress,
-                     amp=config.trainer.amp, scaler=scaler, step_module=distributed.wrap(algorithm, device),
-                     reduce=distributed.reduce_sums, on_step=on_step, on_epoch_end=on_epoch_end)
-    except NonFiniteLoss as exc:
-        raise exc.keeping(kept()) from None
-    finally:
-        algorithm.remove_taps()
-
-    distributed.barrier()
-    if not main:
-        return ""
-
-    summary = summarize(config, algorithm, splits, teachers, checksums, metrics_path, device,
-                        time.perf_counter() - started, run_dir)
+def finish(training: Training, teachers: dict[str, dict[str, Any]], checksums: dict[str, str],
+           seconds: float) -> None:
+    """The run's products, on rank 0: summary.json (written last) and the student's weights."""
+    config, algorithm, run_dir = training.config, training.algorithm, training.run_dir
+    summary = summarize(config, algorithm, training.splits, teachers, checksums, training.metrics_path,
+                        training.device, seconds, run_dir)
     check_run_dir(run_dir)
     exported = next(iter(algorithm.evaluation_models().values()))
     broken = nonfinite_tensors(exported.state_dict())
     if broken:  # the checkpoints were checked: only weights loaded from elsewhere get here
         raise NonFiniteLoss(f"the student's weights hold NaN/Inf ({', '.join(broken[:3])}); "
-                            f"student.pt is not written", BROKEN_HINT, kept())
+                            f"student.pt is not written", BROKEN_HINT, training.kept())
     save_atomic(exported.state_dict(), os.path.join(run_dir, "student.pt"))
     write_safetensors(exported.state_dict(), os.path.join(run_dir, "student.safetensors"))
     write_json_atomic(summary, os.path.join(run_dir, "summary.json"))
-    loggers.log_summary(summary)
-    return run_dir
+    training.loggers.log_summary(summary)
 
 
 def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str, dict[str, Any]],
