@@ -309,7 +309,7 @@ def run(algo: str | None, config_file: str | None, preset: str | None, overrides
               help="exit with code 1 when a plugin failed, is incompatible or has warnings (for CI)")
 def plugins(as_json: bool, strict: bool) -> None:
     """Installed plugins: distribution, version, kdcore range, components, load errors."""
-    from .plugins import get_plugins, origin
+    from .plugins import dist_label, get_plugins
     from .registry import check_factories, components
     from .specs import KINDS
 
@@ -335,7 +335,7 @@ def plugins(as_json: bool, strict: bool) -> None:
         return
     for row in rows:
         extra = f"  requires kdcore {row['requires_kdcore']}" if row["requires_kdcore"] else ""
-        click.echo(f"{row['name']}  ({origin(row['distribution'], row['version'])})  {row['state']}{extra}")
+        click.echo(f"{row['name']}  ({dist_label(row['distribution'], row['version'])})  {row['state']}{extra}")
         for kind, names in row["components"].items():
             click.echo(f"    {kind}: {', '.join(names)}")
         if row["error"]:

@@ -1,9 +1,10 @@
 """Plugin loading: built-ins first, then every ``kdcore`` entry point, each on its own.
 
-A plugin that fails to import, fails to register, declares an incompatible kdcore version, or
-implements a hook that does not exist is recorded in :class:`PluginStatus` and skipped; every
-other plugin and every CLI command keeps working. ``KDCORE_PLUGINS=a,b`` restricts which
-third-party plugins load (by entry-point name or distribution name; empty = none).
+A plugin that fails to import, fails to register, declares an incompatible kdcore version or a
+newer plugin API (``KDCORE_PLUGIN_API``), or implements a hook that does not exist is recorded
+in :class:`PluginStatus` and skipped; every other plugin and every CLI command keeps working.
+``KDCORE_PLUGINS=a,b`` restricts which third-party plugins load (by entry-point name or
+distribution name; empty = none).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-import re
 import sys
 import traceback
 from importlib.metadata import EntryPoint, entry_points
@@ -19,9 +19,11 @@ from typing import Any
 
 import attrs
 import pluggy
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from . import hookspecs
-from .version import __version__, version_in_range
+from .version import PLUGIN_API_VERSION, __version__, version_in_range
 
 GROUP = "kdcore"
 BUILTIN_MODULES = (
@@ -37,7 +39,7 @@ BUILTIN_MODULES = (
 )
 
 
-def origin(distribution: str, version: str) -> str:
+def dist_label(distribution: str, version: str) -> str:
     """``distribution version`` as plugin lines show it (an in-process plugin has no version)."""
     return " ".join(filter(None, (distribution, version)))
 
@@ -59,11 +61,11 @@ class PluginStatus:
     installed_at: float = 0.0
 
     @property
-    def origin(self) -> str:
-        return origin(self.distribution, self.version)
+    def dist_label(self) -> str:
+        return dist_label(self.distribution, self.version)
 
     def line(self) -> str:
-        return f"kdcore: plugin {self.name!r} ({self.origin}) {self.state}: {self.error}"
+        return f"kdcore: plugin {self.name!r} ({self.dist_label}) {self.state}: {self.error}"
 
 
 def _new_manager() -> pluggy.PluginManager:
@@ -85,7 +87,7 @@ def _unknown_hooks(module: Any) -> list[str]:
     return problems
 
 
-def _origin(exc: BaseException) -> str:
+def _failing_line(exc: BaseException) -> str:
     """`` (at FILE:LINE)``: the innermost line that failed outside importlib (the plugin's own,
     or a module it imports)."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
@@ -99,11 +101,13 @@ def _declared_range(module: Any, ep: EntryPoint) -> str:
     declared = getattr(module, "KDCORE_REQUIRES", "") if module is not None else ""
     if declared:
         return declared
-    dist = ep.dist
-    for req in (dist.requires or []) if dist else []:
-        name = re.sub(r"\[[^\]]*\]", "", req.split(";")[0]).strip()  # kdcore[extra]>=0.1: no extras
-        if name.lower().startswith("kdcore") and not name.lower().startswith("kdcore-"):
-            return name[len("kdcore"):].strip().strip("()") or ""
+    for text in (ep.dist.requires or []) if ep.dist else []:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:  # not ours to judge: pip reports it
+            continue
+        if canonicalize_name(req.name) == "kdcore":  # as written: packaging keeps the order
+            return ",".join(str(s) for s in req.specifier)
     return ""
 
 
@@ -175,9 +179,9 @@ class Plugins:
         try:
             module = ep.load()
         except Exception as exc:  # a broken plugin must not take the rest down
-            status.state, status.error = "failed", f"import failed: {type(exc).__name__}: {exc}{_origin(exc)}"
+            status.state, status.error = "failed", f"import failed: {type(exc).__name__}: {exc}{_failing_line(exc)}"
             return
-        if self._incompatible(status, _declared_range(module, ep)):
+        if self._incompatible(status, _declared_range(module, ep)) or self._newer_api(status, module):
             return
         unknown = _unknown_hooks(module)
         if unknown:
@@ -206,6 +210,22 @@ class Plugins:
             return True
         return False
 
+    @staticmethod
+    def _newer_api(status: PluginStatus, module: Any) -> bool:
+        """A plugin written for a newer plugin API (``KDCORE_PLUGIN_API`` in its entry-point
+        module) than this kdcore's :data:`PLUGIN_API_VERSION` is refused before it registers."""
+        api = getattr(module, "KDCORE_PLUGIN_API", PLUGIN_API_VERSION)
+        if type(api) is not int:
+            status.state, status.error = "failed", (
+                f"declares KDCORE_PLUGIN_API = {api!r}; write the plugin API version it was "
+                f"written for as an integer (this kdcore has {PLUGIN_API_VERSION})")
+        elif api > PLUGIN_API_VERSION:
+            status.state, status.error = "incompatible", (
+                f"needs kdcore plugin API {api}, kdcore {__version__} has plugin API "
+                f"{PLUGIN_API_VERSION}; upgrade kdcore, or install a release of the plugin "
+                f"made for plugin API {PLUGIN_API_VERSION}")
+        return status.state != "ok"
+
     def warn(self, name: str, message: str) -> None:
         """Record a problem of plugin ``name`` that skips part of it, not all of it."""
         status = self.status.get(name)
@@ -214,7 +234,7 @@ class Plugins:
                 return
             status.warnings.append(message)
         if self.echo:
-            where = f" ({status.origin})" if status is not None else ""
+            where = f" ({status.dist_label})" if status is not None else ""
             print(f"kdcore: plugin {name!r}{where} warning: {message}", file=sys.stderr)
 
     def unmatched_selection(self) -> list[str]:

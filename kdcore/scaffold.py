@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 import yaml
+from packaging.version import Version
 
 from .errors import UserError
 from .files import temp_folder
@@ -35,8 +36,8 @@ MAX_NAME = 40
 def kdcore_range(version: str = __version__) -> str:
     """The range a new plugin declares: from this kdcore (whose hooks it uses, ``kdcore_presets``
     among them) to the end of this minor series for 0.x, of this major from 1.0 on."""
-    release = ".".join(re.match(r"\d*", p).group() or "0" for p in version.split(".")[:3])
-    major, minor = (int(p) for p in version.split(".")[:2])
+    parts = Version(version).release
+    release, (major, minor) = ".".join(map(str, parts[:3])), (*parts, 0)[:2]
     if major == 0:
         return f">={release},<0.{minor + 1}"
     return f">={release},<{major + 1}"
@@ -343,7 +344,9 @@ $package = ["presets/*.yaml"]
 INIT = '''\
 """$dist: a kdcore plugin ($summary)."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("$dist")  # pyproject.toml's, as installed
 '''
 
 #: the presets hook every generated plugin.py ends with

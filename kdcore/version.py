@@ -1,43 +1,18 @@
-"""kdcore's version and the check of a plugin's declared kdcore range."""
+"""kdcore's version, its plugin API version, and the check of a plugin's declared kdcore range."""
 
 from __future__ import annotations
 
+from packaging.specifiers import SpecifierSet
+
 __version__ = "0.1.7"
 
-#: Bumped when a hookspec or base-class contract changes incompatibly.
+#: Bumped when a hookspec or base-class contract changes incompatibly. A plugin that declares a
+#: higher ``KDCORE_PLUGIN_API`` in its entry-point module is refused by name (kdcore.plugins).
 PLUGIN_API_VERSION = 1
 
 
-def _parse(v: str) -> tuple[int, ...]:
-    parts = []
-    for piece in v.strip().split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def version_in_range(version: str, spec: str) -> bool:
-    """Whether ``version`` satisfies a PEP 440-style ``spec`` such as ``>=0.1,<0.2``.
-
-    Uses ``packaging`` when installed, else a small comparison of numeric parts.
-    """
-    try:
-        from packaging.specifiers import SpecifierSet
-
-        return SpecifierSet(spec).contains(version, prereleases=True)
-    except ImportError:  # pragma: no cover - packaging ships with pip/setuptools
-        pass
-    ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b,
-           "!=": lambda a, b: a != b, ">": lambda a, b: a > b, "<": lambda a, b: a < b}
-    v = _parse(version)
-    for clause in filter(None, (c.strip() for c in spec.split(","))):
-        for op in (">=", "<=", "==", "!=", ">", "<"):
-            if clause.startswith(op):
-                width = max(len(v), len(_parse(clause[len(op):])))
-                a = v + (0,) * (width - len(v))
-                b = _parse(clause[len(op):])
-                b = b + (0,) * (width - len(b))
-                if not ops[op](a, b):
-                    return False
-                break
-    return True
+    """Whether ``version`` satisfies a PEP 440 ``spec`` such as ``>=0.1,<0.2``; a pre-release
+    kdcore (0.2.0rc1) fits a range that holds it. An invalid ``spec`` raises
+    ``packaging.specifiers.InvalidSpecifier``."""
+    return SpecifierSet(spec).contains(version, prereleases=True)

@@ -1,3 +1,5 @@
 """Activation-boundary distillation (Heo, Lee, Yun, Choi, AAAI 2019) for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-ab")  # pyproject.toml's, as installed

@@ -1,3 +1,5 @@
 """Attention Transfer (Zagoruyko & Komodakis, ICLR 2017) for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-at")  # pyproject.toml's, as installed

@@ -1,3 +1,5 @@
 """Be Your Own Teacher (Zhang et al., ICCV 2019): self-distillation for kdcore."""
 
-__version__ = "0.1.1"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-byot")  # pyproject.toml's, as installed

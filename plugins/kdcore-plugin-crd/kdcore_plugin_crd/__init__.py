@@ -1,3 +1,5 @@
 """Contrastive representation distillation (Tian, Krishnan, Isola, ICLR 2020) for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-crd")  # pyproject.toml's, as installed

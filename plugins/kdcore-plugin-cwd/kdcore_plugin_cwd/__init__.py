@@ -1,3 +1,5 @@
 """Channel-Wise Distillation (Shu et al., ICCV 2021) and pixel-wise KD for dense prediction."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-cwd")  # pyproject.toml's, as installed

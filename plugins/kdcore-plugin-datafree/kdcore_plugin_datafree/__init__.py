@@ -1,3 +1,5 @@
 """Data-free distillation by DeepInversion (Yin et al., CVPR 2020) for kdcore."""
 
-__version__ = "0.1.1"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-datafree")  # pyproject.toml's, as installed

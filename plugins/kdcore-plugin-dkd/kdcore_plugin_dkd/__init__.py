@@ -1,3 +1,5 @@
 """Decoupled Knowledge Distillation (Zhao et al., CVPR 2022) for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-dkd")  # pyproject.toml's, as installed

@@ -1,3 +1,5 @@
 """FitNets hints (Romero et al., ICLR 2015) for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-fitnet")  # pyproject.toml's, as installed

@@ -1,3 +1,5 @@
 """Factor Transfer (Kim, Park, Kwak, NeurIPS 2018) for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-ft")  # pyproject.toml's, as installed

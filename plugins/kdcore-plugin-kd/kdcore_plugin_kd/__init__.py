@@ -1,3 +1,5 @@
 """Hinton knowledge distillation for kdcore."""
 
-__version__ = "0.2.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-kd")  # pyproject.toml's, as installed

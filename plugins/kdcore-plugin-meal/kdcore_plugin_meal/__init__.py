@@ -1,3 +1,5 @@
 """MEAL V2 (Shen & Savvides, 2020): ensemble distillation with a discriminator, for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-meal")  # pyproject.toml's, as installed

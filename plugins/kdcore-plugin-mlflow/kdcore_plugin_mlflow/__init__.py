@@ -1,3 +1,5 @@
 """MLflow tracking for kdcore runs."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-mlflow")  # pyproject.toml's, as installed

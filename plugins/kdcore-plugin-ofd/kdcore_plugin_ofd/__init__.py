@@ -1,3 +1,5 @@
 """A Comprehensive Overhaul of Feature Distillation (Heo et al., ICCV 2019) for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-ofd")  # pyproject.toml's, as installed

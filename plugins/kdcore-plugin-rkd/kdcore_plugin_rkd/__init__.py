@@ -1,3 +1,5 @@
 """Relational knowledge distillation (Park et al., CVPR 2019) for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-rkd")  # pyproject.toml's, as installed

@@ -1,3 +1,5 @@
 """timm's architectures as kdcore models."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-timm")  # pyproject.toml's, as installed

@@ -1,3 +1,5 @@
 """Objectness-scaled distillation with feature-map NMS (Mehta & Ozturk, 2018) for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-yolo-kd")  # pyproject.toml's, as installed
