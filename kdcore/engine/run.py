@@ -76,7 +76,7 @@ from .resume import (
     trained_config,
 )
 from .teacher_cache import attach_teacher_cache, check_teacher_cache
-from .teachers import prepare_teachers, teacher_data, weights_checksum
+from .teachers import Teacher, prepare_teachers, teacher_data, weights_checksum
 
 
 def pick_device(name: str) -> torch.device:
@@ -267,7 +267,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
 
     check_assembly(config, splits)
     teachers = load_teachers(config, splits, device, log)
-    checksums = {name: t["sha256"] for name, t in teachers.items()}
+    checksums = {name: t.sha256 for name, t in teachers.items()}
     algorithm = build_student_and_algorithm(config, splits, teachers, device, run_dir, log,
                                             from_last=resuming and os.path.exists(os.path.join(run_dir, CHECKPOINT)))
     batches = make_batches(config, splits, augment, algorithm, teachers, device, log)
@@ -348,22 +348,18 @@ def check_resume(config: RunConfig, run_dir: str) -> dict[str, Any] | None:
 
 
 def load_teachers(config: RunConfig, splits: Any, device: torch.device,
-                  log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Every teacher loaded or trained (and cached), with its checksum and size as trained."""
+                  log: Callable[[str], None]) -> dict[str, Teacher]:
+    """Every teacher loaded, or trained and cached (checksum and size as trained, before
+    speed_up folds BatchNorms into convolutions)."""
     if any(not t.checkpoint for t in config.teachers):  # as prepare_teachers reads it
         # under torchrun, the first process of each machine trains an uncached teacher (and logs
         # it, on rank 0); the others wait and load what it cached
-        teachers = distributed.local_main_first(lambda: prepare_teachers(config, splits, device, log),
-                                                device, "preparing the teachers")
-    else:  # only checkpoints to load: every process at once, no agreement needed
-        teachers = prepare_teachers(config, splits, device, log)
-    for t in teachers.values():  # as trained, before speed_up folds BatchNorms into convolutions
-        t["sha256"] = weights_checksum(t["model"])
-        t["params"] = sum(p.numel() for p in t["model"].parameters())
-    return teachers
+        return distributed.local_main_first(lambda: prepare_teachers(config, splits, device, log),
+                                            device, "preparing the teachers")
+    return prepare_teachers(config, splits, device, log)  # checkpoints only: all processes at once
 
 
-def build_student_and_algorithm(config: RunConfig, splits: Any, teachers: dict[str, dict[str, Any]],
+def build_student_and_algorithm(config: RunConfig, splits: Any, teachers: dict[str, Teacher],
                                 device: torch.device, run_dir: str, log: Callable[[str], None], *,
                                 from_last: bool) -> Any:
     """The student (from ``student.checkpoint`` unless last.pt will restore it: ``from_last``)
@@ -372,7 +368,7 @@ def build_student_and_algorithm(config: RunConfig, splits: Any, teachers: dict[s
     student = build_model(config.student, splits.source, "student")
     if config.student.checkpoint and not from_last:
         load_weights(student, os.path.expanduser(config.student.checkpoint), what="student.checkpoint")
-    algorithm = build_algorithm(config, splits, student, {n: t["model"] for n, t in teachers.items()},
+    algorithm = build_algorithm(config, splits, student, {n: t.model for n, t in teachers.items()},
                                 run_dir=run_dir)
     algorithm.to(device)
     if config.trainer.sync_batchnorm:
@@ -382,12 +378,12 @@ def build_student_and_algorithm(config: RunConfig, splits: Any, teachers: dict[s
                 f"{distributed.world_size()} processes")
     speed_up(algorithm, config, device, log)
     for t in teachers.values():  # the weights as they run: they must not change from here on
-        t["running_sha256"] = weights_checksum(t["model"])
+        t.running_sha256 = weights_checksum(t.model)
     return algorithm
 
 
 def make_batches(config: RunConfig, splits: Any, augment: Any, algorithm: Any,
-                 teachers: dict[str, dict[str, Any]], device: torch.device,
+                 teachers: dict[str, Teacher], device: torch.device,
                  log: Callable[[str], None]) -> Any:
     """The student's training batches (as the algorithm wants them), with the teachers' outputs
     cached on disk when ``trainer.teacher_cache`` asks for it."""
@@ -399,7 +395,7 @@ def make_batches(config: RunConfig, splits: Any, augment: Any, algorithm: Any,
         raise UserError(f"config key data.batch_size: {config.data.batch_size} leaves no batch")
     if config.trainer.teacher_cache and algorithm.distiller is not None:
         attach_teacher_cache(algorithm.distiller, batches.data if hasattr(batches, "data") else None,
-                             {n: t["checkpoint"] for n, t in teachers.items()}, device,
+                             {n: t.checkpoint for n, t in teachers.items()}, device,
                              batch_size=config.data.eval_batch_size,
                              progress=config.trainer.progress, log=log,
                              half_maps=getattr(splits.source.task, "target_kind", "label") != "label")
@@ -537,7 +533,7 @@ class Training:
         return f"the last good checkpoint is kept: {CHECKPOINT}, after {self.saved_at} steps"
 
 
-def finish(training: Training, teachers: dict[str, dict[str, Any]], checksums: dict[str, str],
+def finish(training: Training, teachers: dict[str, Teacher], checksums: dict[str, str],
            seconds: float) -> None:
     """The run's products, on rank 0: summary.json (written last) and the student's weights."""
     config, algorithm, run_dir = training.config, training.algorithm, training.run_dir
@@ -555,7 +551,7 @@ def finish(training: Training, teachers: dict[str, dict[str, Any]], checksums: d
     training.loggers.log_summary(summary)
 
 
-def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str, dict[str, Any]],
+def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str, Teacher],
               checksums: dict[str, str], metrics_path: str, device: torch.device,
               seconds: float, run_dir: str) -> dict[str, Any]:
     rows = metrics_rows(metrics_path)
@@ -584,13 +580,13 @@ def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str
             summary.setdefault("exits", {})[name] = evaluate(
                 model, splits.test, task, batch_size=config.data.eval_batch_size, device=device)
     per_teacher = {}
-    for name, info in teachers.items():
-        model = info["model"]
-        if weights_checksum(model) != info["running_sha256"]:
+    for name, teacher in teachers.items():
+        model = teacher.model
+        if weights_checksum(model) != teacher.running_sha256:
             raise RuntimeError(f"teacher {name!r} weights changed during the run; this is a bug")
         per_teacher[name] = {**evaluate(model, splits.test, task, batch_size=config.data.eval_batch_size,
                                         device=device, frozen=True),
-                             "params": info["params"], "checkpoint": info["checkpoint"],
+                             "params": teacher.params, "checkpoint": teacher.checkpoint,
                              "sha256": checksums[name]}
     if per_teacher:
         summary["teacher"] = next(iter(per_teacher.values()))

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
@@ -29,7 +30,7 @@ from ..files import cache_dir
 from .batches import TrainBatches
 from .checkpoint import exclusive, load_weights, save_atomic
 from .evaluate import evaluate
-from .loop import NonFiniteLoss, Position, describe_epoch, nonfinite_tensors, train_epochs
+from .loop import LoopSettings, NonFiniteLoss, TrainingState, describe_epoch, nonfinite_tensors, train_epochs
 from .optim import make_optimizer, make_scheduler
 from .transforms import apply_transforms, build_transforms
 
@@ -120,24 +121,41 @@ def train_teacher(model: nn.Module, tcfg: TeacherConfig, config: RunConfig, spli
     scheduler = make_scheduler(optimizer, tcfg.train.schedule, len(batches), tcfg.train.epochs)
     scores: dict[str, float] = {}
 
-    def on_epoch_end(position: Position, train: dict[str, float]) -> None:
+    def on_epoch_end(position: TrainingState, train: dict[str, float]) -> None:
         scores.update(evaluate(model, splits.test, splits.source.task,
                                batch_size=config.data.eval_batch_size, device=device))
         metric = headline(splits.source.task)
         log(f"teacher {tcfg.name}: " + describe_epoch(position.epoch, tcfg.train.epochs, train,
                                                       {f"test {metric}": scores[metric]}))
 
-    train_epochs(algorithm, batches, optimizer, scheduler, epochs=tcfg.train.epochs,
-                 position=Position(), progress=config.trainer.progress,
-                 label=f"teacher {tcfg.name}", on_epoch_end=on_epoch_end)
+    train_epochs(algorithm, batches, optimizer, scheduler, TrainingState(),
+                 LoopSettings(tcfg.train.epochs, progress=config.trainer.progress,
+                              label=f"teacher {tcfg.name}", on_epoch_end=on_epoch_end))
     algorithm.remove_taps()
     return scores
 
 
+@attrs.define(eq=False)
+class Teacher:
+    """A teacher ready to teach: its model, the file its weights came from, and what the run
+    records of them. ``sha256`` and ``params`` are of the weights as trained or loaded (last.pt
+    and the summary record them); ``running_sha256`` of the weights as they run, after
+    :func:`~.run.speed_up`'s rewrites, which must not change during the run."""
+
+    model: nn.Module
+    #: the checkpoint given, or the teacher cache's file
+    checkpoint: str
+    #: trained by this run (nothing was cached for it)
+    trained: bool
+    sha256: str
+    params: int
+    running_sha256: str | None = None
+
+
 def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
-                     log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """``{name: {"model": module, "checkpoint": path, "trained": bool}}`` for every teacher."""
-    prepared: dict[str, dict[str, Any]] = {}
+                     log: Callable[[str], None]) -> dict[str, Teacher]:
+    """Every teacher, by name: loaded from its checkpoint or the cache, else trained and cached."""
+    prepared: dict[str, Teacher] = {}
     for i, tcfg in enumerate(config.teachers):
         where = f"teachers[{i}]"
         with torch.random.fork_rng():  # a teacher's init depends on its own seed, not the run's
@@ -191,7 +209,8 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
                     trained = True
         model.to(device)
         check_expected(tcfg, model, config, splits, device, where)
-        prepared[tcfg.name] = {"model": model, "checkpoint": path, "trained": trained}
+        prepared[tcfg.name] = Teacher(model, path, trained, sha256=weights_checksum(model),
+                                      params=sum(p.numel() for p in model.parameters()))
     return prepared
 
 
