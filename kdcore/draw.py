@@ -30,39 +30,34 @@ _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
             "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78"]
 
 
-def _load_run(run_dir: str) -> tuple[Any, dict[str, Any]]:
-    from .config import load_config, read_yaml
-
-    config_path, summary_path = (os.path.join(run_dir, name) for name in ("config.yaml", "summary.json"))
-    for path in (config_path, summary_path, os.path.join(run_dir, "student.pt")):
-        if not os.path.isfile(path):
-            raise UserError(f"{run_dir}: no {os.path.basename(path)}; kdcore draw needs a finished run "
-                            f"directory (kdcore run writes summary.json and student.pt at the end)")
-    with open(summary_path, encoding="utf-8") as f:
-        return load_config(read_yaml(config_path)), json.load(f)
+def _summary(run_dir: str) -> dict[str, Any]:
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{run_dir}: no summary.json; kdcore draw needs a finished run directory "
+                        f"(kdcore run writes summary.json and student.pt at the end)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _models(run_dirs: list[str]) -> tuple[Any, list[tuple[str, torch.nn.Module]]]:
     """The first run's test split and the models to draw: (column title, model), the first
     teacher found (its checkpoint as summary.json names it) before the students."""
-    from .assemble import build_model, load_data
+    from .assemble import build_model
     from .engine.checkpoint import load_weights
+    from .export import load_run_student
 
     columns: list[tuple[str, torch.nn.Module]] = []
     splits = None
     teacher_shown = False
     for run_dir in run_dirs:
-        config, summary = _load_run(run_dir)
-        if splits is None:
-            splits = load_data(config.data)
+        summary = _summary(run_dir)
+        config, splits, student = load_run_student(run_dir, splits)
         teacher = summary.get("teacher")
         if not teacher_shown and teacher and os.path.isfile(teacher.get("checkpoint") or ""):
             model = build_model(config.teachers[0], splits.source, "teachers[0]")
             load_weights(model, teacher["checkpoint"], what="teacher checkpoint")
             columns.insert(0, (f"teacher ({config.teachers[0].type})", model))
             teacher_shown = True
-        student = build_model(config.student, splits.source, "student")
-        load_weights(student, os.path.join(run_dir, "student.pt"), what="student.pt")
         name = re.sub(r"-\d{8}-\d{6}(-\d+)?$", "", os.path.basename(os.path.normpath(run_dir)))
         columns.append((f"student: {name}", student))
     return splits, columns

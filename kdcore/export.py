@@ -50,10 +50,16 @@ class Normalised(nn.Module):
 
 
 def _write(path: str, save: Callable[[str], None]) -> None:
-    """``save(tmp)`` then rename: a failed export leaves no half file under ``path``."""
+    """``save(tmp)`` then rename: a failed export leaves no half file under ``path``. The
+    temporary name is the checkpoint writer's (``.kdcore-tmp-<pid>-<hex>.tmp``), so a resume
+    of the run cleans one left by a kill the same way."""
+    from .engine.checkpoint import TEMP_PREFIX
+    from .files import temp_file
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".kdcore-tmp-{os.getpid()}-{os.path.basename(path)}")
+    fd, tmp = temp_file(folder, prefix=TEMP_PREFIX, suffix=".tmp")
+    os.close(fd)  # torch.jit.save and torch.onnx.export write by path
     try:
         save(tmp)
         os.replace(tmp, path)
@@ -138,9 +144,10 @@ def first_test_inputs(test: Any, n: int) -> torch.Tensor:
     return torch.stack([test[i][0] for i in range(min(n, len(test)))])
 
 
-def export_run(run_dir: str, fmt: str, out: str | None = None, *, samples: int = 256,
-               fold: bool = True, atol: float = 1e-4, rtol: float = 1e-4) -> dict[str, Any]:
-    """Export the student of ``run_dir`` (``student.pt`` on the model ``student.type`` builds)."""
+def load_run_student(run_dir: str, splits: Any = None) -> tuple[Any, Any, nn.Module]:
+    """``(config, splits, student)`` of a finished run: its ``config.yaml``'s student with
+    ``student.pt`` loaded, ``type: import`` models found through the run's ``import_paths``.
+    ``splits`` (the run's data, already loaded) saves loading it again."""
     from .assemble import build_model, load_data
     from .config import load_config, read_yaml
     from .engine.checkpoint import load_weights
@@ -155,12 +162,19 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, *, samples: int =
                         f"{run_dir} finishes it)")
     config = load_config(read_yaml(saved))
     if config.student.type.startswith("api:"):
-        raise UserError(f"{run_dir}: its student came from kdcore.distill (a Python object); export "
-                        f"it from Python: kdcore.export.export_model(student, inputs, '{fmt}', PATH)")
+        raise UserError(f"{run_dir}: its student came from kdcore.distill (a Python object); load "
+                        f"it from Python (kdcore.export.export_model(student, inputs, FORMAT, PATH))")
     use_import_paths(config.import_paths)
-    splits = load_data(config.data)
+    splits = splits if splits is not None else load_data(config.data)
     model = build_model(config.student, splits.source, "student")
     load_weights(model, weights, what="student.pt")
+    return config, splits, model
+
+
+def export_run(run_dir: str, fmt: str, out: str | None = None, *, samples: int = 256,
+               fold: bool = True, atol: float = 1e-4, rtol: float = 1e-4) -> dict[str, Any]:
+    """Export the student of ``run_dir`` (``student.pt`` on the model ``student.type`` builds)."""
+    config, splits, model = load_run_student(run_dir)
     inputs = first_test_inputs(splits.test, samples)
     if len(inputs) == 0:
         raise UserError(f"{run_dir}: its data set has no test inputs to check the export on")

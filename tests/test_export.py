@@ -117,3 +117,68 @@ def test_a_folder_that_is_not_a_finished_run_is_one_line(tmp_path, setup, expect
     setup(tmp_path)
     result = CliRunner().invoke(main, ["export", str(tmp_path)])
     assert result.exit_code == 2 and expected in result.output, result.output
+
+
+NET = '''
+from torch import nn
+
+
+def make_net(num_classes, in_channels, width: int = 4):
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+'''
+
+
+@pytest.mark.fashion
+def test_a_run_of_an_imported_student_loads_for_export_and_draw_in_a_fresh_process(tmp_path, monkeypatch) -> None:
+    """``type: import`` students are found through the run's saved ``import_paths``, by export
+    and draw alike (draw once rebuilt the student without them)."""
+    import sys
+
+    from kdcore.export import load_run_student
+    from kdcore.models.imported import use_import_paths
+
+    project = tmp_path / "project"
+    (project / "usernets").mkdir(parents=True)
+    (project / "usernets" / "__init__.py").write_text("")
+    (project / "usernets" / "nets.py").write_text(NET)
+    (project / "exp.yaml").write_text('algorithm: {type: vanilla}\n'
+                                      'student: {type: import, target: "usernets.nets:make_net"}\n')
+    result = CliRunner().invoke(main, ["run", "--config", str(project / "exp.yaml"), "--output-dir",
+                                       str(tmp_path / "runs"), *[a for i in QUICK for a in ("--set", i)]],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run_dir = result.output.strip().splitlines()[-1][len("run dir: "):]
+
+    def forget() -> None:  # what a fresh process knows: usernets nowhere on sys.path, no import_paths
+        monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(project)])
+        for name in [m for m in sys.modules if m.split(".")[0] == "usernets"]:
+            monkeypatch.delitem(sys.modules, name)
+        use_import_paths([])
+
+    forget()
+    _, _, student = load_run_student(run_dir)
+    state = torch.load(f"{run_dir}/student.pt", weights_only=True)
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in state.items())
+    forget()
+    drawn = CliRunner().invoke(main, ["draw", run_dir, "--out", str(tmp_path / "x.png")])
+    # past loading the models: a classification run is refused for what it is, not for an import
+    assert drawn.exit_code == 2 and "is a label task" in drawn.output, drawn.output
+
+
+def test_a_failed_export_leaves_no_file_and_uses_the_checkpoint_temp_names(tmp_path, monkeypatch) -> None:
+    """The temporary file has the name a resume cleans up (engine.checkpoint.TEMP_NAME)."""
+    from kdcore.engine.checkpoint import TEMP_NAME
+
+    seen = []
+
+    def broken_save(obj, path, *args, **kwargs):
+        seen.append(path)
+        open(path, "wb").write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch.jit, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        export_model(nn.Flatten(), torch.zeros(2, 1, 2, 2), "torchscript", str(tmp_path / "net.pt"))
+    assert len(seen) == 1 and TEMP_NAME.search(Path(seen[0]).name), seen
+    assert Path(seen[0]).parent == tmp_path and list(tmp_path.iterdir()) == []
