@@ -8,7 +8,6 @@ Plugins import :data:`hookimpl` and return :class:`Component` specs from the hoo
 from .api import distill
 from .components import Algorithm, Batch, Connector, Distiller, DistillationHead, Loss, Stage
 from .components.distiller import DistillPoint
-from .engine.distributed import gather_rows, mean_across_ranks
 from .errors import UserError
 from .hookspecs import hookimpl
 from .registry import build, components
@@ -22,3 +21,14 @@ __all__ = [
     "UserError", "__version__", "build", "components", "distill", "gather_rows", "hookimpl",
     "mean_across_ranks",
 ]
+
+
+#: helpers plugins call under DDP, loaded on first use: ``import kdcore`` leaves the engine out
+_DISTRIBUTED = ("gather_rows", "mean_across_ranks")
+
+
+def __getattr__(name: str) -> object:
+    if name in _DISTRIBUTED:
+        from .engine import distributed
+        return getattr(distributed, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
