@@ -31,13 +31,13 @@ _INSTALL_HINTS = {
              "ft": "ft", "ab": "ab", "ofd": "ofd", "cwd": "cwd", "pixel_kd": "cwd",
              "yolo_kd": "yolo-kd"},
     "connector": {"conv_reg": "fitnet", "paraphraser": "ft", "translator": "ft"},
-    "algorithm": {"self_distillation": "byot", "meal_v2": "meal", "data_free": "datafree"},
+    "algorithm": {"self_distillation": "byot", "meal_v2": "meal", "data_free": "datafree", "dml": "dml"},
     "model_transform": {"fast_max_pool": "cpu-speed"},
     "logger": {"tensorboard": "tensorboard", "mlflow": "mlflow"},
     "model": {"timm": "timm"},
     "preset": {"kd": "kd", "fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd", "crd": "crd",
                "ft": "ft", "ab": "ab", "ofd": "ofd", "byot": "byot", "meal": "meal",
-               "datafree": "datafree", "cwd": "cwd", "yolo_kd": "yolo-kd", "timm": "timm"},
+               "datafree": "datafree", "cwd": "cwd", "yolo_kd": "yolo-kd", "timm": "timm", "dml": "dml"},
 }
 
 
