@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from kdcore.cli import main
 from kdcore.engine import teacher_cache
 
+from cli_runs import invoke_sets as invoke
+
 pytestmark = pytest.mark.fashion
 
 #: a seconds-long segmentation run: 64 training scenes, a 1-epoch teacher, CWD on the logits
@@ -31,13 +33,6 @@ CWD_LOGITS = 'teachers.0.distill=[{student_module: classifier, teacher_module: c
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KDCORE_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-def invoke(tmp_path, *sets: str):
-    args = ["run", "--output-dir", str(tmp_path / "runs")]
-    for item in sets:
-        args += ["--set", item]
-    return CliRunner().invoke(main, args)
 
 
 def test_segmentation_run_reports_miou_and_caches_float16_maps(tmp_path, cache) -> None:

@@ -18,6 +18,8 @@ from kdcore.config import DataConfig
 from kdcore.data import DataSource, TensorSplit
 from kdcore.task.detection import DetectionTask
 
+from cli_runs import invoke_sets as invoke, run_dir_of
+
 pytestmark = pytest.mark.fashion
 
 #: a seconds-long detection run: 96 scenes of 0 to 2 items, a 1-epoch teacher, yolo_kd on the head
@@ -36,17 +38,6 @@ YOLO_KD = ('teachers.0.distill=[{student_module: head, teacher_module: head, '
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KDCORE_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-def invoke(tmp_path, *sets: str):
-    args = ["run", "--output-dir", str(tmp_path / "runs")]
-    for item in sets:
-        args += ["--set", item]
-    return CliRunner().invoke(main, args)
-
-
-def run_dir_of(output: str) -> str:
-    return next(line[len("run dir: "):] for line in output.splitlines() if line.startswith("run dir: "))
 
 
 def test_yolo_kd_run_with_empty_and_unlabelled_scenes_then_draw(tmp_path, cache):

@@ -11,12 +11,10 @@ losses of this module, registered in-process.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -24,16 +22,11 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import kdcore
-from kdcore.cli import main
-from kdcore.data.fashion_mnist import FASHION_MNIST_ROOT, FILES
-from kdcore.data.idx import read_idx
 from kdcore.engine.checkpoint import load_checkpoint, run_lock
-from kdcore.models.cnn import cnn_teacher
-from kdcore.plugins import Plugins
-from kdcore.testing import using_plugins
+
+from cli_runs import error_line, invoke_with, losses, only_run_dir, run_files, sets
 
 pytestmark = pytest.mark.fashion
 
@@ -102,58 +95,14 @@ def kdcore_losses() -> list[kdcore.Component]:
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(header + array.to(torch.uint8).numpy().tobytes(), mtime=0))
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A 256+256-image data root and a randomly initialised teacher checkpoint."""
-    folder = tmp_path_factory.mktemp("faults")
-    root = folder / "fashion"
-    root.mkdir()
-    for split in ("train", "test"):
-        for stem in FILES[split]:
-            write_idx(root / (stem + ".gz"), read_idx(os.path.join(FASHION_MNIST_ROOT, stem + ".gz"))[:256])
-    torch.manual_seed(0)
-    teacher = folder / "teacher.pt"
-    torch.save(cnn_teacher().state_dict(), teacher)
-    return {"root": root, "teacher": teacher}
-
-
-def sets(files: dict[str, Path], *extra: str) -> list[str]:
-    items = [f"data.root={files['root']}", "data.train_limit=256", "data.test_limit=256",
-             "data.batch_size=64", "trainer.epochs=2", "trainer.progress=false", "trainer.threads=1",
-             f"teachers.0.checkpoint={files['teacher']}", *extra]
-    return [a for s in items for a in ("--set", s)]
-
-
-def losses(*extra: str) -> str:
-    return ("teachers.0.distill.0.head.losses=[{type: kd, weight: 0.5, temperature: 4.0}"
-            + "".join(f", {e}" for e in extra) + "]")
+    return run_files(tmp_path_factory.mktemp("faults"))
 
 
 def invoke(cli_args: list[str]) -> Any:
     """``kdcore CLI_ARGS`` in-process, with the installed plugins plus this module's losses."""
-    loaded = Plugins()
-    loaded.register(sys.modules[__name__], "kdfault")
-    with using_plugins(loaded):
-        return CliRunner().invoke(main, cli_args)
-
-
-def error_line(result: Any, code: int) -> str:
-    """The one-line error of a failed command (and no traceback)."""
-    assert result.exit_code == code, (result.output, result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[-1].startswith("kdcore: error: "), lines
-    return lines[-1]
-
-
-def only_run_dir(output_dir: Path) -> Path:
-    (run_dir,) = [p for p in output_dir.iterdir() if p.is_dir()]
-    return run_dir
+    return invoke_with(sys.modules[__name__], "kdfault", cli_args)
 
 
 def finite(state: dict[str, torch.Tensor]) -> bool:

@@ -35,13 +35,13 @@ from click.testing import CliRunner
 
 import kdcore
 from kdcore.cli import main
-from kdcore.data.fashion_mnist import FASHION_MNIST_ROOT, FILES, fashion_mnist
+from kdcore.data.fashion_mnist import FILES, fashion_mnist
 from kdcore.data.idx import read_idx
 from kdcore.engine.checkpoint import load_checkpoint, load_weights, save_atomic
 from kdcore.errors import UserError
 from kdcore.models.cnn import cnn_student, cnn_teacher
-from kdcore.plugins import Plugins
-from kdcore.testing import using_plugins
+
+from cli_runs import error_line, invoke_with, losses, only_run_dir, run_files, sets, write_idx
 
 # --- the test-only plugin ----------------------------------------------------------------------
 
@@ -106,25 +106,6 @@ def kdcore_losses() -> list[kdcore.Component]:
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def write_idx(path: Path, array: torch.Tensor, compress: bool = True) -> bytes:
-    """An IDX file of unsigned bytes (the MNIST layout); returns the bytes written."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    raw = header + array.to(torch.uint8).numpy().tobytes()
-    data = gzip.compress(raw, mtime=0) if compress else raw
-    path.write_bytes(data)
-    return data
-
-
-def small_fashion(folder: Path, n: dict[str, int]) -> Path:
-    """The first images of each Fashion-MNIST split as a data.root (decoding 60k images costs
-    more than these tiny runs)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, count in n.items():
-        for stem in FILES[split]:
-            write_idx(folder / (stem + ".gz"), read_idx(os.path.join(FASHION_MNIST_ROOT, stem + ".gz"))[:count])
-    return folder
-
-
 def sha256_of_state(state: dict[str, torch.Tensor]) -> str:
     """The teacher checksum as docs/reliability.md defines it: names in sorted order, each
     followed by its tensor's raw bytes (C order)."""
@@ -155,46 +136,12 @@ def tensor_offset(path: Path, member_suffix: str) -> int:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A small data root and a randomly initialised teacher checkpoint."""
-    folder = tmp_path_factory.mktemp("reliability")
-    root = small_fashion(folder / "fashion", {"train": 256, "test": 256})
-    torch.manual_seed(0)
-    teacher = folder / "teacher.pt"
-    torch.save(cnn_teacher().state_dict(), teacher)
-    return {"root": root, "teacher": teacher, "folder": folder}
-
-
-def sets(files: dict[str, Path], *extra: str) -> list[str]:
-    items = [f"data.root={files['root']}", "data.train_limit=256", "data.test_limit=256",
-             "data.batch_size=64", "trainer.epochs=2", "trainer.progress=false", "trainer.threads=1",
-             f"teachers.0.checkpoint={files['teacher']}", *extra]
-    return [a for s in items for a in ("--set", s)]
-
-
-def losses(*extra: str) -> str:
-    return ("teachers.0.distill.0.head.losses=[{type: kd, weight: 0.5, temperature: 4.0}"
-            + "".join(f", {e}" for e in extra) + "]")
+    return run_files(tmp_path_factory.mktemp("reliability"))
 
 
 def invoke(cli_args: list[str]) -> Any:
     """``kdcore CLI_ARGS`` in-process, with the installed plugins plus this module's losses."""
-    loaded = Plugins()
-    loaded.register(sys.modules[__name__], "kdrel_faults")
-    with using_plugins(loaded):
-        return CliRunner().invoke(main, cli_args)
-
-
-def error_line(result: Any, code: int) -> str:
-    """The one-line error of a failed command (and no traceback)."""
-    assert result.exit_code == code, (result.output, result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[-1].startswith("kdcore: error: "), lines
-    return lines[-1]
-
-
-def only_run_dir(output_dir: Path) -> Path:
-    (run_dir,) = [p for p in output_dir.iterdir() if p.is_dir()]
-    return run_dir
+    return invoke_with(sys.modules[__name__], "kdrel_faults", cli_args)
 
 
 # --- NaN / Inf ---------------------------------------------------------------------------------

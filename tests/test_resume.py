@@ -19,11 +19,9 @@ chosen point. The reference run and the last resume run in-process with the same
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -35,10 +33,10 @@ import torch
 from click.testing import CliRunner
 
 from kdcore.cli import main
-from kdcore.data.fashion_mnist import FASHION_MNIST_ROOT, FILES
-from kdcore.data.idx import read_idx
 from kdcore.plugins import Plugins
 from kdcore.testing import using_plugins
+
+from cli_runs import small_fashion
 
 pytestmark = [pytest.mark.fashion, pytest.mark.e2e]
 
@@ -120,22 +118,6 @@ SETS = ["data.train_limit=512", "data.test_limit=256", "trainer.epochs=2",
         ("teachers.0.distill.0.head.losses=[{type: kd, weight: 0.5, temperature: 4.0}, "
          "{type: kdrel_mse, weight: 0.01}]")]
 TIMING = {"seconds", "train_seconds", "images_per_second", "run_dir"}
-
-
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    """An IDX file of unsigned bytes (MNIST layout), gzip-compressed."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(header + array.to(torch.uint8).numpy().tobytes(), mtime=0))
-
-
-def small_fashion(folder: Path, n: dict[str, int]) -> Path:
-    """The first images of each Fashion-MNIST split as a data.root: decoding 60k images costs
-    more than these tiny runs."""
-    for split, count in n.items():
-        for stem in FILES[split]:
-            full = read_idx(os.path.join(FASHION_MNIST_ROOT, stem + ".gz"))
-            write_idx(folder / (stem + ".gz"), full[:count])
-    return folder
 
 
 @dataclasses.dataclass
