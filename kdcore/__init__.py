@@ -6,7 +6,7 @@ Plugins import :data:`hookimpl` and return :class:`Component` specs from the hoo
 """
 
 from .api import distill
-from .components import Algorithm, Batch, Connector, Distiller, DistillationHead, Loss, Stage
+from .components import Algorithm, Batch, Connector, Distiller, DistillationHead, Loss, PreTraining
 from .components.distiller import DistillPoint
 from .errors import UserError
 from .hookspecs import hookimpl
@@ -17,7 +17,7 @@ from .version import PLUGIN_API_VERSION, __version__
 
 __all__ = [
     "Algorithm", "Batch", "ClassificationTask", "Component", "Connector", "DistillPoint",
-    "Distiller", "DistillationHead", "KINDS", "Loss", "PLUGIN_API_VERSION", "Preset", "Stage", "Task",
+    "Distiller", "DistillationHead", "KINDS", "Loss", "PLUGIN_API_VERSION", "Preset", "PreTraining", "Task",
     "UserError", "__version__", "build", "components", "distill", "gather_rows", "hookimpl",
     "mean_across_ranks",
 ]
@@ -31,4 +31,7 @@ def __getattr__(name: str) -> object:
     if name in _DISTRIBUTED:
         from .engine import distributed
         return getattr(distributed, name)
+    if name == "Stage":  # the deprecated name of PreTraining
+        from .components import deprecated_stage
+        return deprecated_stage()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -115,7 +115,7 @@ class UnfreezingLoss(kdcore.Loss):
 
 class BadStageLoss(GoodLoss):
     def stages(self, head):
-        return [kdcore.Stage("teacher_only", 1, lambda s, t, **extra: t.pow(2).mean(), needs_student=False)]
+        return [kdcore.PreTraining("teacher_only", 1, lambda s, t, **extra: t.pow(2).mean(), needs_student=False)]
 
 
 class WhereLoss(FakeLoss):

@@ -8,7 +8,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from .head import DistillationHead
-    from .stage import Stage
+    from .pretraining import PreTraining
 
 
 class Connector(nn.Module):
@@ -19,6 +19,6 @@ class Connector(nn.Module):
     of the feature on the other side.
     """
 
-    def stages(self, head: "DistillationHead") -> list["Stage"]:
+    def stages(self, head: "DistillationHead") -> list["PreTraining"]:
         """Pre-training stages this connector needs (default: none)."""
         return []

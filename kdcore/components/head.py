@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .stage import Stage
+from .pretraining import PreTraining
 
 
 def _key(term: str) -> str:
@@ -73,10 +73,10 @@ class DistillationHead(nn.Module):
                 f"add a {side}, e.g. {side}: {hint}"
             )
 
-    def stages(self) -> list[Stage]:
+    def stages(self) -> list[PreTraining]:
         """Pre-training stages declared by this head's connectors and losses."""
         owners = [self.student_connector, self.teacher_connector, *self.losses.values()]
-        found: list[Stage] = []
+        found: list[PreTraining] = []
         for owner in owners:
             if owner is not None and hasattr(owner, "stages"):
                 found.extend(owner.stages(self))

@@ -9,7 +9,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from .head import DistillationHead
-    from .stage import Stage
+    from .pretraining import PreTraining
 
 
 class Loss(nn.Module):
@@ -34,6 +34,6 @@ class Loss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def stages(self, head: "DistillationHead") -> list["Stage"]:
+    def stages(self, head: "DistillationHead") -> list["PreTraining"]:
         """Pre-training stages this loss needs before the main training (default: none)."""
         return []

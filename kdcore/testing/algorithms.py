@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..components import Algorithm, Batch, DistillationHead, Stage
+from ..components import Algorithm, Batch, DistillationHead, PreTraining
 from ..components.distiller import DistillPoint
 from ..engine.batches import TrainBatches
 from ..registry import build
@@ -156,8 +156,9 @@ class AlgorithmContract(ContractBase):
         stages = list(self.setup()["algorithm"].stages())
         for item in stages:
             check(isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                  and isinstance(item[1], Stage),
-                  f"{self.where()}.stages() must yield (point_name, kdcore.Stage), got {describe(item)}")
+                  and isinstance(item[1], PreTraining),
+                  f"{self.where()}.stages() must yield (point_name, kdcore.PreTraining), "
+                  f"got {describe(item)}")
         if not stages:
             skip("no stages declared")
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..components import Distiller, DistillationHead, Stage
+from ..components import Distiller, DistillationHead, PreTraining
 from ..components.distiller import DistillPoint
 from ..errors import UserError
 from ..taps import Tap
@@ -126,8 +126,8 @@ class HeadContract(ContractBase):
 
     def test_stages_valid(self) -> None:
         stages = self.build_seeded().stages()
-        check(isinstance(stages, list) and all(isinstance(s, Stage) for s in stages),
-              f"{self.where()}.stages() must return a list of kdcore.Stage, got {describe(stages)}")
+        check(isinstance(stages, list) and all(isinstance(s, PreTraining) for s in stages),
+              f"{self.where()}.stages() must return a list of kdcore.PreTraining, got {describe(stages)}")
 
 
 class DistillerContract(ContractBase):

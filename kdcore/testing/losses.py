@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..components import DistillationHead, Stage
+from ..components import DistillationHead, PreTraining
 from ..errors import UserError
 from ._base import (ContractBase, backward_if_graph, check, describe, fail, is_finite_scalar,
                     max_abs_diff, num, seeded, skip)
@@ -18,13 +18,14 @@ Shape = tuple[int, ...]
 
 def check_stages(owner: Any, head: DistillationHead, student_raw: torch.Tensor,
                  teacher_raw: torch.Tensor, extra: dict[str, Any], what: str) -> int:
-    """``owner.stages(head)`` returns valid :class:`kdcore.Stage` s whose loss trains something.
+    """``owner.stages(head)`` returns valid :class:`kdcore.PreTraining` s whose loss trains something.
     Returns how many stages were checked."""
     stages = owner.stages(head)
     check(isinstance(stages, list), f"{what}.stages(head) returned {describe(stages)}; return a "
-                                    f"list of kdcore.Stage (empty for none)")
+                                    f"list of kdcore.PreTraining (empty for none)")
     for stage in stages:
-        check(isinstance(stage, Stage), f"{what}.stages(head) holds {describe(stage)}, not a kdcore.Stage")
+        check(isinstance(stage, PreTraining),
+              f"{what}.stages(head) holds {describe(stage)}, not a kdcore.PreTraining")
         label = f"{what} stage {stage.name!r}"
         check(isinstance(stage.name, str) and stage.name, f"{what}: a stage needs a name")
         check(isinstance(stage.epochs, int) and stage.epochs >= 0,
@@ -286,7 +287,7 @@ class LossContract(ContractBase):
                  f"bad_shapes says it does not support")
 
     def test_stages_valid(self) -> None:
-        """``stages(head)`` returns kdcore.Stage objects whose loss is finite and trains something."""
+        """``stages(head)`` returns kdcore.PreTraining objects whose loss is finite and trains something."""
         with seeded(self.seed):
             loss = self.build(params=self.stage_params if self.stage_params is not None else self.params)
         if not hasattr(loss, "stages"):

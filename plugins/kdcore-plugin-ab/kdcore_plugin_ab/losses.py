@@ -59,10 +59,10 @@ class ABLoss(kdcore.Loss):
         total = ((s + m).pow(2) * should_be_off + (s - m).pow(2) * should_be_on).sum()
         return total / s.shape[0] * self.scale
 
-    def stages(self, head: "DistillationHead") -> list[kdcore.Stage]:
+    def stages(self, head: "DistillationHead") -> list[kdcore.PreTraining]:
         def loss(student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
             s, t = head.connect(student, teacher)
             return self.init_weight * self(s, t, **extra)
 
-        return [kdcore.Stage("ab_init", self.init_epochs, loss, parameters=None,
-                             needs_student=True, lr=self.init_lr)]
+        return [kdcore.PreTraining("ab_init", self.init_epochs, loss, parameters=None,
+                                   needs_student=True, lr=self.init_lr)]

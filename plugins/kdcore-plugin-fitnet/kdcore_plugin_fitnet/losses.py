@@ -85,7 +85,7 @@ class FitNetLoss(kdcore.Loss):
             return _at_least_fp32(student).sum() * 0.0
         return hint_loss(student, teacher, self.reduction)
 
-    def stages(self, head: "DistillationHead") -> list[kdcore.Stage]:
+    def stages(self, head: "DistillationHead") -> list[kdcore.PreTraining]:
         """The hint pre-training stage (student + head connectors on the weighted hint term)."""
         if self.hint_epochs == 0:
             return []
@@ -96,5 +96,5 @@ class FitNetLoss(kdcore.Loss):
             check_same_shape(s, t)
             return weight * hint_loss(s, t, self.reduction)
 
-        return [kdcore.Stage("fitnet_hint", self.hint_epochs, weighted_hint, parameters=None,
-                             lr=self.hint_lr, optimizer=self.hint_optimizer)]
+        return [kdcore.PreTraining("fitnet_hint", self.hint_epochs, weighted_hint, parameters=None,
+                                   lr=self.hint_lr, optimizer=self.hint_optimizer)]

@@ -3,7 +3,7 @@
 The *paraphraser* sits on the teacher side: an encoder (three 3x3 convs with LeakyReLU(0.1))
 that squeezes the teacher feature to ``int(rate * C_t)`` channels, the "teacher factor", and a
 decoder (three transposed convs) used only to pre-train the encoder by reconstruction. It
-declares that pre-training as a :class:`kdcore.Stage`; in main training it is a fixed map.
+declares that pre-training as a :class:`kdcore.PreTraining`; in main training it is a fixed map.
 
 The *translator* sits on the student side: three 3x3 convs that bring the student feature to
 the same factor shape. Both sides must agree on the factor channels, so the translator derives
@@ -133,7 +133,7 @@ class Paraphraser(kdcore.Connector):
         self.set_frozen(False)
         return list(self.parameters())
 
-    def stages(self, head: "DistillationHead") -> list[kdcore.Stage]:
+    def stages(self, head: "DistillationHead") -> list[kdcore.PreTraining]:
         if head.teacher_connector is not self:
             raise kdcore.UserError(f"{head.label}: 'paraphraser' is a teacher connector; set it "
                                    f"as teacher_connector and use 'translator' on the student")
@@ -141,9 +141,9 @@ class Paraphraser(kdcore.Connector):
         def loss(student: Any, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
             return self.reconstruction_loss(teacher)
 
-        return [kdcore.Stage("ft_paraphraser", self.pretrain_epochs, loss,
-                             parameters=self._stage_parameters, needs_student=False,
-                             lr=self.pretrain_lr)]
+        return [kdcore.PreTraining("ft_paraphraser", self.pretrain_epochs, loss,
+                                   parameters=self._stage_parameters, needs_student=False,
+                                   lr=self.pretrain_lr)]
 
 
 class Translator(kdcore.Connector):
