@@ -58,7 +58,7 @@ from kdcore.components import Algorithm, Batch
 from kdcore.config import RunConfig, load_config, read_yaml
 from kdcore.engine.batches import TrainBatches, epoch_order
 from kdcore.engine.cpu import tune_cpu
-from kdcore.engine.loop import Position, train_epochs
+from kdcore.engine.loop import LoopSettings, TrainingState, train_epochs
 from kdcore.engine.optim import make_optimizer, make_scheduler
 from kdcore.engine.run import speed_up
 
@@ -118,7 +118,7 @@ class KdcoreSetup:
         self.optimizer = make_optimizer(self.algorithm.parameter_groups(), config.optimizer)
         self.scheduler = make_scheduler(self.optimizer, config.schedule, len(self.batches),
                                         config.trainer.epochs)
-        self.position = Position()
+        self.position = TrainingState()
         # every epoch's batches, one after another; chain and islice are C iterators, so a step
         # pulls its batch through TrainBatches.epoch's generator alone, as in ``kdcore run``
         self._stream = itertools.chain.from_iterable(self.batches.epoch(e) for e in itertools.count())
@@ -127,10 +127,9 @@ class KdcoreSetup:
         """``n`` steps through :func:`train_epochs`, one "epoch" per block (its set-up before
         the first step and its summary after the last fall outside the timed intervals)."""
         self.position = train_epochs(
-            self.algorithm, _Take(self._stream, n), self.optimizer, self.scheduler,
-            epochs=self.position.epoch + 1, position=self.position,
-            on_nonfinite=self.config.trainer.on_nonfinite, grad_clip=self.config.trainer.grad_clip,
-            progress=progress, on_step=stamp)
+            self.algorithm, _Take(self._stream, n), self.optimizer, self.scheduler, self.position,
+            LoopSettings(self.position.epoch + 1, on_nonfinite=self.config.trainer.on_nonfinite,
+                         grad_clip=self.config.trainer.grad_clip, progress=progress, on_step=stamp))
 
 
 class _Take:

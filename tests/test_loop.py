@@ -9,7 +9,7 @@ from torch import nn
 from kdcore.components import Algorithm
 from kdcore.data import TensorSplit
 from kdcore.engine.batches import TrainBatches
-from kdcore.engine.loop import Position, train_epochs
+from kdcore.engine.loop import LoopSettings, TrainingState, train_epochs
 from kdcore.errors import UserError
 from kdcore.task import ClassificationTask
 
@@ -26,7 +26,7 @@ class Shaped(Algorithm):
         return {"task": self.task.loss(out, batch.targets), "extra": out.abs().mean().expand(self.shape) * 1.0}
 
 
-def train(shape: tuple[int, ...]) -> Position:
+def train(shape: tuple[int, ...]) -> dict[str, float]:
     torch.manual_seed(0)
     algorithm = Shaped(shape)
     data = TensorSplit(torch.randn(16, 4), torch.arange(16) % 3)
@@ -34,8 +34,8 @@ def train(shape: tuple[int, ...]) -> Position:
     optimizer = torch.optim.SGD(algorithm.trainable_parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     rows = []
-    train_epochs(algorithm, batches, optimizer, scheduler, epochs=1, position=Position(), progress=False,
-                 on_epoch_end=lambda pos, summary: rows.append(summary))
+    train_epochs(algorithm, batches, optimizer, scheduler, TrainingState(),
+                 LoopSettings(1, progress=False, on_epoch_end=lambda pos, summary: rows.append(summary)))
     return rows[0]
 
 
@@ -62,9 +62,10 @@ def test_steps_the_fp16_loss_scaler_skips_are_counted() -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
     weights, rows = [algorithm.student.weight.detach().clone()], []
-    train_epochs(algorithm, batches, optimizer, scheduler, epochs=1, position=Position(), progress=False,
-                 scaler=scaler, on_step=lambda pos: weights.append(algorithm.student.weight.detach().clone()),
-                 on_epoch_end=lambda pos, summary: rows.append(summary))
+    train_epochs(algorithm, batches, optimizer, scheduler, TrainingState(), LoopSettings(
+        1, progress=False, scaler=scaler,
+        on_step=lambda pos: weights.append(algorithm.student.weight.detach().clone()),
+        on_epoch_end=lambda pos, summary: rows.append(summary)))
     unchanged = sum(torch.equal(a, b) for a, b in zip(weights, weights[1:]))
     assert 0 < unchanged < len(batches)
     assert rows[0]["scaler_skipped_steps"] == unchanged
@@ -91,8 +92,8 @@ def test_every_skipped_step_is_counted_even_once_the_scale_has_fallen_to_zero() 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** -148)
     before, rows = algorithm.student.weight.detach().clone(), []
-    train_epochs(algorithm, batches, optimizer, scheduler, epochs=2, position=Position(), progress=False,
-                 scaler=scaler, on_epoch_end=lambda pos, summary: rows.append(summary))
+    train_epochs(algorithm, batches, optimizer, scheduler, TrainingState(), LoopSettings(
+        2, progress=False, scaler=scaler, on_epoch_end=lambda pos, summary: rows.append(summary)))
     assert scaler.get_scale() == 0.0 and torch.equal(algorithm.student.weight, before)
     assert [r["scaler_skipped_steps"] for r in rows] == [len(batches), len(batches)]
 

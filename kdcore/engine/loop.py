@@ -1,8 +1,10 @@
-"""The training loop. Read it top to bottom: one epoch is batches -> loss terms -> step.
+"""The training loop. Read :func:`train_epochs` top to bottom: batches -> loss terms -> step.
 
 The algorithm says what is minimised (a dict of loss terms); this loop sums the terms,
 backpropagates, steps the optimizer and schedule, reports progress, and calls back at the end of
-every epoch (evaluation, metrics, checkpoints live in :mod:`kdcore.engine.run`).
+every epoch (evaluation, metrics, checkpoints live in :mod:`kdcore.engine.run`). An algorithm
+that owns its step (``optimizers()`` gave a dict) calls ``update(loss, name)`` instead, and the
+pre-trainings (FitNets hints, AB, FT) are such steps: one loop, one set of NaN/Inf rules.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from ..components import Algorithm, Stage
+from ..components import Algorithm, PreTraining
 from ..errors import UserError
 from .batches import TrainBatches
-from .distributed import all_ranks, average_gradients
+from .distributed import all_ranks, average_gradients, reduce_sums
 
 
 #: the hint every NaN/Inf stop of the loop ends with
@@ -46,7 +50,7 @@ class NonFiniteLoss(Exception):
         return self if self.kept else NonFiniteLoss(self.detail, self.hint, kept)
 
 
-#: what a stop inside a pre-training stage keeps
+#: what a stop inside a pre-training keeps
 STAGE_KEPT = "before training: no checkpoint is written"
 
 
@@ -68,8 +72,10 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
 
 
 @attrs.define
-class Position:
-    """Where training stands; saved in checkpoints so a resumed run continues exactly."""
+class TrainingState:
+    """Where training stands (epoch, step) and the tallies of the epoch in progress (loss sums,
+    samples seen, skips, seconds): what a resumed run needs to continue exactly. ``last.pt``
+    saves it as ``position`` (``attrs.asdict``; the same keys since kdcore 0.1)."""
 
     epoch: int = 0
     step_in_epoch: int = 0
@@ -80,6 +86,78 @@ class Position:
     seconds: float = 0.0
     scaler_skipped: int = 0
     skipped_in_row: int = 0
+
+    def tally(self, values: dict[str, float], n: int) -> None:
+        """Add a batch of ``n`` samples that was not skipped."""
+        self.skipped_in_row = 0
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * n
+        self.seen += n
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.seen, 1) for k, v in self.sums.items()}
+
+    def close_epoch(self) -> dict[str, float]:
+        """The epoch's summary (mean terms, their sum as ``loss``, speed, skips); the tallies
+        start again for the next epoch."""
+        summary = self.means()
+        summary["loss"] = sum(summary.values())
+        summary["images_per_second"] = self.seen / max(self.seconds, 1e-9)
+        summary["seconds"] = self.seconds
+        if self.skipped:
+            summary["skipped_batches"] = self.skipped
+        if self.scaler_skipped:  # same on every rank: DDP averages the gradients first
+            summary["scaler_skipped_steps"] = self.scaler_skipped
+        self.epoch += 1
+        self.step_in_epoch, self.sums, self.seen, self.skipped = 0, {}, 0, 0
+        self.seconds, self.scaler_skipped = 0.0, 0
+        return summary
+
+
+#: the old name (it held more than a position); for code written against kdcore 0.1
+Position = TrainingState
+
+
+@attrs.define
+class LoopSettings:
+    """How :func:`train_epochs` trains; :meth:`of` reads the ``trainer:`` part from a config.
+
+    :param on_nonfinite: ``stop`` raises :class:`NonFiniteLoss` at a NaN/Inf loss; ``skip`` skips
+        the batch, but stops once ``max_skipped_in_row`` batches in a row, or every batch of an
+        epoch, were skipped: the weights are then broken, and a run that went on would export them.
+    :param grad_clip: the gradient norm to clip to (0 or ``None``: no clipping).
+    :param amp: ``none``, ``bf16`` or ``fp16`` (autocast forward passes; fp16 scales the loss with
+        ``scaler``, a fresh one by default: a caller that checkpoints it passes its own).
+    :param step_module: replaces ``algorithm.training_step`` (a DDP wrapper of it).
+    :param reduce: combines the epoch's loss sums across processes.
+    :param on_step: ``on_step(state)`` after every step; ``on_epoch_end(state, summary)`` after
+        every epoch.
+    :param optimizers: ``{name: optimizer}`` of an algorithm that owns its step (its
+        ``optimizers()``), with one scheduler each in ``schedulers``; ``None``: the default path.
+    """
+
+    epochs: int
+    on_nonfinite: str = "stop"
+    max_skipped_in_row: int = 10
+    grad_clip: float | None = None
+    progress: bool = True
+    label: str = "train"
+    amp: str = "none"
+    scaler: torch.amp.GradScaler | None = None
+    step_module: Callable[..., dict[str, torch.Tensor]] | None = None
+    reduce: Callable[..., tuple[dict[str, float], int, int]] | None = None
+    on_step: Callable[[TrainingState], None] | None = None
+    on_epoch_end: Callable[[TrainingState, dict[str, float]], None] | None = None
+    optimizers: dict[str, torch.optim.Optimizer] | None = None
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] | None = None
+
+    @classmethod
+    def of(cls, trainer: Any, **more: Any) -> LoopSettings:
+        """The settings a config's ``trainer:`` gives; ``more`` sets the others (or overrides)."""
+        given = {"epochs": trainer.epochs, "on_nonfinite": trainer.on_nonfinite,
+                 "max_skipped_in_row": trainer.max_skipped_in_row, "grad_clip": trainer.grad_clip,
+                 "progress": trainer.progress, "amp": trainer.amp}
+        return cls(**{**given, **more})
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -118,13 +196,22 @@ def sum_terms(terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.
 def read_values(values: list[torch.Tensor]) -> list[float]:
     """The terms' values on the host, in one copy (one sync on an accelerator): the step's one
     readout, for the NaN/Inf check and the logs."""
-    return torch.stack(values).tolist()
+    return torch.stack(values).tolist() if values else []
 
 
 def agreed_finite(finite: bool, on_nonfinite: str, device: torch.device) -> bool:
     """Under ``skip`` every DDP rank skips a batch, or none does: a lone skip would leave the
     others waiting in DDP's all-reduce."""
     return all_ranks(finite, device) if on_nonfinite == "skip" else finite
+
+
+def nonfinite_term(values: dict[str, float]) -> str:
+    """Which of a step's terms broke it, for the stop message."""
+    bad = next((k for k, v in values.items() if not math.isfinite(v)), None)
+    total = sum(values.values())
+    return (f"term {bad!r} is {values[bad]}" if bad is not None else
+            f"terms sum to {total}" if not math.isfinite(total) else
+            "term on another process is NaN/Inf")
 
 
 # the epoch summary's entries that are not loss terms
@@ -162,14 +249,125 @@ def step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, stepped: bool
         scheduler.step()
 
 
-def step_function(algorithm: Algorithm, step_module: Callable[..., dict[str, torch.Tensor]] | None,
-                  device: torch.device, amp: str) -> Callable[..., dict[str, torch.Tensor]]:
+class Update:
+    """``update(loss, name) -> bool``: one step of optimizer ``name`` on ``loss``, True when it
+    stepped. The NaN/Inf rules (:meth:`finite`) and the step itself (:meth:`apply`: backward,
+    fp16 loss scaling, clipping, optimizer step) are written here once, for the default path, the
+    algorithms that own their step and the pre-trainings alike."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], settings: LoopSettings,
+                 state: TrainingState, own: bool) -> None:
+        self.optimizers, self.settings, self.state, self.own = optimizers, settings, state, own
+        self.params = {name: [p for group in optimizer.param_groups for p in group["params"]]
+                       for name, optimizer in optimizers.items()}
+        first = next((ps[0] for ps in self.params.values() if ps), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.scaler = settings.scaler if settings.scaler is not None else loss_scaler(settings.amp, self.device)
+        self.new_batch()
+
+    def new_batch(self) -> None:
+        self.stepped = dict.fromkeys(self.optimizers, False)
+        self.skipped: str | None = None  # where the batch's last skipped update was
+
+    def __call__(self, loss: torch.Tensor, name: str) -> bool:
+        """An own-step algorithm's update: its loss is read (one sync), checked, stepped."""
+        if name not in self.optimizers:
+            raise UserError(f"update(loss, {name!r}): the algorithm's optimizers() has no optimizer "
+                            f"{name!r}; it has {', '.join(map(repr, self.optimizers))}")
+        loss = _scalar(name, loss)
+        value = loss.item()
+        what = f"for optimizer {name!r} " + (
+            f"is {value}" if not math.isfinite(value) else "on another process is NaN/Inf")
+        if not self.finite(math.isfinite(value), lambda: what):
+            return False
+        # the forward passes ran under autocast; the backward pass does not
+        with torch.autocast(self.device.type, enabled=False) if self.settings.amp != "none" \
+                else contextlib.nullcontext():
+            return self.apply(loss, name)
+
+    def finite(self, finite: bool, what: Callable[[], str]) -> bool:
+        """``trainer.on_nonfinite``: under ``stop`` a NaN/Inf loss raises; under ``skip`` the
+        update is skipped (False) and the batch marked skipped (:func:`count_skip`)."""
+        if agreed_finite(finite, self.settings.on_nonfinite, self.device):
+            return True
+        where = f"loss {what()} at epoch {self.state.epoch + 1}, step {self.state.global_step}"
+        if self.settings.on_nonfinite == "stop":
+            raise NonFiniteLoss(where)
+        self.skipped = where
+        return False
+
+    def apply(self, loss: torch.Tensor, name: str) -> bool:
+        """Backpropagate ``loss`` and step optimizer ``name``; False when fp16's loss scaler
+        skipped the step (Inf/NaN gradients). An own-step algorithm is not DDP-wrapped, so its
+        gradients are averaged across processes here."""
+        optimizer, params, scaler = self.optimizers[name], self.params[name], self.scaler
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if self.own:
+            average_gradients(params)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if self.settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
+        if scaler is None:
+            optimizer.step()
+            stepped = True
+        else:
+            stepped = not overflowed(scaler, optimizer)  # GradScaler's own skip decision
+            self.state.scaler_skipped += not stepped
+            scaler.step(optimizer)
+            scaler.update()
+        self.stepped[name] = self.stepped[name] or stepped
+        return stepped
+
+
+def count_skip(state: TrainingState, settings: LoopSettings, where: str) -> None:
+    """Count a batch skipped under ``trainer.on_nonfinite=skip``; stop once
+    ``max_skipped_in_row`` in a row were: the weights are broken then."""
+    state.skipped += 1
+    state.skipped_in_row += 1
+    if state.skipped_in_row >= settings.max_skipped_in_row:
+        raise NonFiniteLoss(
+            f"trainer.on_nonfinite=skip skipped {state.skipped_in_row} batches in a row "
+            f"(trainer.max_skipped_in_row; the last: {where}), so the weights or inputs are "
+            f"broken", BROKEN_HINT)
+
+
+class Progress:
+    """The epoch's tqdm bar: the running mean of the terms and the speed, redrawn at most twice a
+    second (off with ``trainer.progress=false``, and off by itself when stderr is no terminal)."""
+
+    def __init__(self, settings: LoopSettings, total: int, state: TrainingState) -> None:
+        self.on, self.shown_at = settings.progress, 0.0
+        self.bar = tqdm(total=total, initial=state.step_in_epoch, disable=bar_disabled(settings.progress),
+                        desc=f"{settings.label} {state.epoch + 1}/{settings.epochs}", leave=False,
+                        dynamic_ncols=True)
+
+    def show(self, state: TrainingState) -> None:
+        if not self.on:
+            return
+        self.bar.update(1)
+        if time.perf_counter() - self.shown_at > 0.5:
+            self.shown_at = time.perf_counter()
+            self.bar.set_postfix_str(f"{format_terms(state.means())} | "
+                                     f"{state.seen / max(state.seconds, 1e-9):.0f} img/s", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def step_function(algorithm: nn.Module, settings: LoopSettings, update: Update
+                  ) -> Callable[..., dict[str, torch.Tensor]]:
     """``(batch, *, epoch, step) -> terms``: the algorithm's ``training_step`` (or its DDP
-    wrapper, ``step_module``), under autocast when ``amp`` asks for it; nothing wraps it otherwise."""
-    inner = step_module if step_module is not None else algorithm.training_step
-    if amp == "none":
+    wrapper, ``step_module``), or its ``optimization_step`` given ``update``; under autocast when
+    ``amp`` asks for it, and nothing wraps it otherwise."""
+    if settings.optimizers is not None:
+        inner: Callable[..., dict[str, torch.Tensor]] = partial(algorithm.optimization_step, update=update)
+    else:
+        inner = settings.step_module if settings.step_module is not None else algorithm.training_step
+    if settings.amp == "none":
         return inner
-    precision = autocast(device, amp)  # re-entrant: one context for every step
+    precision = autocast(update.device, settings.amp)  # re-entrant: one context for every step
 
     def with_precision(batch: Any, *, epoch: int, step: int) -> dict[str, torch.Tensor]:
         with precision:
@@ -177,145 +375,89 @@ def step_function(algorithm: Algorithm, step_module: Callable[..., dict[str, tor
     return with_precision
 
 
-def train_epochs(
-    algorithm: Algorithm,
-    batches: TrainBatches,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    *,
-    epochs: int,
-    position: Position,
-    on_nonfinite: str = "stop",
-    max_skipped_in_row: int = 10,
-    grad_clip: float | None = None,
-    progress: bool = True,
-    label: str = "train",
-    amp: str = "none",
-    scaler: torch.amp.GradScaler | None = None,
-    step_module: Callable[..., dict[str, torch.Tensor]] | None = None,
-    reduce: Callable[..., tuple[dict[str, float], int, int]] | None = None,
-    on_step: Callable[[Position], None] | None = None,
-    on_epoch_end: Callable[[Position, dict[str, float]], None] | None = None,
-) -> Position:
-    """Train from ``position`` until ``epochs`` are done; returns the final position.
+def train_epochs(algorithm: nn.Module, batches: TrainBatches, optimizer: torch.optim.Optimizer | None,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, state: TrainingState,
+                 settings: LoopSettings) -> TrainingState:
+    """Train from ``state`` until ``settings.epochs`` are done; returns the final state.
 
-    ``on_nonfinite="skip"`` skips a batch whose loss is NaN/Inf, but stops (:class:`NonFiniteLoss`)
-    once ``max_skipped_in_row`` batches in a row, or every batch of an epoch, were skipped: the
-    weights are then broken, and a run that went on would export them.
-    ``step_module`` replaces ``algorithm.training_step`` (a DDP wrapper of it); ``reduce``
-    combines the epoch's loss sums across processes. ``on_step(position)`` runs after every step.
-    ``scaler``: the fp16 loss scaler to use (a caller that checkpoints it passes its own); by
-    default a fresh one for ``amp="fp16"``."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    device = params[0].device if params else torch.device("cpu")
-    if scaler is None:
-        scaler = loss_scaler(amp, device)
-    step = step_function(algorithm, step_module, device, amp)
-    while position.epoch < epochs:
+    The default path: ``training_step``'s terms are added, checked and read once, and
+    ``optimizer`` steps on their sum. An algorithm that owns its step (``settings.optimizers``;
+    ``optimizer`` and ``scheduler`` are then ``None``) calls ``update(loss, name)`` from its
+    ``optimization_step`` and returns the terms to log. Every schedule steps once per batch."""
+    s, own = settings, settings.optimizers is not None
+    update = Update(s.optimizers if own else {"": optimizer}, s, state, own)
+    schedulers = s.schedulers if own else {"": scheduler}
+    step = step_function(algorithm, s, update)
+    while state.epoch < s.epochs:
         algorithm.train()
-        epoch = position.epoch
-        started = time.perf_counter() - position.seconds
-        bar = tqdm(total=len(batches), initial=position.step_in_epoch, disable=bar_disabled(progress),
-                   desc=f"{label} {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
-        shown_at = 0.0
-        for batch in batches.epoch(epoch, position.step_in_epoch):
-            terms = step(batch, epoch=epoch, step=position.global_step)
-            loss, scalars = sum_terms(terms)
-            values = dict(zip(terms, read_values(scalars)))
-            finite = agreed_finite(math.isfinite(sum(values.values())), on_nonfinite, device)
-            if not finite:
-                bad = next((k for k, v in values.items() if not math.isfinite(v)), None)
-                total = sum(values.values())
-                what = (f"term {bad!r} is {values[bad]}" if bad is not None else
-                        f"terms sum to {total}" if not math.isfinite(total) else
-                        "term on another process is NaN/Inf")
-                where = f"{what} at epoch {epoch + 1}, step {position.global_step}"
-                if on_nonfinite == "stop":
-                    raise NonFiniteLoss(f"loss {where}")
-                position.skipped += 1
-                position.skipped_in_row += 1
-                stepped = False
-                if position.skipped_in_row >= max_skipped_in_row:
-                    raise NonFiniteLoss(
-                        f"trainer.on_nonfinite=skip skipped {position.skipped_in_row} batches in a "
-                        f"row (trainer.max_skipped_in_row; the last: loss {where}), so the weights "
-                        f"or inputs are broken", BROKEN_HINT)
+        started = time.perf_counter() - state.seconds
+        bar = Progress(s, len(batches), state)
+        for batch in batches.epoch(state.epoch, state.step_in_epoch):
+            update.new_batch()
+            terms = step(batch, epoch=state.epoch, step=state.global_step)
+            if own:
+                values = dict(zip(terms, read_values([_scalar(k, v) for k, v in terms.items()])))
             else:
-                position.skipped_in_row = 0
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                if scaler is not None:
-                    stepped = not overflowed(scaler, optimizer)  # GradScaler's own skip decision
-                    position.scaler_skipped += not stepped
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                    stepped = True
-                n = batch.indices.shape[0]  # not len(): Tensor.__len__ is Python, four calls a step
-                for name, value in values.items():
-                    position.sums[name] = position.sums.get(name, 0.0) + value * n
-                position.seen += n
-            step_schedule(scheduler, stepped)
-            position.step_in_epoch += 1
-            position.global_step += 1
-            position.seconds = time.perf_counter() - started
-            if progress:
-                bar.update(1)
-                if time.perf_counter() - shown_at > 0.5:
-                    shown_at = time.perf_counter()
-                    means = {k: v / max(position.seen, 1) for k, v in position.sums.items()}
-                    bar.set_postfix_str(f"{format_terms(means)} | "
-                                        f"{position.seen / max(position.seconds, 1e-9):.0f} img/s", refresh=False)
-            if on_step is not None:
-                on_step(position)
+                loss, scalars = sum_terms(terms)
+                values = dict(zip(terms, read_values(scalars)))
+                if update.finite(math.isfinite(sum(values.values())), partial(nonfinite_term, values)):
+                    update.apply(loss, "")
+            if update.skipped is None:
+                state.tally(values, batch.indices.shape[0])  # not len(): Tensor.__len__ is Python
+            else:
+                count_skip(state, s, update.skipped)
+            for name, schedule in schedulers.items():
+                step_schedule(schedule, update.stepped[name])
+            state.step_in_epoch += 1
+            state.global_step += 1
+            state.seconds = time.perf_counter() - started
+            bar.show(state)
+            if s.on_step is not None:
+                s.on_step(state)
         bar.close()
-        if position.skipped >= len(batches) > 0:  # before the epoch's checkpoint and metrics row
-            raise NonFiniteLoss(f"trainer.on_nonfinite=skip skipped all {position.skipped} batches "
-                                f"of {label} epoch {epoch + 1} (NaN/Inf losses), so the weights or "
-                                f"inputs are broken", BROKEN_HINT)
-        if reduce is not None:
-            position.sums, position.seen, position.skipped = reduce(position.sums, position.seen, position.skipped)
-        summary = {k: v / max(position.seen, 1) for k, v in position.sums.items()}
-        summary["loss"] = sum(summary.values())
-        summary["images_per_second"] = position.seen / max(position.seconds, 1e-9)
-        summary["seconds"] = position.seconds
-        if position.skipped:
-            summary["skipped_batches"] = position.skipped
-        if position.scaler_skipped:  # same on every rank: DDP averages the gradients first
-            summary["scaler_skipped_steps"] = position.scaler_skipped
-        position.epoch += 1
-        position.step_in_epoch = 0
-        position.sums, position.seen, position.skipped, position.seconds = {}, 0, 0, 0.0
-        position.scaler_skipped = 0
-        if on_epoch_end is not None:
-            on_epoch_end(position, summary)
-    return position
+        if state.skipped >= len(batches) > 0:  # before the epoch's checkpoint and metrics row
+            raise NonFiniteLoss(f"trainer.on_nonfinite=skip skipped all {state.skipped} batches "
+                                f"of {s.label} epoch {state.epoch + 1} (NaN/Inf losses), so the "
+                                f"weights or inputs are broken", BROKEN_HINT)
+        if s.reduce is not None:
+            state.sums, state.seen, state.skipped = s.reduce(state.sums, state.seen, state.skipped)
+        summary = state.close_epoch()
+        if s.on_epoch_end is not None:
+            s.on_epoch_end(state, summary)
+    return state
 
 
-def run_stage(
-    algorithm: Algorithm,
-    point: str,
-    stage: Stage,
-    batches: TrainBatches,
-    *,
-    progress: bool = True,
-    on_nonfinite: str = "stop",
-    max_skipped_in_row: int = 10,
-) -> dict[str, float]:
-    """Perform one pre-training stage declared by a head; returns its mean loss per epoch (and
-    the number of batches skipped for a NaN/Inf loss under ``on_nonfinite="skip"``)."""
+class PreTrainingStep(nn.Module):
+    """A pre-training as an algorithm that owns its step: one optimizer, named after it, on its
+    loss of the tapped features of one distill point."""
+
+    def __init__(self, algorithm: Algorithm, point: str, pretraining: PreTraining) -> None:
+        super().__init__()
+        assert algorithm.distiller is not None
+        self.algorithm, self.pretraining = algorithm, pretraining
+        self.point = next(p for p in algorithm.distiller.points if p.name == point)
+
+    def optimization_step(self, batch: Any, *, epoch: int, step: int,
+                          update: Callable[[torch.Tensor, str], bool]) -> dict[str, torch.Tensor]:
+        algorithm, dp, name = self.algorithm, self.point, self.pretraining.name
+        student_feature = None
+        if self.pretraining.needs_student:
+            student_feature = algorithm.student_forward(batch.inputs)[1][dp.student_tap.key]
+        teacher_feature = algorithm.distiller.teacher_features(
+            batch.inputs, indices=batch.indices)[dp.teacher][dp.teacher_tap.key]
+        loss = self.pretraining.loss(student_feature, teacher_feature, targets=batch.targets,
+                                     indices=batch.indices, epoch=epoch, step=step)
+        update(loss, name)
+        return {name: loss.detach()}
+
+
+def pretraining_optimizer(algorithm: Algorithm, point: str, pretraining: PreTraining) -> torch.optim.Optimizer:
+    """The pre-training's own optimizer over what it trains (by default the student and the
+    head's connectors)."""
     assert algorithm.distiller is not None
     head = algorithm.distiller.heads[point]
-    dp = next(p for p in algorithm.distiller.points if p.name == point)
-    if stage.parameters is not None:
-        params = list(stage.parameters())
+    if pretraining.parameters is not None:
+        params = list(pretraining.parameters())
     else:
         params = list(algorithm.student.parameters())
         for connector in (head.student_connector, head.teacher_connector):
@@ -323,55 +465,38 @@ def run_stage(
                 params += list(connector.parameters())
     params = [p for p in params if p.requires_grad]
     if not params:
-        raise UserError(f"stage {stage.name!r} of distill point {point!r} has no trainable parameters")
-    if stage.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=stage.lr)
-    else:
-        optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=0.9)
+        raise UserError(f"stage {pretraining.name!r} of distill point {point!r} has no trainable parameters")
+    if pretraining.optimizer == "adam":
+        return torch.optim.Adam(params, lr=pretraining.lr)
+    return torch.optim.SGD(params, lr=pretraining.lr, momentum=0.9)
+
+
+def run_stage(algorithm: Algorithm, point: str, pretraining: PreTraining, batches: TrainBatches,
+              settings: LoopSettings) -> dict[str, float]:
+    """Perform one pre-training declared by a head, through :func:`train_epochs` with the run's
+    NaN/Inf rules, clipping, AMP and progress (``settings``), its own optimizer and a constant
+    learning rate; returns its mean loss per epoch (and the batches skipped for NaN/Inf)."""
+    name = pretraining.name
+    optimizer = pretraining_optimizer(algorithm, point, pretraining)
     history: dict[str, float] = {}
-    skipped, in_row = 0, 0
-    for epoch in range(stage.epochs):
-        algorithm.train()
-        total, count = 0.0, 0
-        for i, batch in enumerate(tqdm(batches.epoch(epoch), total=len(batches), disable=bar_disabled(progress),
-                                       desc=f"stage {stage.name} {epoch + 1}/{stage.epochs}", leave=False)):
-            step = epoch * len(batches) + i
-            student_feature = None
-            if stage.needs_student:
-                _, features = algorithm.student_forward(batch.inputs)
-                student_feature = features[dp.student_tap.key]
-            teacher_feature = algorithm.distiller.teacher_features(batch.inputs, indices=batch.indices)[dp.teacher][dp.teacher_tap.key]
-            loss = stage.loss(student_feature, teacher_feature, targets=batch.targets,
-                              indices=batch.indices, epoch=epoch, step=step)
-            value = float(loss.detach())
-            if not agreed_finite(math.isfinite(value), on_nonfinite, loss.device):
-                if on_nonfinite == "stop":
-                    raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: loss is "
-                                        f"{value} at epoch {epoch + 1}, step {step}",
-                                        kept=STAGE_KEPT)
-                skipped += 1
-                in_row += 1
-                if in_row >= max_skipped_in_row:
-                    raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: "
-                                        f"trainer.on_nonfinite=skip skipped {in_row} batches in a "
-                                        f"row (trainer.max_skipped_in_row; the last at epoch "
-                                        f"{epoch + 1}, step {step}), so the weights or inputs are "
-                                        f"broken", "lower the stage's learning rate", STAGE_KEPT)
-                continue
-            in_row = 0
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(params)
-            optimizer.step()
-            total += value * len(batch.indices)
-            count += len(batch.indices)
-        if count == 0 and len(batches):
-            raise NonFiniteLoss(f"stage {stage.name!r} of distill point {point!r}: "
-                                f"trainer.on_nonfinite=skip skipped every batch of epoch {epoch + 1} "
-                                f"(NaN/Inf losses)", "lower the stage's learning rate", STAGE_KEPT)
-        history[f"{stage.name}_epoch{epoch + 1}"] = total / max(count, 1)
+    skipped = 0
+
+    def on_epoch_end(state: TrainingState, summary: dict[str, float]) -> None:
+        nonlocal skipped
+        history[f"{name}_epoch{state.epoch}"] = summary[name]
+        skipped += int(summary.get("skipped_batches", 0))
+
+    loop = attrs.evolve(settings, epochs=pretraining.epochs, label=f"stage {name}", scaler=None,
+                        step_module=None, reduce=reduce_sums, on_step=None, on_epoch_end=on_epoch_end,
+                        optimizers={name: optimizer},
+                        schedulers={name: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)})
+    try:
+        train_epochs(PreTrainingStep(algorithm, point, pretraining), batches, None, None, TrainingState(), loop)
+    except NonFiniteLoss as exc:
+        raise NonFiniteLoss(f"stage {name!r} of distill point {point!r}: {exc.detail}", exc.hint,
+                            STAGE_KEPT) from None
     if skipped:
-        history[f"{stage.name}_skipped_batches"] = skipped
+        history[f"{name}_skipped_batches"] = skipped
     return history
 
 
