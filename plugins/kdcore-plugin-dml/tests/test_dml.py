@@ -156,6 +156,30 @@ def test_one_optimizer_per_student_holding_exactly_its_parameters():
     assert list(algorithm.evaluation_models()) == ["student", "student1", "student2"]
 
 
+def test_through_kdcores_loop_every_student_steps_every_batch():
+    """The engine's side of the contract: train_epochs calls optimization_step with its update,
+    every optimizer steps once per batch, the terms are logged, the default path is untouched."""
+    from kdcore.engine.batches import TrainBatches
+    from kdcore.engine.loop import LoopSettings, TrainingState, train_epochs
+    from kdcore.testing import random_split
+
+    torch.manual_seed(4)
+    algorithm = _build({"type": "cnn_student"})
+    optimizers = algorithm.optimizers(lambda groups: torch.optim.SGD(groups, lr=0.05))
+    steps = {name: 0 for name in optimizers}
+    for name, optimizer in optimizers.items():
+        optimizer.register_step_post_hook(lambda opt, args, kwargs, name=name: steps.update({name: steps[name] + 1}))
+    schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for n, o in optimizers.items()}
+    batches = TrainBatches(random_split(32), 8, 0, device=torch.device("cpu"))
+    rows: list[dict[str, float]] = []
+    train_epochs(algorithm, batches, None, None, TrainingState(),
+                 LoopSettings(epochs=1, progress=False, optimizers=optimizers, schedulers=schedulers,
+                              on_epoch_end=lambda state, summary: rows.append(summary)))
+    assert steps == {"student0": 4, "student1": 4}
+    assert {"student0_ce", "student0_kl", "student1_ce", "student1_kl"} <= set(rows[0])
+    assert kdcore.Algorithm.optimizers(algorithm, lambda groups: None) is None  # the default path
+
+
 # --- the cohort from the config, and bad parameters ------------------------------------------
 
 def _build(config_student: dict, **params):
