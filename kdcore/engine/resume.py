@@ -17,15 +17,18 @@ import torch
 import yaml
 
 from ..components.algorithm import is_teacher_state
-from ..config import ConfigDumper, RunConfig, dump_yaml, flatten, load_config, read_yaml, unstructure
+from ..config import ConfigDumper, RunConfig, dump_yaml, flatten, load_config, read_yaml, shown, unstructure
 from ..errors import UserError
 from .checkpoint import TEMP_NAME, load_checkpoint, state_dict_of, write_text_atomic
-from .loop import Position, nonfinite_tensors
+from .loop import TrainingState, nonfinite_tensors
 from .optim import restore_optimizer
 
 CHECKPOINT = os.path.join("checkpoints", "last.pt")
 #: what to do about a damaged last.pt: it holds the whole training state, which no re-save makes
 DAMAGED = "this run cannot be resumed from it; start a new run"
+#: what becomes of a damaged student.pt of a finished run: not re-saved by hand (it is the run's
+#: own output), exported again from last.pt by this resume
+STUDENT_REMEDY = f"it is this run's own output, so it is written again from {CHECKPOINT}"
 
 
 #: what to do about a damaged metrics.jsonl
@@ -66,13 +69,8 @@ def parse_row(line: str, path: str, number: int) -> dict[str, Any]:
     if not isinstance(row, dict) or isinstance(row.get("epoch"), bool) or not isinstance(row.get("epoch"), int):
         what = "has no integer 'epoch'" if isinstance(row, dict) else "is not a JSON object"
         raise UserError(f"{path} line {number} {what}, so it is not a row kdcore wrote "
-                        f"({_shown(line)}); {METRICS_REMEDY}")
+                        f"({shown(line.strip(), 60)}); {METRICS_REMEDY}")
     return row
-
-
-def _shown(text: str, limit: int = 60) -> str:
-    text = text.strip()
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def metrics_rows(path: str) -> list[dict[str, Any]]:
@@ -120,7 +118,7 @@ def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def run_state(algorithm: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-              scaler: torch.amp.GradScaler | None, position: Position, *, stages_done: bool,
+              scaler: torch.amp.GradScaler | None, position: TrainingState, *, stages_done: bool,
               metrics_rows: int, checksums: dict[str, str], metrics: list[str] | None = None,
               config: RunConfig | None = None) -> dict[str, Any]:
     """What ``last.pt`` holds: everything a resumed run needs to continue bit for bit, plus
@@ -139,12 +137,14 @@ def run_state(algorithm: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
 def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
             checksums: dict[str, str], metrics_path: str | None,
             scaler: torch.amp.GradScaler | None = None,
-            log: Callable[[str], None] = lambda message: None) -> tuple[Position, bool]:
+            log: Callable[[str], None] = lambda message: None, state: Any = None) -> tuple[TrainingState, bool]:
     """Load a run checkpoint into the built run; returns (position, stages_done). The teachers
     must be the ones the run started with. ``metrics.jsonl`` (rank 0 only: ``metrics_path``) is
     cut back to the rows the checkpoint covers (later ones belong to an epoch to be replayed),
-    and those rows are checked against the checkpoint's record of them (:func:`rows_as_recorded`)."""
-    state = load_checkpoint(checkpoint_path, what="resume checkpoint", remedy=DAMAGED)
+    and those rows are checked against the checkpoint's record of them (:func:`rows_as_recorded`).
+    ``state``: last.pt as :func:`load_last` read it (``None``: read it now)."""
+    if state is None:
+        state = load_checkpoint(checkpoint_path, what="resume checkpoint", remedy=DAMAGED)
     if not isinstance(state, dict) or state.get("format") != 1:
         raise UserError(f"resume checkpoint {checkpoint_path} is not a kdcore run checkpoint")
     for name, digest in state.get("teachers_sha256", {}).items():
@@ -184,7 +184,7 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
                 parse_row(line, metrics_path, i + 1)
         # atomically: a kill here must not leave the rows the checkpoint covers half-written
         write_text_atomic("".join(lines), metrics_path)
-    return Position(**state["position"]), state["stages_done"]
+    return TrainingState(**state["position"]), state["stages_done"]
 
 
 def remove_partial_writes(run_dir: str) -> list[str]:
@@ -235,37 +235,38 @@ def check_resume_changes(saved: RunConfig, config: RunConfig, *, how: str = "--r
                     del flat[path]
     for path in ("output_dir", "name"):
         if before.get(path) != after.get(path):
-            raise UserError(f"{how}: {path} was {_value(before.get(path))}, now "
-                            f"{_value(after.get(path))}; a resumed run continues in its own "
+            raise UserError(f"{how}: {path} was {shown(before.get(path))}, now "
+                            f"{shown(after.get(path))}; a resumed run continues in its own "
                             f"directory, so it cannot change")
     for path in sorted(set(before) | set(after)):
         if before.get(path) != after.get(path) and _fixed(path):
-            raise UserError(f"{how}: {path} was {_value(before.get(path))}, now "
-                            f"{_value(after.get(path))}; a resumed run keeps its data, models and "
+            raise UserError(f"{how}: {path} was {shown(before.get(path))}, now "
+                            f"{shown(after.get(path))}; a resumed run keeps its data, models and "
                             f"seed, so start a new run for that (trainer, optimizer, schedule and "
                             f"loss settings may change)")
 
 
-def _value(value: Any, limit: int = 80) -> str:
-    """A value for a message: repr, cut short (a 10 MB value is not echoed whole)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def trained_config(checkpoint_path: str) -> dict[str, Any] | None:
-    """The config ``last.pt`` was trained with (None: no checkpoint, or one of kdcore 0.1.7 or
-    older, which did not record it)."""
-    if not os.path.isfile(checkpoint_path):
+def load_last(run_dir: str) -> Any:
+    """``last.pt`` of ``run_dir`` as loaded, once per resume: the resume's checks
+    (:func:`trained_config`, :func:`finished`) and :func:`restore` read this (``None``: there is
+    no such file)."""
+    path = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.isfile(path):
         return None
-    state = load_checkpoint(checkpoint_path, what="resume checkpoint", remedy=DAMAGED)
-    return state.get("config") if isinstance(state, dict) else None
+    return load_checkpoint(path, what="resume checkpoint", remedy=DAMAGED)
+
+
+def trained_config(last: Any) -> dict[str, Any] | None:
+    """The config ``last.pt`` (as :func:`load_last` read it) was trained with (None: no
+    checkpoint, or one of kdcore 0.1.7 or older, which did not record it)."""
+    return last.get("config") if isinstance(last, dict) else None
 
 
 def config_changes(trained: dict[str, Any], config: RunConfig) -> list[str]:
     """``key old -> new`` for every key whose value differs from the checkpoint's config (keys a
     newer kdcore added are not changes)."""
     before, after = flatten(trained), flatten(unstructure(config))
-    return [f"{path} {_value(before[path])} -> {_value(after.get(path))}"
+    return [f"{path} {shown(before[path])} -> {shown(after.get(path))}"
             for path in sorted(before) if path in after and before[path] != after[path]]
 
 
@@ -284,31 +285,32 @@ def check_resumable(run_dir: str) -> None:
                         f"aside first (e.g. to metrics.jsonl.old), or start a new run")
 
 
-def finished(run_dir: str, epochs: int, log: Callable[[str], None] = print) -> bool:
+def finished(run_dir: str, epochs: int, last: Any, log: Callable[[str], None] = print) -> bool:
     """Whether the run already trained ``epochs`` epochs and wrote its summary for them: then a
     resume has nothing to do (checked before any teacher is loaded or trained). A summary of an
-    earlier, shorter length does not count: that run was extended since."""
-    summary_path, checkpoint_path = os.path.join(run_dir, "summary.json"), os.path.join(run_dir, CHECKPOINT)
-    if not (os.path.isfile(summary_path) and os.path.isfile(checkpoint_path)):
+    earlier, shorter length does not count: that run was extended since. ``last``: last.pt as
+    :func:`load_last` read it."""
+    summary_path = os.path.join(run_dir, "summary.json")
+    if not (os.path.isfile(summary_path) and last is not None):
         return False
     try:
         with open(summary_path, encoding="utf-8") as f:
             summary_epochs = json.load(f).get("epochs")
     except (OSError, ValueError):
         return False
-    state = load_checkpoint(checkpoint_path, what="resume checkpoint", remedy=DAMAGED)
-    position = state.get("position", {}) if isinstance(state, dict) else {}
+    position = last.get("position", {}) if isinstance(last, dict) else {}
     if not (summary_epochs == epochs == position.get("epoch") and position.get("step_in_epoch") == 0):
         return False
     student_path = os.path.join(run_dir, "student.pt")
     try:  # the run's product: a damaged one is exported again from last.pt, not reported done
-        broken = nonfinite_tensors(state_dict_of(load_checkpoint(student_path, what="student.pt"),
-                                                 student_path))
+        weights = load_checkpoint(student_path, what="student.pt", remedy=STUDENT_REMEDY)
+        broken = nonfinite_tensors(state_dict_of(weights, student_path))
         problem = f"holds NaN/Inf ({', '.join(broken[:3])})" if broken else ""
     except UserError as exc:
         problem = str(exc).removeprefix(f"student.pt {student_path} ")
     if problem:
-        log(f"the run is complete, but student.pt {problem}; writing it again from {CHECKPOINT}")
+        ending = "" if STUDENT_REMEDY in problem else f"; {STUDENT_REMEDY}"
+        log(f"the run is complete, but student.pt {problem}{ending}")
         return False
     return True
 

@@ -67,6 +67,7 @@ from .resume import (
     check_resume_changes,
     finished,
     keep_resumed_config,
+    load_last,
     metrics_lines,
     metrics_rows,
     remove_partial_writes,
@@ -259,8 +260,9 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     run_dir = open_run_dir(config, resume_dir, main, log, created, held)
     started = time.perf_counter()
     resuming = resume_dir is not None
-    trained = check_resume(config, run_dir) if resuming else None
-    if resuming and finished(run_dir, config.trainer.epochs, log):
+    last = load_last(run_dir) if resuming else None  # last.pt, read once for the resume
+    trained = check_resume(config, run_dir, last) if resuming else None
+    if resuming and finished(run_dir, config.trainer.epochs, last, log):
         log(f"the run is complete ({config.trainer.epochs} epochs, summary.json written); nothing "
             f"to do. To train it longer: --resume {run_dir} --set trainer.epochs=N")
         return run_dir if main else ""
@@ -272,7 +274,8 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
                                             from_last=resuming and os.path.exists(os.path.join(run_dir, CHECKPOINT)))
     batches = make_batches(config, splits, augment, algorithm, teachers, device, log)
     training = Training(config, algorithm, batches, splits, device, run_dir, checksums, log)
-    training.restore_or_start(resuming, trained)
+    training.restore_or_start(resuming, last, trained)
+    del last  # its tensors are in the algorithm and optimizer now, not held through training
     held.callback(training.loggers.close)  # closed when the run ends, however it ends
     try:
         training.pretrain()
@@ -331,15 +334,15 @@ def open_run_dir(config: RunConfig, resume_dir: str | None, main: bool, log: Cal
     return run_dir
 
 
-def check_resume(config: RunConfig, run_dir: str) -> dict[str, Any] | None:
+def check_resume(config: RunConfig, run_dir: str, last: Any) -> dict[str, Any] | None:
     """Refuse a ``--resume`` that would change what the run trains (against config.yaml, and
-    against the config last.pt was trained with); returns the latter (None: no last.pt, or one
-    that did not record it)."""
+    against the config ``last`` (last.pt) was trained with); returns the latter (None: no
+    last.pt, or one that did not record it)."""
     saved_config = os.path.join(run_dir, "config.yaml")
     if os.path.isfile(saved_config):
         # as saved, unchecked: a value a newer kdcore refuses may be what the overrides fix
         check_resume_changes(structure(RunConfig, read_yaml(saved_config)), config)
-    trained = trained_config(os.path.join(run_dir, CHECKPOINT))
+    trained = trained_config(last)
     if trained is not None:  # config.yaml edited by hand since the checkpoint: same rules
         check_resume_changes(structure(RunConfig, trained), config,
                              how=f"--resume (config.yaml edited since {CHECKPOINT})")
@@ -424,13 +427,13 @@ class Training:
         self.saved_at: int | None = None  # the global step of the last checkpoint written
         self.loggers = Loggers([])  # metrics.jsonl and trainer.loggers, on rank 0
 
-    def restore_or_start(self, resuming: bool, trained: dict[str, Any] | None) -> None:
-        """Put a resumed run back where last.pt left it (else start at step 0), then open the
-        metrics file and loggers after the rows it covers."""
+    def restore_or_start(self, resuming: bool, last: Any, trained: dict[str, Any] | None) -> None:
+        """Put a resumed run back where ``last`` (last.pt as loaded) left it (else start at step
+        0), then open the metrics file and loggers after the rows it covers."""
         if resuming and os.path.exists(self.checkpoint_path):
             self.position, self.stages_done = restore(
                 self.checkpoint_path, self.algorithm, self.optimizer, self.scheduler, self.checksums,
-                self.metrics_path if self.main else None, self.scaler, self.log)
+                self.metrics_path if self.main else None, self.scaler, self.log, state=last)
             self.log(f"resumed at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch} "
                      f"from {self.checkpoint_path}")
         if resuming and self.main:  # after the checks: a refused resume changes nothing
