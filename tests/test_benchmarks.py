@@ -46,3 +46,30 @@ def test_bootstrap_interval_brackets_the_median_and_is_repeatable():
     assert low <= 1.0 <= high
     assert (low, high) == overhead.bootstrap_median(values)
     assert overhead.bootstrap_median([2.0] * 5) == (2.0, 2.0)
+
+
+def test_speed_switches_reads_each_run_and_keeps_the_rows_order(tmp_path, monkeypatch, capsys):
+    """Rows run in the order --rows gives them (two calls can alternate arms in opposite orders),
+    --set reaches every run, and each run's figures come from its metrics.jsonl and summary.json."""
+    module = load("speed_switches")
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        run_dir = tmp_path / f"run{len(calls)}"
+        run_dir.mkdir()
+        calls.append(cmd)
+        rows = [{"train": {"images_per_second": v, "seconds": 2.0}} for v in (100.0, 300.0, 500.0)]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run_dir / "summary.json").write_text(json.dumps(
+            {"epochs": 3, "train_seconds": 6.0, "student": {"top1": 88.81}, "teacher": {"top1": 90.17}}))
+        return module.subprocess.CompletedProcess(cmd, 0, f"run dir: {run_dir}\n", "")
+
+    monkeypatch.setattr(module.subprocess, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["speed_switches.py", "--device", "cpu", "--no-warmup", "--repeats", "1",
+                                      "--rows", "teacher as trained,baseline (fp32)",
+                                      "--set", "trainer.threads=1"])
+    module.main()
+    assert "trainer.teacher_fold_bn=false" in calls[0] and "trainer.teacher_fold_bn=false" not in calls[1]
+    assert all("trainer.threads=1" in c for c in calls)
+    out = capsys.readouterr().out
+    assert "| teacher as trained | 400 | 1.00x | 2.0 |" in out and "| 88.81 |" in out
