@@ -70,3 +70,6 @@ def check_components(config: RunConfig) -> None:
         except Exception:  # a factory that does not import: the run names it and its plugin
             continue
         check_params(factory, block.params, context, where=where, block_keys=block_keys(cls), dry=True)
+    from .assemble import check_teachers_wanted
+
+    check_teachers_wanted(config)  # teachers for an algorithm that takes none

@@ -240,6 +240,14 @@ def test_a_config_with_teachers_is_refused_in_one_line(tmp_path):
     assert not any(tmp_path.iterdir())  # no run dir left behind, nothing trained
 
 
+def test_print_config_refuses_teachers_too():
+    result = CliRunner().invoke(main, ["run", "--preset", "dml", "--print-config",
+                                       "--set", "teachers=[{name: teacher, type: cnn_teacher}]"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith(
+        "kdcore: error: config key teachers: algorithm 'dml' learns without teachers")
+
+
 def test_preset_loads():
     result = CliRunner().invoke(main, ["run", "--preset", "dml", "--print-config"])
     assert result.exit_code == 0, result.output
