@@ -5,7 +5,10 @@ losses from its plugin's preset (``kdcore list preset``), adapted to the user's 
 :mod:`kdcore.pairing`: a point on the preset's logits goes to ``output``, one on its embedding to
 the user's flat feature, one on a stage end to the matched stage of the same relative depth. A
 point the pairing cannot place (a layer inside a stage the user's model does not have) refuses
-the method with the reason, in the table. ``vanilla`` is the student alone.
+the method with the reason, in the table. ``vanilla`` is the student alone. A method whose runs
+open no training images (data-free) cannot train its teacher: its runs get the user's teacher
+from the teacher cache (trained there once on the user's data if missing), the very checkpoint the
+other methods distil from.
 
 Output folder::
 
@@ -220,19 +223,31 @@ def _algorithm_preset(method: str, preset: dict[str, Any], data: dict[str, Any])
     if _model_key(data["student"]) != _model_key(preset["student"]):
         raise UserError(f"algorithm {kind} names layers of its preset's student "
                         f"({preset['student'].get('type')}); run it with kdcore run --preset {method}")
-    preset_teachers = preset.get("teachers") or []
-    mine = {_model_key(t): t for t in data.get("teachers") or []}
-    if any(not mine.get(_model_key(t), t).get("checkpoint") and "splits" in (preset.get("data") or {})
-           for t in preset_teachers):
-        raise UserError(f"algorithm {kind} trains on no training images, so its teacher needs a "
-                        f"checkpoint: kdcore run --preset {method} --set teachers.0.checkpoint=PATH")
     data["algorithm"] = copy.deepcopy(preset["algorithm"])
     # a teacher the user's config also has (same model) is the user's block: its checkpoint or
     # training settings, so the cached teacher is shared with the other methods
     mine = {_model_key(t): t for t in data.get("teachers") or []}
     data["teachers"] = [{**copy.deepcopy(mine.get(_model_key(t), t)), "name": t.get("name", "teacher"),
-                         "distill": copy.deepcopy(t.get("distill") or [])} for t in preset_teachers]
+                         "distill": copy.deepcopy(t.get("distill") or [])} for t in preset.get("teachers") or []]
+    splits = (preset.get("data") or {}).get("splits")
+    if splits is not None and "train" not in splits:
+        # data-free: the run opens no training images (so no validation split and no labels
+        # either); its teachers come trained, from the cache the other methods share
+        if data["data"].get("type") != preset["data"].get("type"):
+            raise UserError(f"algorithm {kind} reads only the {'/'.join(splits)} split of its preset's "
+                            f"data ({preset['data'].get('type')}), not {data['data'].get('type')}; "
+                            f"run it with kdcore run --preset {method}")
+        data["data"].update(splits=list(splits), val_split=0, labelled=None, train_limit=None,
+                            drop_unlabelled=False)
     return data
+
+
+def trains_no_teacher(config: dict[str, Any]) -> bool:
+    """A run that opens no training images cannot train its teachers: compare gives it the
+    cached teachers (:meth:`Plan.teacher_checkpoints`)."""
+    splits = (config.get("data") or {}).get("splits")
+    return splits is not None and "train" not in splits and any(
+        not t.get("checkpoint") for t in config.get("teachers") or [])
 
 
 def set_tuned(data: dict[str, Any], method: str, key: str, value: Any) -> None:
@@ -289,6 +304,7 @@ class Plan:
                             "--set data.val_split=N (training images held out, e.g. 5000)")
         self.configs: dict[str, dict[str, Any]] = {}
         self.refused: dict[str, str] = {}
+        self._checkpoints: dict[str, list[str | None]] = {}
         placer = Placer(self.user)
         for method in self.methods:
             if method != "vanilla":
@@ -320,8 +336,33 @@ class Plan:
         steps = max(1, checked.data.labelled // batch)
         return max(1, round(epochs * (len(splits.train) // batch) / steps))
 
+    def teacher_checkpoints(self, method: str) -> list[str | None]:
+        """The checkpoint of each teacher of ``method`` when its runs cannot train them (data-free):
+        each trained once on the user's data (the training images the other methods see) and
+        cached, so it is the very teacher the other methods distil from."""
+        if method not in self._checkpoints:
+            from .assemble import load_data
+            from .config import RunConfig, structure
+            from .engine.run import pick_device
+            from .engine.teachers import prepare_teachers
+
+            teachers = self.configs[method]["teachers"]
+            raw = {**copy.deepcopy(self.user), "teachers": [{**t, "distill": []} for t in teachers]}
+            raw["trainer"] = {**raw.get("trainer", {}), "progress": False}
+            config = structure(RunConfig, raw)
+            todo = ", ".join(t.name for t in config.teachers if not t.checkpoint)
+            self.log(f"{method}: its runs open no training images, so they get your cached teacher "
+                     f"({todo}), trained now on your data if it is not cached yet")
+            prepared = prepare_teachers(config, load_data(config.data), pick_device(config.trainer.device),
+                                        lambda m: self.log(f"{method}: {m}"))
+            self._checkpoints[method] = [prepared[t.name].checkpoint for t in config.teachers]
+        return self._checkpoints[method]
+
     def config_for(self, job: Job, chosen: dict[str, Any]) -> dict[str, Any]:
         data = copy.deepcopy(self.configs[job.method])
+        if trains_no_teacher(data):
+            for teacher, path in zip(data["teachers"], self.teacher_checkpoints(job.method)):
+                teacher["checkpoint"] = path
         data["seed"] = job.seed
         trainer = data.setdefault("trainer", {})
         if self.options.epochs:
@@ -505,6 +546,11 @@ def _last_error(out: str, tag: str) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
+def _cell(text: str) -> str:
+    """A reason as one table cell: one line, no column bars."""
+    return " ".join(text.split()).replace("|", "/")
+
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return ""
@@ -536,7 +582,7 @@ def table(plan: Plan, results: list[dict[str, Any]], chosen: dict[str, Any], wal
     base = [r["final"] for r in ok if r["method"] == "vanilla"]
     for method in plan.methods:
         if method in plan.refused:
-            lines.append(f"| {method} | 0 | refused: {plan.refused[method]} | | | | |")
+            lines.append(f"| {method} | 0 | refused: {_cell(plan.refused[method])} | | | | |")
             continue
         rs = [r for r in ok if r["method"] == method]
         failed = [r for r in main if r["method"] == method and "metric" not in r]
@@ -545,7 +591,7 @@ def table(plan: Plan, results: list[dict[str, Any]], chosen: dict[str, Any], wal
             name += f" ({chosen[method]['key']}={chosen[method]['value']}, tuned on val)"
         if not rs:
             why = failed[0]["error"] if failed else "not run"
-            lines.append(f"| {name} | 0 | failed: {why} | | | | |")
+            lines.append(f"| {name} | 0 | failed: {_cell(why)} | | | | |")
             continue
         finals = [r["final"] for r in rs]
         delta = (f"{statistics.mean(finals) - statistics.mean(base):+.2f}"

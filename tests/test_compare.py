@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from kdcore.cli import main
-from kdcore.compare import Job, Options, Placer, Plan, method_config, read_result, table
+from kdcore.compare import Job, Options, Placer, Plan, method_config, read_result, table, trains_no_teacher
 from kdcore.config import load_config, read_yaml, unstructure
 from kdcore.errors import UserError
 
@@ -54,8 +54,46 @@ def test_an_algorithm_preset_shares_the_users_teacher() -> None:
     assert config["algorithm"]["type"] == "meal_v2"
     assert [t["type"] for t in config["teachers"]] == ["cnn_teacher", "cnn"]
     assert config["teachers"][0]["train"]["train_limit"] == 256 and config["teachers"][0]["train"]["epochs"] == 1
-    with pytest.raises(UserError, match="its teacher needs a checkpoint"):
+
+
+def test_data_free_opens_no_training_images_and_only_its_presets_data() -> None:
+    user = user_config("data.val_split=5000", "data.labelled=2000", "data.train_limit=1000")
+    config = method_config("datafree", user, Placer(user))
+    assert config["algorithm"]["type"] == "data_free" and trains_no_teacher(config)
+    assert {k: config["data"][k] for k in ("splits", "val_split", "labelled", "train_limit")} == \
+        {"splits": ["test"], "val_split": 0, "labelled": None, "train_limit": None}
+    assert config["teachers"][0]["train"] == user["teachers"][0]["train"]  # the user's teacher
+    user["data"]["type"] = "cifar10"
+    with pytest.raises(UserError, match="reads only the test split of its preset's data .fashion_mnist., not cifar10"):
         method_config("datafree", user, Placer(user))
+
+
+@pytest.mark.fashion
+def test_data_free_runs_get_the_teacher_the_other_methods_distil_from(tmp_path, monkeypatch) -> None:
+    """compare trains the user's teacher into the cache once (or finds it there) and gives the
+    data-free runs that checkpoint: the one a kd run of the same compare loads."""
+    from kdcore.assemble import load_data
+    from kdcore.engine.teachers import teacher_key
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KDCORE_CACHE_DIR", str(cache))
+    sets = ["data.val_split=200", "data.labelled=100", "data.test_limit=64",
+            "teachers.0.train.epochs=1", "teachers.0.train.train_limit=256"]
+    logs: list[str] = []
+    options = Options(config=DEFAULT, methods=["kd", "datafree"], seeds=1, overrides=sets)
+    plan = Plan(str(tmp_path / "cmp"), options, logs.append)
+    assert plan.refused == {}
+    config = plan.config_for(Job("datafree-s0", "datafree", 0), {})
+    kd = load_config(plan.config_for(Job("kd-s0", "kd", 0), {}))
+    path = config["teachers"][0]["checkpoint"]
+    assert path == str(cache / "teachers" / f"cnn_teacher-{teacher_key(kd.teachers[0], kd, load_data(kd.data))}.pt")
+    assert os.path.isfile(path) and any("training cnn_teacher for 1 epochs on 256 images" in m for m in logs)
+    splits = load_data(load_config(config).data)  # a valid run config that opens no training image
+    assert len(splits.train) == 0 and splits.val is None and len(splits.test) == 64
+    stamp, logs[:] = os.path.getmtime(path), []
+    again = Plan(str(tmp_path / "cmp"), options, logs.append).config_for(Job("datafree-s1", "datafree", 1), {})
+    assert again["teachers"][0]["checkpoint"] == path and os.path.getmtime(path) == stamp
+    assert any("using cached checkpoint" in m for m in logs) and not any("training cnn_teacher" in m for m in logs)
 
 
 @pytest.mark.fashion
@@ -132,6 +170,13 @@ def test_table_reports_the_tasks_headline_metric(tmp_path) -> None:
     assert "test miou, last epoch" in rows["method"]
     assert "| 2 | 51.00 ± 1.41 |  | 46.00 ± 8.49 | 1, 2 | 11 |" in rows["vanilla"]
     assert "| 1 (1 failed) | 60.00 | +9.00 | 60.00 | 2 | 20 |" in rows["kd"]
+
+
+def test_a_refusal_is_one_table_cell() -> None:
+    plan = Plan("/nonexistent", Options(config=DEFAULT, methods=["vanilla", "kd"], seeds=1), lambda m: None)
+    plan.refused["kd"] = "its point a|b\n  is  not here"
+    rows = [line for line in table(plan, [], {}, 1.0).splitlines() if line.startswith("| kd ")]
+    assert rows == ["| kd | 0 | refused: its point a/b is not here | | | | |"]
 
 
 def poll(condition, timeout: float = 240) -> None:
