@@ -82,6 +82,9 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path) -> None:
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
     assert ranks[0]["skipped"] == ranks[1]["skipped"] == 1  # counted once, not once per rank
     assert ranks[0]["weights"] == ranks[1]["weights"]  # the same steps were taken everywhere
+    # an algorithm that owns its step: update() averages the gradients and agrees on the skip
+    assert ranks[0]["own_skipped"] == ranks[1]["own_skipped"] == 1
+    assert ranks[0]["own_weights"] == ranks[1]["own_weights"]
 
 
 def test_sync_batchnorm_converts_trainable_batchnorms_in_place_and_keeps_taps(monkeypatch) -> None:

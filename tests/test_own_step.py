@@ -222,3 +222,23 @@ def test_a_nan_in_a_pre_training_stops_naming_it_and_what_is_kept() -> None:
                               "at epoch 1, step 1; stopped, " + STAGE_KEPT)
     history = run_stage(algorithm, "p", pretraining, batches(), LoopSettings(1, progress=False, on_nonfinite="skip"))
     assert history["warm_skipped_batches"] == 1
+
+
+def test_deep_mutual_learning_trains_through_the_loop() -> None:
+    """The in-repo own-step algorithm (kdcore-plugin-dml) with the loop's update: both students
+    move, every term is logged, and each optimizer's schedule steps once per batch."""
+    dml = pytest.importorskip("kdcore_plugin_dml.algorithms")
+    torch.manual_seed(0)
+    algorithm = dml.DeepMutualLearning(nn.Linear(4, 2), ClassificationTask(2), num_classes=2,
+                                       input_shape=(4,), peers=[nn.Linear(4, 2)])
+    before = copy.deepcopy(algorithm)
+    optimizers = algorithm.optimizers(lambda groups: torch.optim.SGD(groups, lr=LR))
+    schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for n, o in optimizers.items()}
+    rows: list[dict[str, float]] = []
+    train_epochs(algorithm, batches(), None, None, TrainingState(), LoopSettings(
+        1, progress=False, optimizers=optimizers, schedulers=schedulers,
+        on_epoch_end=lambda state, summary: rows.append(summary)))
+    assert set(rows[0]) >= {"student0_ce", "student0_kl", "student1_ce", "student1_kl", "loss"}
+    for new, old in zip(algorithm.students, before.students):
+        assert not torch.equal(new.weight, old.weight)
+    assert all(s.last_epoch == 3 for s in schedulers.values())
