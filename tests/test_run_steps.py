@@ -65,3 +65,113 @@ def test_a_resume_reads_last_pt_once(tmp_path, monkeypatch) -> None:
     longer = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--set", "trainer.epochs=2"])
     assert longer.exit_code == 0 and "resumed at epoch 2" in longer.output, longer.output
     assert len(loads) == 1
+
+
+# --- an algorithm that owns its step: every optimizer in last.pt by name ---------------------------
+
+class TwoNets(torch.nn.Module):
+    """A fake own-step algorithm: two networks, one optimizer each (or the engine's one)."""
+
+    def __init__(self, own: bool = True) -> None:
+        super().__init__()
+        self.a, self.b, self.own = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2), own
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.parameters())
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        return [{"params": self.parameters()}]
+
+    def optimizers(self, build: Any) -> dict[str, torch.optim.Optimizer] | None:
+        if not self.own:
+            return None
+        return {"a": build([{"params": list(self.a.parameters())}]),
+                "b": build([{"params": list(self.b.parameters())}])}
+
+
+def built(own: bool, seed: int) -> tuple[TwoNets, dict[str, Any], dict[str, Any], bool]:
+    from kdcore.config import load_config
+    from kdcore.engine.run import make_optimizers
+
+    torch.manual_seed(seed)
+    algorithm = TwoNets(own)
+    return (algorithm, *make_optimizers(algorithm, load_config({}, []), steps_per_epoch=4))
+
+
+def test_two_named_optimizers_and_their_schedules_survive_last_pt(tmp_path) -> None:
+    from kdcore.engine.checkpoint import load_checkpoint, save_atomic
+    from kdcore.engine.loop import TrainingState
+    from kdcore.engine.resume import restore, run_state
+
+    algorithm, optimizers, schedulers, own = built(True, seed=0)
+    assert own and list(optimizers) == ["a", "b"] and set(schedulers) == {"a", "b"}
+    for name, net, steps in (("a", algorithm.a, 1), ("b", algorithm.b, 3)):  # states that differ
+        for _ in range(steps):
+            optimizers[name].zero_grad()
+            net(torch.ones(1, 3)).square().sum().backward()
+            optimizers[name].step()
+            schedulers[name].step()
+    path = str(tmp_path / "last.pt")
+    save_atomic(run_state(algorithm, optimizers, schedulers, None, TrainingState(global_step=3),
+                          stages_done=True, metrics_rows=0, checksums={}), path)
+    state = load_checkpoint(path)
+    assert set(state["optimizers"]) == set(state["schedulers"]) == {"a", "b"} and "optimizer" not in state
+
+    fresh, again, schedules, _ = built(True, seed=1)
+    position, _ = restore(path, fresh, again, schedules, {}, None, state=state)
+    assert position.global_step == 3
+    assert all(torch.equal(v, algorithm.state_dict()[k]) for k, v in fresh.state_dict().items())
+    for name in ("a", "b"):
+        assert schedules[name].last_epoch == schedulers[name].last_epoch
+        assert again[name].param_groups[0]["lr"] == optimizers[name].param_groups[0]["lr"]
+        mine, theirs = again[name].state_dict()["state"], optimizers[name].state_dict()["state"]
+        assert mine.keys() == theirs.keys() and mine
+        assert all(torch.equal(mine[i]["momentum_buffer"], theirs[i]["momentum_buffer"]) for i in mine)
+    assert schedules["a"].last_epoch != schedules["b"].last_epoch
+
+    # the engine's one optimizer is saved as every kdcore saved it, and a mismatch is named
+    single, optimizer, schedule, own = built(False, seed=0)
+    assert not own
+    one = run_state(single, optimizer, schedule, None, TrainingState(), stages_done=True,
+                    metrics_rows=0, checksums={})
+    assert "optimizer" in one and "scheduler" in one and "optimizers" not in one
+    restore(path, single, optimizer, schedule, {}, None, state=one)
+    from kdcore.errors import UserError
+    with pytest.raises(UserError, match="it holds the optimizers 'a', 'b', the algorithm now has the engine's one"):
+        restore(path, single, optimizer, schedule, {}, None, state=state)
+
+
+def test_optimizers_that_miss_a_parameter_are_refused() -> None:
+    from kdcore.config import load_config
+    from kdcore.engine.run import make_optimizers
+    from kdcore.errors import UserError
+
+    algorithm = TwoNets()
+    algorithm.optimizers = lambda build: {"a": build([{"params": list(algorithm.a.parameters())}])}
+    with pytest.raises(UserError, match=r"optimizers\(\) must hold every trainable parameter exactly "
+                                        r"once \(missing \['b\.(weight|bias)', 'b\.(weight|bias)'\]"):
+        make_optimizers(algorithm, load_config({}, []), steps_per_epoch=4)
+
+
+@pytest.mark.fashion
+def test_deep_mutual_learning_resumes_both_students_optimizers(tmp_path) -> None:
+    pytest.importorskip("kdcore_plugin_dml")
+    from click.testing import CliRunner
+
+    from kdcore.cli import main
+    from kdcore.engine.checkpoint import load_checkpoint
+
+    files = run_files(tmp_path / "files")
+    args = ["run", "--preset", "dml", "--output-dir", str(tmp_path / "runs")]
+    for item in (f"data.root={files['root']}", "data.train_limit=256", "data.test_limit=256",
+                 "data.batch_size=64", "trainer.epochs=1", "trainer.progress=false"):
+        args += ["--set", item]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    run_dir = only_run_dir(tmp_path / "runs")
+    state = load_checkpoint(str(run_dir / CHECKPOINT))
+    assert set(state["optimizers"]) == {"student0", "student1"} and "optimizer" not in state
+    longer = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--set", "trainer.epochs=2"])
+    assert longer.exit_code == 0 and "resumed at epoch 2" in longer.output, longer.output
+    again = load_checkpoint(str(run_dir / CHECKPOINT))
+    assert {n: s["last_epoch"] for n, s in again["schedulers"].items()} == {"student0": 8, "student1": 8}

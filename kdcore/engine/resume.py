@@ -117,25 +117,59 @@ def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in algorithm.state_dict().items() if not is_teacher_state(k)}
 
 
-def run_state(algorithm: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-              scaler: torch.amp.GradScaler | None, position: TrainingState, *, stages_done: bool,
-              metrics_rows: int, checksums: dict[str, str], metrics: list[str] | None = None,
+#: the name of the engine's one optimizer (the default path: ``Algorithm.optimizers()`` is None)
+ENGINE_OPTIMIZER = ""
+
+
+def optimizers_state(optimizers: dict[str, torch.optim.Optimizer],
+                     schedulers: dict[str, Any]) -> dict[str, Any]:
+    """The optimizers' and schedules' part of ``last.pt``: the engine's one as ``optimizer`` and
+    ``scheduler`` (as every kdcore wrote it), an own-step algorithm's under ``optimizers`` and
+    ``schedulers`` by name."""
+    if list(optimizers) == [ENGINE_OPTIMIZER]:
+        return {"optimizer": optimizers[ENGINE_OPTIMIZER].state_dict(),
+                "scheduler": schedulers[ENGINE_OPTIMIZER].state_dict()}
+    return {"optimizers": {name: o.state_dict() for name, o in optimizers.items()},
+            "schedulers": {name: s.state_dict() for name, s in schedulers.items()}}
+
+
+def restore_optimizers(checkpoint_path: str, optimizers: dict[str, torch.optim.Optimizer],
+                       schedulers: dict[str, Any], state: dict[str, Any]) -> None:
+    """Load every optimizer and schedule of ``state`` (:func:`optimizers_state`) by name."""
+    saved, schedules = state.get("optimizers"), state.get("schedulers")
+    if saved is None:  # the engine's one optimizer
+        saved, schedules = {ENGINE_OPTIMIZER: state["optimizer"]}, {ENGINE_OPTIMIZER: state["scheduler"]}
+    if set(saved) != set(optimizers):
+        def names(found: dict[str, Any]) -> str:
+            return "the engine's one" if list(found) == [ENGINE_OPTIMIZER] else ", ".join(map(repr, found))
+        raise UserError(f"resume checkpoint {checkpoint_path}: it holds the optimizers "
+                        f"{names(saved)}, the algorithm now has {names(optimizers)}; their state "
+                        f"does not carry over, so start a new run")
+    for name, optimizer in optimizers.items():
+        restore_optimizer(optimizer, schedulers[name], saved[name], schedules[name])
+
+
+def run_state(algorithm: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+              schedulers: dict[str, Any], scaler: torch.amp.GradScaler | None,
+              position: TrainingState, *, stages_done: bool, metrics_rows: int,
+              checksums: dict[str, str], metrics: list[str] | None = None,
               config: RunConfig | None = None) -> dict[str, Any]:
     """What ``last.pt`` holds: everything a resumed run needs to continue bit for bit, plus
     what checks a resume: the metrics rows it covers as written (a few hundred bytes an epoch),
-    and the config the run trained with."""
+    and the config the run trained with. ``optimizers`` and ``schedulers`` by name
+    (:data:`ENGINE_OPTIMIZER` alone on the default path)."""
     return {"format": 1, "algorithm": trainable_state(algorithm),
             "metrics": list(metrics) if metrics is not None else None,
             "config": unstructure(config) if config is not None else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "optimizer_type": type(optimizer).__name__,
+            **optimizers_state(optimizers, schedulers),
+            "optimizer_type": type(next(iter(optimizers.values()))).__name__,
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "position": attrs.asdict(position), "rng": rng_state(), "stages_done": stages_done,
             "metrics_rows": metrics_rows, "teachers_sha256": checksums}
 
 
-def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-            checksums: dict[str, str], metrics_path: str | None,
+def restore(checkpoint_path: str, algorithm: Any, optimizers: dict[str, torch.optim.Optimizer],
+            schedulers: dict[str, Any], checksums: dict[str, str], metrics_path: str | None,
             scaler: torch.amp.GradScaler | None = None,
             log: Callable[[str], None] = lambda message: None, state: Any = None) -> tuple[TrainingState, bool]:
     """Load a run checkpoint into the built run; returns (position, stages_done). The teachers
@@ -162,12 +196,12 @@ def restore(checkpoint_path: str, algorithm: Any, optimizer: torch.optim.Optimiz
     if missing.unexpected_keys:
         raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: unexpected "
                         f"keys {missing.unexpected_keys[:4]}")
-    saved_type = state.get("optimizer_type")
-    if saved_type is not None and saved_type != type(optimizer).__name__:
+    saved_type, now = state.get("optimizer_type"), type(next(iter(optimizers.values()))).__name__
+    if saved_type is not None and saved_type != now:
         raise UserError(f"resume checkpoint {checkpoint_path}: the run started with optimizer "
-                        f"{saved_type}, the config now says {type(optimizer).__name__}; its state "
+                        f"{saved_type}, the config now says {now}; its state "
                         f"does not carry over, so optimizer.type cannot change on resume")
-    restore_optimizer(optimizer, scheduler, state["optimizer"], state["scheduler"])
+    restore_optimizers(checkpoint_path, optimizers, schedulers, state)
     if scaler is not None and state.get("grad_scaler"):  # absent: an older or non-fp16 run
         scaler.load_state_dict(state["grad_scaler"])
     set_rng_state(state["rng"])

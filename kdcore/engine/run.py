@@ -66,6 +66,7 @@ from .resume import (
     check_resumable,
     check_resume_changes,
     finished,
+    ENGINE_OPTIMIZER,
     keep_resumed_config,
     load_last,
     metrics_lines,
@@ -179,20 +180,46 @@ def check_assembly(config: RunConfig, splits: Any) -> None:
         build_algorithm(config, splits, student, teachers).remove_taps()
 
 
-def checked_groups(algorithm: Any) -> list[dict[str, Any]]:
-    """``algorithm.parameter_groups()``, checked to hold every trainable parameter once."""
-    groups = [{**g, "params": list(g["params"])} for g in algorithm.parameter_groups()]  # generators once
-    seen = [id(p) for g in groups for p in g["params"]]
+def check_holds_each_once(algorithm: Any, params: list[Any], what: str) -> None:
+    """``params`` (what ``what`` gave) must be every trainable parameter, each once."""
+    seen = [id(p) for p in params]
     trainable = {id(p) for p in algorithm.trainable_parameters()}
     if len(seen) != len(set(seen)) or set(seen) != trainable:
         names = {id(p): n for n, p in algorithm.named_parameters()}
         missing = [names.get(i, "?") for i in trainable - set(seen)][:3]
         extra = [names.get(i, "?") for i in set(seen) - trainable][:3]
         repeated = sorted({names.get(i, "?") for i in seen if seen.count(i) > 1})[:3]
-        raise UserError(f"algorithm {type(algorithm).__name__}: parameter_groups() must hold every "
+        raise UserError(f"algorithm {type(algorithm).__name__}: {what} must hold every "
                         f"trainable parameter exactly once (missing {missing}, not trainable "
                         f"{extra}, repeated {repeated})")
+
+
+def checked_groups(algorithm: Any) -> list[dict[str, Any]]:
+    """``algorithm.parameter_groups()``, checked to hold every trainable parameter once."""
+    groups = [{**g, "params": list(g["params"])} for g in algorithm.parameter_groups()]  # generators once
+    check_holds_each_once(algorithm, [p for g in groups for p in g["params"]], "parameter_groups()")
     return groups
+
+
+def make_optimizers(algorithm: Any, config: RunConfig, steps_per_epoch: int
+                    ) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any], bool]:
+    """The optimizers by name, one schedule each (``config.schedule``), and whether the algorithm
+    owns its step: its ``optimizers(build)`` gave a dict, else the engine's one optimizer over
+    ``parameter_groups()`` (named :data:`~.resume.ENGINE_OPTIMIZER`)."""
+    own = algorithm.optimizers(lambda groups: make_optimizer(groups, config.optimizer))
+    if own is None:
+        optimizers = {ENGINE_OPTIMIZER: make_optimizer(checked_groups(algorithm), config.optimizer)}
+    else:
+        if not (isinstance(own, dict) and own and all(isinstance(n, str) and n and isinstance(
+                o, torch.optim.Optimizer) for n, o in own.items())):
+            raise UserError(f"algorithm {type(algorithm).__name__}: optimizers() must return None "
+                            f"or {{name: torch optimizer}} with non-empty names, got {own!r:.80}")
+        check_holds_each_once(algorithm, [p for o in own.values() for g in o.param_groups for p in g["params"]],
+                              "optimizers()")
+        optimizers = dict(own)
+    schedulers = {name: make_scheduler(o, config.schedule, steps_per_epoch, config.trainer.epochs)
+                  for name, o in optimizers.items()}
+    return optimizers, schedulers, own is not None
 
 
 class Terminated(KeyboardInterrupt):
@@ -416,8 +443,7 @@ class Training:
         self.config, self.algorithm, self.batches, self.splits = config, algorithm, batches, splits
         self.device, self.run_dir, self.checksums, self.log = device, run_dir, checksums, log
         self.main = distributed.is_main()
-        self.optimizer = make_optimizer(checked_groups(algorithm), config.optimizer)
-        self.scheduler = make_scheduler(self.optimizer, config.schedule, len(batches), config.trainer.epochs)
+        self.optimizers, self.schedulers, self.own_step = make_optimizers(algorithm, config, len(batches))
         self.scaler = loss_scaler(config.trainer.amp, device)
         self.position = TrainingState()
         self.stages_done = False
@@ -432,7 +458,7 @@ class Training:
         0), then open the metrics file and loggers after the rows it covers."""
         if resuming and os.path.exists(self.checkpoint_path):
             self.position, self.stages_done = restore(
-                self.checkpoint_path, self.algorithm, self.optimizer, self.scheduler, self.checksums,
+                self.checkpoint_path, self.algorithm, self.optimizers, self.schedulers, self.checksums,
                 self.metrics_path if self.main else None, self.scaler, self.log, state=last)
             self.log(f"resumed at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch} "
                      f"from {self.checkpoint_path}")
@@ -461,12 +487,15 @@ class Training:
 
     def train(self) -> None:
         """The student's epochs, from where the run stands."""
-        trainer = self.config.trainer
-        train_epochs(self.algorithm, self.batches, self.optimizer, self.scheduler, self.position,
-                     LoopSettings.of(trainer, scaler=self.scaler,
-                                     step_module=distributed.wrap(self.algorithm, self.device),
-                                     reduce=distributed.reduce_sums, on_step=self.on_step,
-                                     on_epoch_end=self.on_epoch_end))
+        settings = LoopSettings.of(self.config.trainer, scaler=self.scaler, reduce=distributed.reduce_sums,
+                                   on_step=self.on_step, on_epoch_end=self.on_epoch_end)
+        if self.own_step:  # the algorithm steps its optimizers; it is not wrapped in DDP
+            settings.optimizers, settings.schedulers = self.optimizers, self.schedulers
+            train_epochs(self.algorithm, self.batches, None, None, self.position, settings)
+        else:
+            settings.step_module = distributed.wrap(self.algorithm, self.device)
+            train_epochs(self.algorithm, self.batches, self.optimizers[ENGINE_OPTIMIZER],
+                         self.schedulers[ENGINE_OPTIMIZER], self.position, settings)
 
     def on_step(self, pos: TrainingState) -> None:
         every = self.config.trainer.checkpoint_every
@@ -479,10 +508,10 @@ class Training:
             self.check_weights()  # as rank 0 does before its checkpoint: all stop together
             return
         scores = self.score()
-        optimizer = self.optimizer
-        row = {"epoch": pos.epoch, "lr": optimizer.param_groups[0]["lr"], "train": train, **scores}
-        if len(optimizer.param_groups) > 1:  # Algorithm.parameter_groups() with lr_scale
-            row["lr_groups"] = [group["lr"] for group in optimizer.param_groups]
+        groups = [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
+        row = {"epoch": pos.epoch, "lr": groups[0]["lr"], "train": train, **scores}
+        if len(groups) > 1:  # parameter_groups() with lr_scale, or several optimizers
+            row["lr_groups"] = [group["lr"] for group in groups]
         check_run_dir(self.run_dir)
         try:
             self.loggers.log_epoch(row)  # metrics.jsonl first, then the trackers
@@ -514,7 +543,7 @@ class Training:
         self.check_weights()
         if self.main:
             check_run_dir(self.run_dir)
-            state = run_state(self.algorithm, self.optimizer, self.scheduler, self.scaler, self.position,
+            state = run_state(self.algorithm, self.optimizers, self.schedulers, self.scaler, self.position,
                               stages_done=self.stages_done, metrics_rows=len(self.metrics_record),
                               checksums=self.checksums, metrics=self.metrics_record, config=self.config)
             save_atomic(state, self.checkpoint_path)
