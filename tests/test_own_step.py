@@ -242,3 +242,12 @@ def test_deep_mutual_learning_trains_through_the_loop() -> None:
     for new, old in zip(algorithm.students, before.students):
         assert not torch.equal(new.weight, old.weight)
     assert all(s.last_epoch == 3 for s in schedulers.values())
+
+
+def test_the_old_name_stage_still_works_and_says_it_is_deprecated() -> None:
+    with pytest.warns(DeprecationWarning, match=r"kdcore.Stage is deprecated: use kdcore.PreTraining"):
+        old = kdcore.Stage
+    assert old is kdcore.PreTraining
+    with pytest.warns(DeprecationWarning):
+        from kdcore.components import Stage
+    assert Stage is kdcore.PreTraining

@@ -64,14 +64,14 @@ class FaultyStage(kdcore.Loss):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
         return (student * 0).sum()
 
-    def stages(self, head: Any) -> list[kdcore.Stage]:
+    def stages(self, head: Any) -> list[kdcore.PreTraining]:
         calls = [0]
 
         def loss(student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
             calls[0] += 1
             return (student * 0).sum() + (float("nan") if calls[0] >= 2 else 0.0)
 
-        return [kdcore.Stage("kdrel_nan_stage", 1, loss)]
+        return [kdcore.PreTraining("kdrel_nan_stage", 1, loss)]
 
 
 class TeacherTamper(kdcore.Loss):

@@ -77,7 +77,7 @@ class StagedMSE(kdcore.Loss):
             if os.environ.get("KDREL_KILL") == f"stage:{self.stage_calls}":
                 die()
             return F.mse_loss(student, teacher)
-        return [kdcore.Stage("kdrel_warmup", 1, loss)]
+        return [kdcore.PreTraining("kdrel_warmup", 1, loss)]
 
 
 @kdcore.hookimpl

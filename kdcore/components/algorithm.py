@@ -11,7 +11,7 @@ from torch import nn
 
 from ..taps import FeatureTaps
 from .distiller import Distiller
-from .stage import Stage
+from .pretraining import PreTraining
 
 
 @attrs.define
@@ -153,7 +153,7 @@ class Algorithm(nn.Module):
         """The networks scored after each epoch, by name. The first is the one exported."""
         return {"student": self.student}
 
-    def stages(self) -> Iterator[tuple[str, Stage]]:
+    def stages(self) -> Iterator[tuple[str, PreTraining]]:
         """``(point_name, stage)`` for every pre-training stage the heads declare."""
         if self.distiller is None:
             return
