@@ -57,8 +57,8 @@ class Algorithm(nn.Module):
 
     #: False for a method that learns without frozen teachers (Deep Mutual Learning, Be Your Own
     #: Teacher): the core then refuses a config that gives it teachers, naming the key
-    #: ``teachers`` in one line (exit code 2), before anything is built or trained. Declared on
-    #: the class, because the check runs before the algorithm is built::
+    #: ``teachers`` in one line (exit code 2), before any teacher is trained. Declared on the
+    #: class, because the check runs before the algorithm is built::
     #:
     #:     class MutualLearning(kdcore.Algorithm):
     #:         takes_teachers = False
