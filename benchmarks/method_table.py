@@ -8,7 +8,7 @@ transfer-set regime (docs/benchmarks.md explains the choice).
   targets / features cover all of them. vanilla trains on the labelled images alone for the
   same number of optimizer steps (compare does this whenever ``data.labelled`` is set).
 
-    python benchmarks/method_table.py --seeds 3 --epochs 5 --labelled 2000 --parallel 4
+    python benchmarks/method_table.py --seeds 3 --epochs 5 --labelled 2000 --parallel 2 --teacher-cache
 
 This script only builds the compare command and puts its table between the markers of
 ``--out``; the runs, the table, runs.json and curves.png are compare's (kdcore/compare.py).
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 
@@ -98,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(os.path.join(args.runs_dir, "runs.json"), args.json)
     png = os.path.join(figures, "method_curves.png")
     shutil.copyfile(os.path.join(args.runs_dir, "curves.png"), png)
-    shown = " ".join(a for a in sys.argv[1:]) if argv is None else " ".join(argv)
+    shown = shlex.join(sys.argv[1:] if argv is None else argv)
     report = "\n".join([
-        f"Command: `python benchmarks/method_table.py {shown}`, that is `kdcore {' '.join(compare_args(args))}`",
+        f"Command: `python benchmarks/method_table.py {shown}`, that is `kdcore {shlex.join(compare_args(args))}`",
         "", f"Device: {args.device}{f' ({args.device_label})' if args.device_label else ''}.", "",
         open(os.path.join(args.runs_dir, "table.md"), encoding="utf-8").read().rstrip(), "",
         f"![test curves]({os.path.relpath(png, os.path.dirname(os.path.abspath(args.out)))})", ""])
