@@ -86,7 +86,7 @@ class Distiller(nn.Module):
 
         ``no_grad`` rather than ``inference_mode``: losses save teacher features for their
         backward (an MSE does), which inference tensors cannot be, and copying every tapped
-        feature out of inference mode costs more than the mode saves (docs/benchmarks.md).
+        feature out of inference mode costs more than the mode saves (benchmarks/README.md).
         Where teacher outputs never meet autograd (the teacher-output cache, evaluation) they
         run under ``inference_mode``."""
         features: dict[str, dict[str, Any]] = {}
