@@ -114,10 +114,6 @@ class TrainingState:
         return summary
 
 
-#: the old name (it held more than a position); for code written against kdcore 0.1
-Position = TrainingState
-
-
 @attrs.define
 class LoopSettings:
     """How :func:`train_epochs` trains; :meth:`of` reads the ``trainer:`` part from a config.
