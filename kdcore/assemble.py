@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import attrs
 import torch
 from torch import nn
 
@@ -25,39 +24,11 @@ from .config import (
     block_keys,
 )
 from .data import DataSource, TensorSplit
+from .data.splits import Splits, take
 from .errors import UserError
 from .models.imported import build_imported
 from .registry import build, lookup
 from .taps import OUTPUT, FeatureTaps, Tap, resolve_module
-
-
-@attrs.define
-class Splits:
-    """The data of a run after limits and the validation hold-out are applied."""
-
-    source: DataSource
-    train: Any
-    val: Any | None
-    test: Any
-    student_train: Any = None
-    #: the training split before ``data.train_limit``: what teachers train on (their own limit)
-    full_train: Any = None
-
-    def __attrs_post_init__(self) -> None:
-        if self.student_train is None:
-            self.student_train = self.train
-        if self.full_train is None:
-            self.full_train = self.train
-
-    @property
-    def evaluation(self) -> dict[str, Any]:
-        return {"val": self.val, "test": self.test} if self.val is not None else {"test": self.test}
-
-
-def _take(data: Any, indices: torch.Tensor) -> Any:
-    if isinstance(data, TensorSplit):
-        return data.subset(indices)
-    return torch.utils.data.Subset(data, indices.tolist())
 
 
 def load_data(cfg: DataConfig) -> Splits:
@@ -78,12 +49,12 @@ def load_data(cfg: DataConfig) -> Splits:
             raise UserError(f"config key data.val_split: {cfg.val_split} is not smaller than the "
                             f"{len(train)} training images")
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        val, train = _take(train, order[: cfg.val_split]), _take(train, order[cfg.val_split:].sort().values)
+        val, train = take(train, order[: cfg.val_split]), take(train, order[cfg.val_split:].sort().values)
     full_train = train
     if cfg.train_limit and cfg.train_limit < len(train):
-        train = _take(train, torch.arange(cfg.train_limit))
+        train = take(train, torch.arange(cfg.train_limit))
     if cfg.test_limit and cfg.test_limit < len(test):
-        test = _take(test, torch.arange(cfg.test_limit))
+        test = take(test, torch.arange(cfg.test_limit))
     student_train = train
     if cfg.labelled is not None:
         if cfg.labelled > len(train):
@@ -93,7 +64,7 @@ def load_data(cfg: DataConfig) -> Splits:
         if hasattr(source.task, "partial_labels"):
             source.task.partial_labels = True  # some batches may hold no label at all
         if cfg.drop_unlabelled:  # the baseline: the student alone on the labelled images only
-            student_train = _take(train, labelled_indices(len(train), cfg.labelled).sort().values)
+            student_train = take(train, labelled_indices(len(train), cfg.labelled).sort().values)
     return Splits(source, train, val, test, student_train, full_train)
 
 

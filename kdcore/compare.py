@@ -341,7 +341,7 @@ class Plan:
         each trained once on the user's data (the training images the other methods see) and
         cached, so it is the very teacher the other methods distil from."""
         if method not in self._checkpoints:
-            from .assemble import load_data
+            from .assemble import build_model, load_data
             from .config import RunConfig, structure
             from .engine.run import pick_device
             from .engine.teachers import prepare_teachers
@@ -354,7 +354,7 @@ class Plan:
             self.log(f"{method}: its runs open no training images, so they get your cached teacher "
                      f"({todo}), trained now on your data if it is not cached yet")
             prepared = prepare_teachers(config, load_data(config.data), pick_device(config.trainer.device),
-                                        lambda m: self.log(f"{method}: {m}"))
+                                        lambda m: self.log(f"{method}: {m}"), build_model=build_model)
             self._checkpoints[method] = [prepared[t.name].checkpoint for t in config.teachers]
         return self._checkpoints[method]
 

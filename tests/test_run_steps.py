@@ -175,3 +175,35 @@ def test_deep_mutual_learning_resumes_both_students_optimizers(tmp_path) -> None
     assert longer.exit_code == 0 and "resumed at epoch 2" in longer.output, longer.output
     again = load_checkpoint(str(run_dir / CHECKPOINT))
     assert {n: s["last_epoch"] for n, s in again["schedulers"].items()} == {"student0": 8, "student1": 8}
+
+
+# --- the engine's import graph ---------------------------------------------------------------------
+
+ENGINE = Path(__file__).resolve().parents[1] / "kdcore" / "engine"
+#: the front ends and the assembly: they use the engine, never the other way round
+ABOVE_THE_ENGINE = {"kdcore.assemble", "kdcore.cli", "kdcore.compare", "kdcore.api"}
+
+
+def imported(path: Path) -> set[str]:
+    """Every module ``path`` (a module of kdcore.engine) imports, at module level or inside a
+    function (a lazy import is a dependency too), as absolute names (``from .. import x``: both
+    ``kdcore`` and ``kdcore.x``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(["kdcore", "engine"][: 3 - node.level] + ([node.module] if node.module else [])) \
+                if node.level else node.module or ""
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_the_engine_imports_nothing_from_the_assembly_or_the_front_ends() -> None:
+    """run.py is the one exception, for the assembly alone: it is where a run is put together
+    (data, models, algorithm) and driven; every other engine module (teachers, loop, resume,
+    checkpoints, ...) is given what it needs."""
+    assert imported(ENGINE / "teachers.py") >= {"kdcore.data.splits", "kdcore.engine.checkpoint"}
+    for path in sorted(ENGINE.glob("*.py")):
+        allowed = {"kdcore.assemble"} if path.name == "run.py" else set()
+        assert imported(path) & ABOVE_THE_ENGINE <= allowed, path.name

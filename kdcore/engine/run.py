@@ -384,9 +384,11 @@ def load_teachers(config: RunConfig, splits: Any, device: torch.device,
     if any(not t.checkpoint for t in config.teachers):  # as prepare_teachers reads it
         # under torchrun, the first process of each machine trains an uncached teacher (and logs
         # it, on rank 0); the others wait and load what it cached
-        return distributed.local_main_first(lambda: prepare_teachers(config, splits, device, log),
-                                            device, "preparing the teachers")
-    return prepare_teachers(config, splits, device, log)  # checkpoints only: all processes at once
+        return distributed.local_main_first(
+            lambda: prepare_teachers(config, splits, device, log, build_model=build_model),
+            device, "preparing the teachers")
+    # checkpoints only: every process at once
+    return prepare_teachers(config, splits, device, log, build_model=build_model)
 
 
 def build_student_and_algorithm(config: RunConfig, splits: Any, teachers: dict[str, Teacher],

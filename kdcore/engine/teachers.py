@@ -20,9 +20,9 @@ import attrs
 import torch
 from torch import nn
 
-from ..assemble import Splits, _take, build_model
 from ..builtin.algorithms import Vanilla
 from ..config import RunConfig, TeacherConfig, flatten, shown, unstructure
+from ..data.splits import Splits, take
 from ..errors import UserError
 from ..models.imported import resolve_target
 from ..task import headline
@@ -74,7 +74,7 @@ def teacher_data(tcfg: TeacherConfig, splits: Splits) -> Any:
     data = splits.full_train
     limit = tcfg.train.train_limit
     if limit and limit < len(data):
-        data = _take(data, torch.arange(limit))
+        data = take(data, torch.arange(limit))
     return data
 
 
@@ -152,9 +152,11 @@ class Teacher:
     running_sha256: str | None = None
 
 
-def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device,
-                     log: Callable[[str], None]) -> dict[str, Teacher]:
-    """Every teacher, by name: loaded from its checkpoint or the cache, else trained and cached."""
+def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device, log: Callable[[str], None],
+                     *, build_model: Callable[[TeacherConfig, Any, str], nn.Module]) -> dict[str, Teacher]:
+    """Every teacher, by name: loaded from its checkpoint or the cache, else trained and cached.
+    ``build_model(teacher_config, data_source, where)`` makes its untrained network
+    (:func:`kdcore.assemble.build_model`: the assembly is the caller's, above the engine)."""
     prepared: dict[str, Teacher] = {}
     for i, tcfg in enumerate(config.teachers):
         where = f"teachers[{i}]"
