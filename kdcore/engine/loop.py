@@ -130,6 +130,8 @@ class LoopSettings:
         every epoch.
     :param optimizers: ``{name: optimizer}`` of an algorithm that owns its step (its
         ``optimizers()``), with one scheduler each in ``schedulers``; ``None``: the default path.
+        Such an algorithm is not DDP-wrapped (``step_module`` is not used): ``update`` averages
+        its gradients. A batch with any skipped update counts as one skipped batch.
     """
 
     epochs: int
