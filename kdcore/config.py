@@ -240,7 +240,7 @@ def _type_name(tp: Any) -> str:
     if attrs.has(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+            type(None): "null", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def shown(value: Any, limit: int = 80) -> str:
@@ -251,8 +251,13 @@ def shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _error(path: str, problem: str) -> UserError:
+    """``config key PATH: PROBLEM``, with the path as data (:attr:`UserError.key_path`)."""
+    return UserError(f"config key {path}: {problem}", key_path=path)
+
+
 def _fail(path: str, expected: Any, value: Any) -> UserError:
-    return UserError(f"config key {path}: expected {_type_name(expected)}, got {shown(value)}")
+    return _error(path, f"expected {_type_name(expected)}, got {shown(value)}")
 
 
 def _structure(tp: Any, value: Any, path: str) -> Any:
@@ -276,8 +281,7 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
         if value not in typing.get_args(tp):
             choices = [str(a) for a in typing.get_args(tp)]
             hint = did_you_mean(str(value), choices) if len(str(value)) < 100 else ""
-            raise UserError(f"config key {path}: {shown(value)} is not one of "
-                            f"{', '.join(choices)}{hint}")
+            raise _error(path, f"{shown(value)} is not one of {', '.join(choices)}{hint}")
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -302,7 +306,7 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(path, tp, value)
         if not math.isfinite(value):  # .nan / .inf parse as floats; no float key wants them
-            raise UserError(f"config key {path}: expected a finite number, got {shown(value)}")
+            raise _error(path, f"expected a finite number, got {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -325,7 +329,7 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
     if cls is ComponentConfig and isinstance(data, str):
         data = {"type": data}  # a component without parameters may be named alone: [hflip]
     if not isinstance(data, dict):
-        raise UserError(f"config key {label}: expected a mapping, got {shown(data)}")
+        raise _error(label, f"expected a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in attrs.fields(cls)}
     params_field = next((f.name for f in fields.values() if f.metadata.get("params")), None)
@@ -333,10 +337,10 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
     kwargs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in data.items():
-        name = key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else shown(key)
+        name = key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 80 else shown(key)
         key_path = f"{path}.{name}" if path else name
         if not isinstance(key, str):
-            raise UserError(f"config key {key_path}: keys must be strings")
+            raise _error(key_path, "keys must be strings")
         if key in known:
             kwargs[key] = _structure(hints[key], value, key_path)
         elif params_field is not None and key != params_field:
@@ -346,16 +350,16 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
                 raise _fail(key_path, dict, value)
             extra.update(value)
         elif key_path in MOVED_KEYS:
-            raise UserError(f"config key {key_path}: {MOVED_KEYS[key_path]}")
+            raise _error(key_path, MOVED_KEYS[key_path])
         else:
-            raise UserError(f"config key {key_path}: unknown key{did_you_mean(key, known) if len(key) <= 80 else ''}; "
-                            f"valid keys: {', '.join(sorted(known))}")
+            hint = did_you_mean(key, known) if len(key) <= 80 else ""
+            raise _error(key_path, f"unknown key{hint}; valid keys: {', '.join(sorted(known))}")
     if params_field is not None:
         kwargs[params_field] = extra
     missing = [f.name for f in fields.values()
                if f.default is attrs.NOTHING and f.name not in kwargs]
     if missing:
-        raise UserError(f"config key {path + '.' if path else ''}{missing[0]}: required, missing")
+        raise _error(f"{path + '.' if path else ''}{missing[0]}", "required, missing")
     return cls(**kwargs)
 
 
@@ -494,28 +498,27 @@ def check_magnitudes(config: RunConfig) -> None:
     seeds.update({f"teachers[{i}].train.seed": t.train.seed for i, t in enumerate(config.teachers)})
     for key, value in seeds.items():
         if not 0 <= value <= MAX_SEED:
-            raise UserError(f"config key {key}: must be in [0, {MAX_SEED}] (2^32 - 1: kdcore "
-                            f"combines it with epoch and step numbers into 64-bit generator "
-                            f"seeds), got {shown(value)}")
+            raise _error(key, f"must be in [0, {MAX_SEED}] (2^32 - 1: kdcore combines it with epoch "
+                              f"and step numbers into 64-bit generator seeds), got {shown(value)}")
     epochs = {"trainer.epochs": config.trainer.epochs}
     epochs.update({f"teachers[{i}].train.epochs": t.train.epochs for i, t in enumerate(config.teachers)})
     for key, value in epochs.items():
         if value > MAX_EPOCHS:
-            raise UserError(f"config key {key}: at most {MAX_EPOCHS:,} epochs, got {shown(value)}")
+            raise _error(key, f"at most {MAX_EPOCHS:,} epochs, got {shown(value)}")
     cores = os.cpu_count() or 1
     threads = config.trainer.threads
     if threads is not None and threads > THREADS_PER_CORE * cores:
-        raise UserError(f"config key trainer.threads: {shown(threads)} is more than "
-                        f"{THREADS_PER_CORE} per core of this machine ({cores} cores, so at most "
-                        f"{THREADS_PER_CORE * cores}): more threads than cores only wait for each "
-                        f"other, and torch can crash on huge counts; use 0 (one per physical core)")
+        raise _error("trainer.threads", f"{shown(threads)} is more than {THREADS_PER_CORE} per core of "
+                                        f"this machine ({cores} cores, so at most {THREADS_PER_CORE * cores}): "
+                                        f"more threads than cores only wait for each other, and torch can "
+                                        f"crash on huge counts; use 0 (one per physical core)")
     if config.name is not None and len(config.name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise UserError(f"config key name: {shown(config.name)} is longer than {MAX_NAME_BYTES} "
-                        f"bytes; the run dir's name (NAME-DATE-TIME) must fit a file name (255 bytes)")
+        raise _error("name", f"{shown(config.name)} is longer than {MAX_NAME_BYTES} bytes; the run "
+                             f"dir's name (NAME-DATE-TIME) must fit a file name (255 bytes)")
     for part in config.output_dir.split("/"):
         if len(part.encode("utf-8", "surrogatepass")) > 255:
-            raise UserError(f"config key output_dir: the folder name {shown(part)} is longer than "
-                            f"255 bytes, which file systems refuse")
+            raise _error("output_dir", f"the folder name {shown(part)} is longer than 255 bytes, "
+                                       f"which file systems refuse")
 
 
 def check(config: RunConfig) -> None:
@@ -525,7 +528,7 @@ def check(config: RunConfig) -> None:
                 "data.eval_batch_size": config.data.eval_batch_size}
     for key, value in positive.items():
         if value < 1:
-            raise UserError(f"config key {key}: must be at least 1, got {value}")
+            raise _error(key, f"must be at least 1, got {value}")
     non_negative = {"trainer.epochs": config.trainer.epochs,
                     "trainer.checkpoint_every": config.trainer.checkpoint_every,
                     "optimizer.weight_decay": config.optimizer.weight_decay,
@@ -533,50 +536,49 @@ def check(config: RunConfig) -> None:
     non_negative.update({f"teachers[{i}].train.epochs": t.train.epochs for i, t in enumerate(config.teachers)})
     for i, t in enumerate(config.teachers):
         if t.train.batch_size < 1:
-            raise UserError(f"config key teachers[{i}].train.batch_size: must be at least 1, got {t.train.batch_size}")
+            raise _error(f"teachers[{i}].train.batch_size", f"must be at least 1, got {t.train.batch_size}")
         if t.train.train_limit is not None and t.train.train_limit < 1:
-            raise UserError(f"config key teachers[{i}].train.train_limit: must be at least 1 or "
-                            f"null (null: the whole training split), got {t.train.train_limit}")
+            raise _error(f"teachers[{i}].train.train_limit", f"must be at least 1 or null (null: the "
+                                                             f"whole training split), got {t.train.train_limit}")
     for key, value in non_negative.items():
         if value < 0:
-            raise UserError(f"config key {key}: must be >= 0, got {value}")
+            raise _error(key, f"must be >= 0, got {value}")
     if config.trainer.max_skipped_in_row < 1:
-        raise UserError(f"config key trainer.max_skipped_in_row: must be at least 1 (how many "
-                        f"NaN/Inf batches in a row trainer.on_nonfinite=skip may skip), got "
-                        f"{config.trainer.max_skipped_in_row}")
+        raise _error("trainer.max_skipped_in_row", f"must be at least 1 (how many NaN/Inf batches in a "
+                                                   f"row trainer.on_nonfinite=skip may skip), got "
+                                                   f"{config.trainer.max_skipped_in_row}")
     if config.trainer.threads is not None and config.trainer.threads < 0:
-        raise UserError(f"config key trainer.threads: must be >= 0 (0 or null: one per physical "
-                        f"core), got {config.trainer.threads}")
+        raise _error("trainer.threads", f"must be >= 0 (0 or null: one per physical core), got "
+                                        f"{config.trainer.threads}")
     if config.trainer.grad_clip is not None and config.trainer.grad_clip < 0:
-        raise UserError(f"config key trainer.grad_clip: must be >= 0 or null (0 and null: no "
-                        f"clipping), got {config.trainer.grad_clip}")
+        raise _error("trainer.grad_clip", f"must be >= 0 or null (0 and null: no clipping), got "
+                                          f"{config.trainer.grad_clip}")
     for key in ("train_limit", "test_limit", "labelled"):
         value = getattr(config.data, key)
         if value is not None and value < 1:
-            raise UserError(f"config key data.{key}: must be at least 1 or null, got {value}")
+            raise _error(f"data.{key}", f"must be at least 1 or null, got {value}")
     if config.data.val_split < 0:
-        raise UserError(f"config key data.val_split: must be >= 0, got {config.data.val_split}")
+        raise _error("data.val_split", f"must be >= 0, got {config.data.val_split}")
     optimizers = {"optimizer": config.optimizer}
     optimizers.update({f"teachers[{i}].train.optimizer": t.train.optimizer for i, t in enumerate(config.teachers)})
     for key, optimizer in optimizers.items():
         if optimizer.lr <= 0:
-            raise UserError(f"config key {key}.lr: must be > 0, got {optimizer.lr}")
+            raise _error(f"{key}.lr", f"must be > 0, got {optimizer.lr}")
         if optimizer.type == "sgd" and not 0 <= optimizer.momentum < 1:  # >= 1: updates grow without bound
-            raise UserError(f"config key {key}.momentum: must be in [0, 1), got {optimizer.momentum}")
+            raise _error(f"{key}.momentum", f"must be in [0, 1), got {optimizer.momentum}")
     for i, teacher in enumerate(config.teachers):
         if not teacher.checkpoint and teacher.train.epochs == 0:
-            raise UserError(f"config key teachers[{i}].train.epochs: must be at least 1 when "
-                            f"teachers[{i}].checkpoint is null (the teacher is trained first; an "
-                            f"untrained one would be cached and taught from)")
+            raise _error(f"teachers[{i}].train.epochs", f"must be at least 1 when teachers[{i}].checkpoint "
+                                                        f"is null (the teacher is trained first; an untrained "
+                                                        f"one would be cached and taught from)")
     names = [t.name for t in config.teachers]
     for i, name in enumerate(names):
         if names.index(name) != i:
-            raise UserError(f"config key teachers[{i}].name: {name!r} is used by teachers"
-                            f"[{names.index(name)}] too; give each teacher its own name")
+            raise _error(f"teachers[{i}].name", f"{name!r} is used by teachers[{names.index(name)}] too; "
+                                                f"give each teacher its own name")
         for j, point in enumerate(config.teachers[i].distill):
             if not point.head.losses:
-                raise UserError(f"config key teachers[{i}].distill[{j}].head.losses: "
-                                f"a distill point needs at least one loss")
+                raise _error(f"teachers[{i}].distill[{j}].head.losses", "a distill point needs at least one loss")
 
 
 def dump_yaml(config: RunConfig) -> str:

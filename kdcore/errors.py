@@ -14,7 +14,14 @@ class UserError(Exception):
     """A problem in the user's config, command line, files or environment.
 
     The message must name the exact key, path or file at fault and, where possible, what to do.
+    ``key_path`` says, as data, which config key or block the message already names
+    (``trainer.epochs``, ``algorithm``): code that adds a location (a component's factory is
+    called under its block's key path) adds it only when ``key_path`` is None.
     """
+
+    def __init__(self, message: str, *, key_path: str | None = None) -> None:
+        super().__init__(message)
+        self.key_path = key_path
 
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 1) -> str:

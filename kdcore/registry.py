@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 import types
 import typing
 from collections.abc import Collection, Iterable, Mapping
@@ -137,10 +136,11 @@ def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str =
         return min(matches, key=lambda r: plugins.precedence(r.plugin))
     if len(matches) > 1:  # one plugin declared the name twice
         raise UserError(f"{label}{kind} {name!r} is declared {len(matches)} times by plugin "
-                        f"{matches[0].plugin!r}; {_broken(matches[0].plugin)}")
+                        f"{matches[0].plugin!r}; {_broken(matches[0].plugin)}", key_path=where or None)
     names = [r.component.name for r in available] + [r.id for r in available]
     hint = did_you_mean(name, names) + _why_missing(kind, name, plugins)
-    raise UserError(f"{label}unknown {kind} {name!r}{hint} (see 'kdcore list {kind}')")
+    raise UserError(f"{label}unknown {kind} {name!r}{hint} (see 'kdcore list {kind}')",
+                    key_path=where or None)
 
 
 def _why_missing(kind: str, name: str, plugins: Plugins) -> str:
@@ -239,7 +239,7 @@ def _check_scalar(factory: Any, key: str, value: Any, where: str) -> None:
         return  # str, Any, Literal["auto"], ...: text may be meant
     expected = ("true or false" if allowed - {type(None)} == {bool} else
                 "an integer" if allowed - {type(None)} == {int} else "a number")
-    raise UserError(f"{where}.{key}: expected {expected}, got {value!r}")
+    raise UserError(f"{where}.{key}: expected {expected}, got {value!r}", key_path=f"{where}.{key}")
 
 
 def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], *,
@@ -256,13 +256,11 @@ def call_factory(factory: Any, params: dict[str, Any], context: dict[str, Any], 
     try:
         return factory(**kwargs)
     except UserError as exc:
-        message = str(exc)
-        first = re.split(r"[.\[ ]", where, maxsplit=1)[0]
-        if message.startswith("config key ") or re.match(rf"{re.escape(first)}(\b|[.\[:])", message):
-            raise  # already says where (algorithm.exits[0]: ..., config key ...)
-        raise UserError(f"{where}: {message}") from None
+        if exc.key_path is not None:
+            raise  # already says where (algorithm.exits[0]: ..., config key data.anchors: ...)
+        raise UserError(f"{where}: {exc}", key_path=where) from None
     except (TypeError, ValueError) as exc:
-        raise UserError(f"{where}: {exc}") from exc
+        raise UserError(f"{where}: {exc}", key_path=where) from exc
 
 
 def check_params(factory: Any, params: dict[str, Any], context: dict[str, Any], *,
@@ -274,7 +272,8 @@ def check_params(factory: Any, params: dict[str, Any], context: dict[str, Any], 
     for key in params:
         if key in context:
             raise UserError(f"{where}.{key}: kdcore passes this value itself (from the data, the "
-                            f"models or the run), so it cannot be set in the config")
+                            f"models or the run), so it cannot be set in the config",
+                            key_path=f"{where}.{key}")
         if not var_kw and key not in names:
             own = names - set(context) - CONTEXT_KEYS
             # minus the key itself: written under params:, a block key is meant as a parameter
@@ -282,14 +281,16 @@ def check_params(factory: Any, params: dict[str, Any], context: dict[str, Any], 
             choices = ", ".join(sorted(own)) or "none"
             block = f"keys of this block: {', '.join(sorted(block_keys))}; " if block_keys else ""
             what = "key" if block_keys else "parameter"
-            raise UserError(f"{where}.{key}: unknown {what}{hint}; {block}parameters it takes: {choices}")
+            raise UserError(f"{where}.{key}: unknown {what}{hint}; {block}parameters it takes: {choices}",
+                            key_path=f"{where}.{key}")
     for key, value in params.items():
         _check_scalar(factory, key, value, where)
     kwargs = {k: v for k, v in context.items() if var_kw or k in names}
     kwargs.update(params)
     missing = required - set(kwargs) - (CONTEXT_KEYS if dry else set())
     if missing:
-        raise UserError(f"{where}.{sorted(missing)[0]}: required, missing")
+        key_path = f"{where}.{sorted(missing)[0]}"
+        raise UserError(f"{key_path}: required, missing", key_path=key_path)
     return kwargs
 
 
@@ -311,14 +312,14 @@ def build(kind: str, name: str, /, *, plugins: Plugins | None = None, where: str
     if kind == "preset":
         raise UserError(f"presets are run, not built: kdcore run --preset {name}")
     registered = lookup(kind, name, plugins, where=where)
-    label = where or f"{kind} {name!r}"
+    label, key_path = where or f"{kind} {name!r}", where or None
     broken = _broken(registered.plugin)
     try:
         factory = registered.component.resolve()
     except Exception as exc:  # a lazy "module:attr" factory that does not import
         raise UserError(f"{label}: {kind} {registered.id!r} cannot be loaded: its factory "
                         f"{registered.component.factory!r} failed with {type(exc).__name__}: {exc}; "
-                        f"{broken}") from None
+                        f"{broken}", key_path=key_path) from None
     try:
         built = call_factory(factory, params, context or {}, where=label, block_keys=_block_keys)
     except UserError:
@@ -329,8 +330,8 @@ def build(kind: str, name: str, /, *, plugins: Plugins | None = None, where: str
         first = first if len(first) <= 300 else first[:300] + "..."
         raise UserError(f"{label}: {kind} {registered.id!r} failed while being built with "
                         f"{type(exc).__name__}: {first}; check its parameters, else {broken} "
-                        f"(the traceback: KDCORE_DEBUG=1 or kdcore --debug)") from exc
+                        f"(the traceback: KDCORE_DEBUG=1 or kdcore --debug)", key_path=key_path) from exc
     if kind in MODULE_KINDS and not isinstance(built, nn.Module):
         raise UserError(f"{label}: {kind} {registered.id!r} built a {type(built).__name__}, not a "
-                        f"torch.nn.Module; {broken}")
+                        f"torch.nn.Module; {broken}", key_path=key_path)
     return built

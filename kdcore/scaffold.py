@@ -560,7 +560,8 @@ class $Class(kdcore.Distiller):
                  scale: float = 1.0) -> None:
         super().__init__(teachers, points)
         if scale < 0:
-            raise kdcore.UserError(f"distiller $name: scale must be >= 0, got {scale!r}")
+            raise kdcore.UserError(f"distiller $name: scale must be >= 0, got {scale!r}",
+                                   key_path="distiller")  # the message names its place already
         self.scale = float(scale)
 
     def losses(self, student_features: Mapping[str, Any],
@@ -599,7 +600,7 @@ class $Class(kdcore.Algorithm):
                  temperature: float = 4.0, alpha: float = 0.5) -> None:
         if temperature <= 0 or not 0 <= alpha <= 1:
             raise kdcore.UserError(f"algorithm '$name': need temperature > 0 and 0 <= alpha <= 1, "
-                                   f"got {temperature} and {alpha}")
+                                   f"got {temperature} and {alpha}", key_path="algorithm")
         super().__init__(student, task, distiller)
         self.temperature = float(temperature)
         self.alpha = float(alpha)
@@ -678,7 +679,7 @@ def $attr(num_classes: int = 10, train_size: int = 2000, test_size: int = 500,
     """
     if num_classes < 2 or train_size < 0 or test_size < 1 or image_size < 1 or noise < 0:
         raise kdcore.UserError("data $name: need num_classes >= 2, train_size >= 0, "
-                               "test_size >= 1, image_size >= 1, noise >= 0")
+                               "test_size >= 1, image_size >= 1, noise >= 0", key_path="data")
     generator = torch.Generator().manual_seed(seed)
     patterns = torch.randn(num_classes, 1, image_size, image_size, generator=generator)
 

@@ -19,7 +19,8 @@ class Vanilla(Algorithm):
     def __init__(self, student: nn.Module, task: Any, distiller: Distiller | None = None) -> None:
         if distiller is not None and distiller.points:
             raise UserError("algorithm 'vanilla' trains without teachers, but the config has "
-                            "distill points; use --algo teacher_student, or drop 'teachers'")
+                            "distill points; use --algo teacher_student, or drop 'teachers'",
+                            key_path="algorithm")
         super().__init__(student, task, None)
 
     def training_step(self, batch: Batch, *, epoch: int, step: int) -> dict[str, torch.Tensor]:
@@ -37,7 +38,8 @@ class TeacherStudent(Algorithm):
                  student_loss_weight: float = 1.0) -> None:
         if distiller is None or not distiller.points:
             raise UserError("algorithm 'teacher_student' needs at least one teacher with a distill "
-                            "point (teachers[0].distill); use --algo vanilla to train alone")
+                            "point (teachers[0].distill); use --algo vanilla to train alone",
+                            key_path="algorithm")
         super().__init__(student, task, distiller)
         self.student_loss_weight = student_loss_weight
 

@@ -27,7 +27,8 @@ def _find(root: str, stem: str, install_hint: str) -> str:
         path = os.path.join(root, candidate)
         if os.path.exists(path):
             return path
-    raise UserError(f"data file {os.path.join(root, stem + '.gz')} is missing; {install_hint}")
+    raise UserError(f"data file {os.path.join(root, stem + '.gz')} is missing; {install_hint}",
+                    key_path="data")
 
 
 def load_idx_split(root: str, split: str, stats: tuple[float, float], install_hint: str) -> TensorSplit:
@@ -37,7 +38,8 @@ def load_idx_split(root: str, split: str, stats: tuple[float, float], install_hi
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise UserError(f"data files {images_path} and {labels_path} do not match: "
-                        f"{tuple(images.shape)} images, {tuple(labels.shape)} labels")
+                        f"{tuple(images.shape)} images, {tuple(labels.shape)} labels",
+                        key_path="data")
     mean, std = stats
     inputs = (images.float().div_(255.0).sub_(mean).div_(std)).unsqueeze(1).contiguous()
     return TensorSplit(inputs, labels.long())
@@ -51,7 +53,8 @@ def _idx_source(name: str, root: str, stats: tuple[float, float], hint: str,
                 splits: tuple[str, ...] = ("train", "test")) -> DataSource:
     unknown = [s for s in splits if s not in FILES]
     if unknown:
-        raise UserError(f"data.splits: unknown split {unknown[0]!r}; choose from train, test")
+        raise UserError(f"data.splits: unknown split {unknown[0]!r}; choose from train, test",
+                        key_path="data.splits")
     train = load_idx_split(root, "train", stats, hint) if "train" in splits else _empty()
     test = load_idx_split(root, "test", stats, hint) if "test" in splits else _empty()
     digest = hashlib.sha1(f"{name}|{os.path.abspath(root)}|{len(train)}|{stats}".encode()).hexdigest()

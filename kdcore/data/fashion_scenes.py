@@ -58,19 +58,23 @@ class Scenes:
 def _check(canvas: int, items: tuple[int, int], scale: tuple[int, int], counts: dict[str, int],
            threshold: float) -> None:
     if not 16 <= canvas <= 512:
-        raise UserError(f"config key data.canvas: {canvas} is outside [16, 512] pixels")
+        raise UserError(f"config key data.canvas: {canvas} is outside [16, 512] pixels",
+                        key_path="data.canvas")
     lo, hi = items
     if not 0 <= lo <= hi <= 16:
-        raise UserError(f"config key data.items: [{lo}, {hi}] must satisfy 0 <= min <= max <= 16")
+        raise UserError(f"config key data.items: [{lo}, {hi}] must satisfy 0 <= min <= max <= 16",
+                        key_path="data.items")
     smin, smax = scale
     if not 4 <= smin <= smax <= canvas:
         raise UserError(f"config key data.scale: [{smin}, {smax}] must satisfy 4 <= min <= max <= "
-                        f"canvas ({canvas})")
+                        f"canvas ({canvas})", key_path="data.scale")
     for key, n in counts.items():
         if not 1 <= n <= 200_000:
-            raise UserError(f"config key data.{key}: {n} is outside [1, 200000] scenes")
+            raise UserError(f"config key data.{key}: {n} is outside [1, 200000] scenes",
+                            key_path=f"data.{key}")
     if not 0.0 < threshold < 1.0:
-        raise UserError(f"config key data.threshold: {threshold} must lie in (0, 1)")
+        raise UserError(f"config key data.threshold: {threshold} must lie in (0, 1)",
+                        key_path="data.threshold")
 
 
 def compose(images: torch.Tensor, labels: torch.Tensor, count: int, *, seed: int, canvas: int = 64,
@@ -143,9 +147,11 @@ def fashion_scenes(root: str = FASHION_MNIST_ROOT, task: str = "segmentation", c
     (detection only): the detector's anchor boxes ``[[w, h], ...]`` in pixels (default
     :data:`kdcore.task.detection.SCENE_ANCHORS`); a detector's head has one prediction per anchor."""
     if task not in ("segmentation", "detection"):
-        raise UserError(f"config key data.task: unknown task {task!r}; choose segmentation or detection")
+        raise UserError(f"config key data.task: unknown task {task!r}; choose segmentation or detection",
+                        key_path="data.task")
     if anchors is not None and task != "detection":
-        raise UserError("config key data.anchors: anchors are for task: detection; remove them")
+        raise UserError("config key data.anchors: anchors are for task: detection; remove them",
+                        key_path="data.anchors")
     items, scale = (int(items[0]), int(items[1])), (int(scale[0]), int(scale[1]))
     counts = {"train_scenes": int(train_scenes), "test_scenes": int(test_scenes)}
     _check(canvas, items, scale, counts, threshold)

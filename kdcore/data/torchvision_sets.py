@@ -157,7 +157,8 @@ def _cifar(kind: str, root: str, augment: bool, in_memory: bool) -> DataSource:
     if augment and in_memory:
         raise UserError(f"data ({kind}): sample_augment: true is the per-sample path's augmentation; in "
                         "memory, use the batch augmentations instead: data.augment: [{type: "
-                        "random_crop, padding: 4}, {type: hflip}] (or set in_memory: false)")
+                        "random_crop, padding: 4}, {type: hflip}] (or set in_memory: false)",
+                        key_path="data")
     folder = _cifar_folder(kind, root)
     _check_meta(kind, folder)
     stats = _CIFAR[kind]["stats"]

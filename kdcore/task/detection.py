@@ -86,7 +86,7 @@ class DetectionTask:
         anchors = torch.as_tensor(anchors, dtype=torch.float32)
         if anchors.dim() != 2 or anchors.shape[1] != 2 or len(anchors) == 0 or bool((anchors <= 0).any()):
             raise UserError(f"config key data.anchors: expected a list of [width, height] pairs in "
-                            f"pixels, all > 0, got {anchors.tolist()}")
+                            f"pixels, all > 0, got {anchors.tolist()}", key_path="data.anchors")
         self.anchors = anchors
         self.ignore_iou, self.score_threshold = float(ignore_iou), float(score_threshold)
         self.nms_iou, self.max_detections = float(nms_iou), int(max_detections)

@@ -69,18 +69,23 @@ class SelfDistillation(kdcore.Algorithm):
                  feature_weight: float = 0.03, deep_ce_weight: float = 1.0) -> None:
         if distiller is not None and len(distiller.teachers):
             raise kdcore.UserError("algorithm 'self_distillation' trains one network without teachers "
-                                   "(the deepest exit is the teacher); set teachers: []")
+                                   "(the deepest exit is the teacher); set teachers: []",
+                                   key_path="algorithm")
         exits = list(exits)
         if not exits:
-            raise kdcore.UserError("algorithm.exits: give at least one module path, e.g. [stage1, stage2]")
+            raise kdcore.UserError("algorithm.exits: give at least one module path, e.g. [stage1, stage2]",
+                                   key_path="algorithm.exits")
         if temperature <= 0:
-            raise kdcore.UserError(f"algorithm.temperature: must be > 0, got {temperature}")
+            raise kdcore.UserError(f"algorithm.temperature: must be > 0, got {temperature}",
+                                   key_path="algorithm.temperature")
         for i, path in enumerate(exits):
             if path == OUTPUT or path == deep_feature:
                 raise kdcore.UserError(f"algorithm.exits[{i}]: {path!r} is the deepest side; an exit "
-                                       "must be a shallower module")
+                                       "must be a shallower module",
+                                       key_path=f"algorithm.exits[{i}]")
             if exits.index(path) != i:
-                raise kdcore.UserError(f"algorithm.exits[{i}]: {path!r} is listed twice")
+                raise kdcore.UserError(f"algorithm.exits[{i}]: {path!r} is listed twice",
+                                       key_path=f"algorithm.exits[{i}]")
             resolve_module(student, path, where=f"algorithm.exits[{i}]")
         if deep_feature != OUTPUT:
             resolve_module(student, deep_feature, where="algorithm.deep_feature")
@@ -101,7 +106,8 @@ class SelfDistillation(kdcore.Algorithm):
             try:
                 classifiers.append(ExitClassifier(shapes[path], deep_shape, target_hw, num_classes))
             except ValueError as exc:
-                raise kdcore.UserError(f"algorithm.exits[{i}] ({path!r}): {exc}") from None
+                raise kdcore.UserError(f"algorithm.exits[{i}] ({path!r}): {exc}",
+                                       key_path=f"algorithm.exits[{i}]") from None
         self.classifiers = nn.ModuleList(classifiers)
         self.taps = FeatureTaps(student, taps, where="algorithm exit path")
         # the feature keys the step reads, worked out once (it runs every batch)

@@ -110,7 +110,7 @@ class DataFree(kdcore.Algorithm):
                  grid_path: str | None = "data_free_grid.png") -> None:
         if distiller is None or not len(distiller.teachers):
             raise kdcore.UserError("algorithm 'data_free' inverts a trained teacher; add one under "
-                                   "'teachers:' with its checkpoint")
+                                   "'teachers:' with its checkpoint", key_path="algorithm")
         values = {"iterations": iterations, "batches_per_epoch": batches_per_epoch, "pool_size": pool_size,
                   "refresh_per_epoch": refresh_per_epoch, "lr": lr, "temperature": temperature,
                   "jitter": jitter}
@@ -121,14 +121,17 @@ class DataFree(kdcore.Algorithm):
             if not ok:
                 raise kdcore.UserError(f"algorithm.{key}: invalid value {values[key]!r} (iterations, "
                                        "batches_per_epoch, pool_size >= 1; 0 <= refresh_per_epoch <= "
-                                       "pool_size; lr, temperature > 0; jitter >= 0)")
+                                       "pool_size; lr, temperature > 0; jitter >= 0)",
+                                       key_path=f"algorithm.{key}")
         if pixel_range is not None and (len(pixel_range) != 2 or pixel_range[0] >= pixel_range[1]):
-            raise kdcore.UserError(f"algorithm.pixel_range: expected [low, high], got {pixel_range!r}")
+            raise kdcore.UserError(f"algorithm.pixel_range: expected [low, high], got {pixel_range!r}",
+                                   key_path="algorithm.pixel_range")
         super().__init__(student, task, distiller)
         self.teacher_name = next(iter(distiller.teachers))
         if not any(isinstance(m, nn.BatchNorm2d) for m in distiller.teachers[self.teacher_name].modules()):
             raise kdcore.UserError(f"algorithm 'data_free': teacher {self.teacher_name!r} has no "
-                                   "BatchNorm2d layer, so there are no statistics to invert")
+                                   "BatchNorm2d layer, so there are no statistics to invert",
+                                   key_path="algorithm")
         self.settings = InversionSettings(
             iterations=iterations, lr=lr, main_weight=main_weight, r_feature=r_feature,
             first_bn_multiplier=first_bn_multiplier, tv_l2=tv_l2, l2=l2, jitter=jitter, flip=flip,

@@ -136,7 +136,8 @@ class Paraphraser(kdcore.Connector):
     def stages(self, head: "DistillationHead") -> list[kdcore.PreTraining]:
         if head.teacher_connector is not self:
             raise kdcore.UserError(f"{head.label}: 'paraphraser' is a teacher connector; set it "
-                                   f"as teacher_connector and use 'translator' on the student")
+                                   f"as teacher_connector and use 'translator' on the student",
+                                   key_path=head.label)
 
         def loss(student: Any, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
             return self.reconstruction_loss(teacher)

@@ -62,14 +62,18 @@ class MealV2(kdcore.Algorithm):
                  disc_lr_scale: float = 1.0, student_disc_grad: str = "same") -> None:
         if distiller is None or not len(distiller.teachers):
             raise kdcore.UserError("algorithm 'meal_v2' learns from teachers only; add at least one "
-                                   "under 'teachers:' (distill points are optional)")
+                                   "under 'teachers:' (distill points are optional)",
+                                   key_path="algorithm")
         if temperature <= 0:
-            raise kdcore.UserError(f"algorithm.temperature: must be > 0, got {temperature}")
+            raise kdcore.UserError(f"algorithm.temperature: must be > 0, got {temperature}",
+                                   key_path="algorithm.temperature")
         if student_disc_grad not in _GRAD_MODES:
             raise kdcore.UserError(f"algorithm.student_disc_grad: {student_disc_grad!r} is not one of "
-                                   f"{', '.join(_GRAD_MODES)}")
+                                   f"{', '.join(_GRAD_MODES)}",
+                                   key_path="algorithm.student_disc_grad")
         if disc_lr_scale < 0:
-            raise kdcore.UserError(f"algorithm.disc_lr_scale: must be >= 0, got {disc_lr_scale}")
+            raise kdcore.UserError(f"algorithm.disc_lr_scale: must be >= 0, got {disc_lr_scale}",
+                                   key_path="algorithm.disc_lr_scale")
         super().__init__(student, task, distiller)
         self.temperature = float(temperature)
         self.kl_weight, self.disc_weight = float(kl_weight), float(disc_weight)
