@@ -1,5 +1,8 @@
 """A whole run: data, teachers, stages, training, evaluation, checkpoints and the summary.
 
+Read :func:`_run` first: it calls the run's steps in order, each a function below it;
+:class:`Training` is the student's training and what it writes as it goes (the loop's callbacks).
+
 Run directory layout::
 
     <output_dir>/<name>-<timestamp>/
@@ -296,11 +299,11 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
 
     check_assembly(config, splits)
     teachers = load_teachers(config, splits, device, log)
-    checksums = {name: t.sha256 for name, t in teachers.items()}
     algorithm = build_student_and_algorithm(config, splits, teachers, device, run_dir, log,
                                             from_last=resuming and os.path.exists(os.path.join(run_dir, CHECKPOINT)))
     batches = make_batches(config, splits, augment, algorithm, teachers, device, log)
-    training = Training(config, algorithm, batches, splits, device, run_dir, checksums, log)
+    training = Training(config, algorithm, batches, splits, device, run_dir,
+                        {name: t.sha256 for name, t in teachers.items()}, log)
     training.restore_or_start(resuming, last, trained)
     del last  # its tensors are in the algorithm and optimizer now, not held through training
     held.callback(training.loggers.close)  # closed when the run ends, however it ends
@@ -315,7 +318,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     distributed.barrier()
     if not main:
         return ""
-    finish(training, teachers, checksums, time.perf_counter() - started)
+    finish(training, teachers, time.perf_counter() - started)
     return run_dir
 
 
@@ -567,11 +570,10 @@ class Training:
         return f"the last good checkpoint is kept: {CHECKPOINT}, after {self.saved_at} steps"
 
 
-def finish(training: Training, teachers: dict[str, Teacher], checksums: dict[str, str],
-           seconds: float) -> None:
+def finish(training: Training, teachers: dict[str, Teacher], seconds: float) -> None:
     """The run's products, on rank 0: summary.json (written last) and the student's weights."""
     config, algorithm, run_dir = training.config, training.algorithm, training.run_dir
-    summary = summarize(config, algorithm, training.splits, teachers, checksums, training.metrics_path,
+    summary = summarize(config, algorithm, training.splits, teachers, training.metrics_path,
                         training.device, seconds, run_dir)
     check_run_dir(run_dir)
     exported = next(iter(algorithm.evaluation_models().values()))
@@ -586,8 +588,9 @@ def finish(training: Training, teachers: dict[str, Teacher], checksums: dict[str
 
 
 def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str, Teacher],
-              checksums: dict[str, str], metrics_path: str, device: torch.device,
-              seconds: float, run_dir: str) -> dict[str, Any]:
+              metrics_path: str, device: torch.device, seconds: float, run_dir: str) -> dict[str, Any]:
+    """summary.json: the exported student's test scores and best epoch, the other evaluated
+    models (``exits``), each teacher's scores, size, file and checksum, and the run's times."""
     rows = metrics_rows(metrics_path)
     models = algorithm.evaluation_models()
     first = next(iter(models))
@@ -621,7 +624,7 @@ def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str
         per_teacher[name] = {**evaluate(model, splits.test, task, batch_size=config.data.eval_batch_size,
                                         device=device, frozen=True),
                              "params": teacher.params, "checkpoint": teacher.checkpoint,
-                             "sha256": checksums[name]}
+                             "sha256": teacher.sha256}
     if per_teacher:
         summary["teacher"] = next(iter(per_teacher.values()))
         summary["teachers"] = per_teacher
