@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 from packaging.specifiers import SpecifierSet
 
-__version__ = "0.1.7"
+__version__ = version("kdcore")  # pyproject.toml's, as installed
 
 #: Bumped when a hookspec or base-class contract changes incompatibly. A plugin that declares a
 #: higher ``KDCORE_PLUGIN_API`` in its entry-point module is refused by name (kdcore.plugins).

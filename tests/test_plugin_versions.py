@@ -1,5 +1,5 @@
 """Versions a plugin states: its own ``__version__`` (from the installed metadata, so it cannot
-drift from pyproject.toml), the kdcore range it requires (parsed by ``packaging``) and the plugin
+drift from pyproject.toml; kdcore's too), the kdcore range it requires (parsed by ``packaging``) and the plugin
 API it was written for (``KDCORE_PLUGIN_API``, checked against ``kdcore.PLUGIN_API_VERSION``)."""
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from kdcore.registry import components
 from kdcore.version import version_in_range
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_PROJECTS = sorted(ROOT.glob("plugins/*/pyproject.toml"))
+PROJECTS = [ROOT / "pyproject.toml", *sorted(ROOT.glob("plugins/*/pyproject.toml"))]
 
 
-@pytest.mark.parametrize("project", PLUGIN_PROJECTS, ids=lambda p: p.parent.name)
-def test_plugin_version_is_its_pyproject_version(project: Path) -> None:
+@pytest.mark.parametrize("project", PROJECTS, ids=lambda p: "kdcore" if p.parent == ROOT else p.parent.name)
+def test_version_is_the_pyproject_version(project: Path) -> None:
+    """kdcore's and every in-repo plugin's ``__version__``."""
     meta = tomllib.loads(project.read_text(encoding="utf-8"))["project"]
     package = meta["name"].replace("-", "_")
     module = importlib.import_module(package)
