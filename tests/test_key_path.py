@@ -83,3 +83,15 @@ def test_config_errors_carry_their_key(overrides: list[str], key_path: str) -> N
         load_config({}, overrides)
     assert err.value.key_path == key_path
     assert str(err.value).startswith(f"config key {key_path}: ")
+
+
+def test_an_in_repo_algorithm_error_is_not_located_twice() -> None:
+    from kdcore.models.cnn import cnn_student
+    from kdcore.task import ClassificationTask
+
+    config = load_config({"teachers": [], "algorithm": {"type": "dml"}})
+    context = {"student": cnn_student(), "task": ClassificationTask(10), "distiller": None,
+               "num_classes": 10, "input_shape": (1, 28, 28), "config": config}
+    with pytest.raises(UserError) as err:
+        kdcore.build("algorithm", "dml", where="algorithm", context=context, kl_weight=-1)
+    assert str(err.value) == "algorithm.kl_weight: must be >= 0, got -1"

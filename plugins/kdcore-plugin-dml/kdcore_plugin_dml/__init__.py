@@ -1,3 +1,5 @@
 """Deep Mutual Learning (Zhang, Xiang, Hospedales, Lu, CVPR 2018) for kdcore."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("kdcore-plugin-dml")  # pyproject.toml's, as installed

@@ -71,12 +71,15 @@ class DeepMutualLearning(kdcore.Algorithm):
                  students: int | None = None, peers: list[Any] | None = None,
                  kl_weight: float = 1.0) -> None:
         if distiller is not None and len(distiller.teachers):
-            raise kdcore.UserError("algorithm 'dml' trains its students without teachers; set teachers: []")
+            raise kdcore.UserError("algorithm 'dml' trains its students without teachers; set teachers: []",
+                                   key_path="algorithm")
         if getattr(task, "target_kind", "label") != "label":
             raise kdcore.UserError("algorithm 'dml' compares the students' class probabilities, so it "
-                                   "needs a classification data set (e.g. data.type: fashion_mnist)")
+                                   "needs a classification data set (e.g. data.type: fashion_mnist)",
+                                   key_path="algorithm")
         if kl_weight < 0:
-            raise kdcore.UserError(f"algorithm.kl_weight: must be >= 0, got {kl_weight}")
+            raise kdcore.UserError(f"algorithm.kl_weight: must be >= 0, got {kl_weight}",
+                                   key_path="algorithm.kl_weight")
         blocks = self._peer_blocks(config, students, peers)
         super().__init__(student, task, None)
         self.kl_weight = float(kl_weight)
@@ -99,17 +102,19 @@ class DeepMutualLearning(kdcore.Algorithm):
         if peers is not None:
             if not isinstance(peers, list) or not peers:
                 raise kdcore.UserError("algorithm.peers: give a list of one or more model blocks, "
-                                       "e.g. [{type: cnn_student}]")
+                                       "e.g. [{type: cnn_student}]", key_path="algorithm.peers")
             if students is not None and students != 1 + len(peers):
                 raise kdcore.UserError(f"algorithm.students: {students} does not match the "
-                                       f"{1 + len(peers)} students that student + peers make; drop one")
+                                       f"{1 + len(peers)} students that student + peers make; drop one",
+                                       key_path="algorithm.students")
             return [_block(p, f"algorithm.peers[{i}]") for i, p in enumerate(peers)]
         count = 2 if students is None else students
         if count < 2:
-            raise kdcore.UserError(f"algorithm.students: mutual learning needs at least 2 students, got {count}")
+            raise kdcore.UserError(f"algorithm.students: mutual learning needs at least 2 students, got {count}",
+                                   key_path="algorithm.students")
         if config is None:  # built outside a run: the config's student block is not known
             raise kdcore.UserError("algorithm.peers: give the other students' model blocks, e.g. "
-                                   "[{type: cnn_student}]")
+                                   "[{type: cnn_student}]", key_path="algorithm.peers")
         return [config.student] * (count - 1)
 
     @property
