@@ -268,7 +268,8 @@ def check_teachers_wanted(config: RunConfig) -> None:
     if getattr(factory, "takes_teachers", True) is False:
         raise UserError(f"config key teachers: algorithm {config.algorithm.type!r} learns without "
                         f"teachers, but the config gives {len(config.teachers)}; set teachers: [] "
-                        f"(--set teachers=[]), or pick an algorithm that distils (teacher_student)")
+                        f"(--set teachers=[]), or pick an algorithm that distils (teacher_student)",
+                        key_path="teachers")
 
 
 def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,

@@ -220,8 +220,9 @@ def test_the_algorithm_declares_it_takes_no_teachers():
     assert DeepMutualLearning.takes_teachers is False and kdcore.Algorithm.takes_teachers is True
     with_teacher = load_config({"student": {"type": "cnn_student"}, "algorithm": {"type": "dml"},
                                 "teachers": [{"name": "teacher", "type": "cnn_teacher"}]})
-    with pytest.raises(kdcore.UserError, match=r"^config key teachers: algorithm 'dml' learns without"):
+    with pytest.raises(kdcore.UserError, match=r"^config key teachers: algorithm 'dml' learns without") as info:
         check_teachers_wanted(with_teacher)
+    assert info.value.key_path == "teachers"
     with_teacher.algorithm.type = "teacher_student"
     check_teachers_wanted(with_teacher)  # distilling algorithms take them
 
