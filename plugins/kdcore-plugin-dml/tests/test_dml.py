@@ -3,8 +3,10 @@ built from the config, the refusal of teachers, and one end-to-end run."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,3 +267,34 @@ def test_preset_runs_end_to_end(tmp_path):
     assert summary["algo"] == "dml" and summary["epochs"] == 1
     assert 0.0 <= summary["student"]["top1"] <= 100.0 and "student1" in summary["exits"]
     assert {"student0_ce", "student0_kl", "student1_ce", "student1_kl"} <= set(summary["last_train"])
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_ROOT), reason="needs dataset-fashion-mnist")
+def test_resume_restores_every_optimizer_and_schedule(tmp_path):
+    """One epoch, then --resume to two, ends with the metrics of two epochs in one go: both
+    students, both optimizers' momentum and both schedules come back from last.pt. (A step
+    schedule, so the first epoch does not depend on the total.)"""
+    sets = ["data.train_limit=256", "data.test_limit=256", "data.batch_size=64", "trainer.progress=false",
+            "trainer.threads=1", "schedule={type: step, milestones: [1], gamma: 0.1}"]
+
+    def run(out: Path, *extra: str) -> list[dict]:
+        args = ["run", "--preset", "dml", "--output-dir", str(out)]
+        result = CliRunner().invoke(main, args + [a for s in [*sets, *extra] for a in ("--set", s)])
+        assert result.exit_code == 0, result.output
+        return rows(next(out.iterdir()))
+
+    def rows(run_dir: Path) -> list[dict]:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        out = [json.loads(line) for line in lines if line]
+        for row in out:
+            row["train"] = {k: v for k, v in row["train"].items() if k not in ("seconds", "images_per_second")}
+        return out
+
+    whole = run(tmp_path / "whole", "trainer.epochs=2")
+    run(tmp_path / "split", "trainer.epochs=1")
+    run_dir = next((tmp_path / "split").iterdir())
+    result = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--set", "trainer.epochs=2"])
+    assert result.exit_code == 0, result.output
+    assert "resumed at epoch 2, step 0" in result.output  # not trained again from the start
+    assert len(whole) == 2 and rows(run_dir) == whole
