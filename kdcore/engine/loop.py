@@ -313,8 +313,9 @@ class Update:
         else:
             stepped = not overflowed(scaler, optimizer)  # GradScaler's own skip decision
             self.state.scaler_skipped += not stepped
-            scaler.step(optimizer)
-            scaler.update()
+            if stepped:  # a skipped step is not handed to the optimizer: fused SGD's first step
+                scaler.step(optimizer)  # makes momentum with empty_like, filled only if taken
+            scaler.update()  # unscale_ recorded the overflow it adjusts the scale by
         self.stepped[name] = self.stepped[name] or stepped
         return stepped
 
