@@ -218,7 +218,7 @@ def test_a_nan_in_a_pre_training_stops_naming_it_and_what_is_kept() -> None:
     with pytest.raises(NonFiniteLoss) as caught:
         run_stage(algorithm, "p", pretraining, batches(), LoopSettings(1, progress=False))
     message = str(caught.value)
-    assert message.startswith("stage 'warm' of distill point 'p': loss for optimizer 'warm' is nan "
+    assert message.startswith("stage 'warm' of distill point 'p': loss is nan "
                               "at epoch 1, step 1; stopped, " + STAGE_KEPT)
     history = run_stage(algorithm, "p", pretraining, batches(), LoopSettings(1, progress=False, on_nonfinite="skip"))
     assert history["warm_skipped_batches"] == 1

@@ -274,7 +274,9 @@ class Update:
                             f"{name!r}; it has {', '.join(map(repr, self.optimizers))}")
         loss = _scalar(name, loss)
         value = loss.item()
-        what = f"for optimizer {name!r} " + (
+        # named when there are several (DML's students); a pre-training's stop says "loss is nan"
+        # after its own name, as in kdcore 0.1.7
+        what = (f"for optimizer {name!r} " if len(self.optimizers) > 1 else "") + (
             f"is {value}" if not math.isfinite(value) else "on another process is NaN/Inf")
         if not self.finite(math.isfinite(value), lambda: what):
             return False
