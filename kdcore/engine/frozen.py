@@ -5,7 +5,7 @@ inference-only rewrites are safe:
 
 - **Layout** (``trainer.teacher_memory_format``): ``auto`` runs teachers in channels_last on the
   CPU, where oneDNN's inference convolutions and pooling are 1.0-2.5x faster in it
-  (docs/benchmarks.md), and in the rest of the algorithm's layout elsewhere.
+  (benchmarks/README.md, "Frozen-teacher rewrites"), and in the rest of the algorithm's layout elsewhere.
 - **BatchNorm folding** (``trainer.teacher_fold_bn``): an eval-mode ``BatchNorm2d`` that directly
   follows a ``Conv2d`` in an ``nn.Sequential`` is a per-channel affine map, so it is folded into
   the convolution's weight and bias and replaced by ``nn.Identity``: one pass over the feature
