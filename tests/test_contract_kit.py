@@ -177,6 +177,37 @@ class DetachedAlgorithm(kdcore.Algorithm):
         return {"task": self.task.loss(outputs, batch.targets).requires_grad_(True)}
 
 
+class TwoHalves(kdcore.Algorithm):
+    """Owns its step: the student's body and its classifier, each with its own optimizer."""
+
+    skip_update: str | None = None  # an optimizer the step forgets
+    leave_out: str | None = None  # a parameter prefix optimizers() forgets
+
+    def optimizers(self, build):
+        groups = {"body": [], "head": []}
+        for name, param in self.student.named_parameters():
+            if self.leave_out is None or not name.startswith(self.leave_out):
+                groups["head" if name.startswith("fc") else "body"].append(param)
+        return {name: build([{"params": params}]) for name, params in groups.items()}
+
+    def optimization_step(self, batch, *, epoch, step, update):
+        terms = {}
+        for name in ("body", "head"):
+            loss = self.task.loss(self.student(batch.inputs), batch.targets)
+            if name != self.skip_update:
+                update(loss, name)
+            terms[name] = loss.detach()
+        return terms
+
+
+class ForgetfulStep(TwoHalves):
+    skip_update = "head"
+
+
+class MissingParameter(TwoHalves):
+    leave_out = "fc"
+
+
 class TeacherTrainingAlgorithm(kdcore.Algorithm):
     def __init__(self, student, task, distiller=None) -> None:
         super().__init__(student, task, distiller)
@@ -239,7 +270,9 @@ def _module() -> types.ModuleType:
         "kdcore_heads": [C("vector_term", VectorTermHead, "x")],
         "kdcore_distillers": [C("waking", WakingDistiller, "x")],
         "kdcore_algorithms": [C("detached_algo", DetachedAlgorithm, "x"),
-                              C("teacher_training", TeacherTrainingAlgorithm, "x")],
+                              C("teacher_training", TeacherTrainingAlgorithm, "x"),
+                              C("two_halves", TwoHalves, "x"), C("forgetful_step", ForgetfulStep, "x"),
+                              C("missing_parameter", MissingParameter, "x")],
         "kdcore_models": [C("fixed_classes", fixed_classes_model, "x"), C("idle_layer", IdleLayerModel, "x")],
         "kdcore_datasets": [C("good_data", good_data, "x"), C("unstable", unstable_data, "x"),
                             C("small_images", small_images_data, "x")],
@@ -303,6 +336,12 @@ class TestTeacherStudent(Isolated, testing.AlgorithmContract):
 
 class TestVanilla(Isolated, testing.AlgorithmContract):
     component = "vanilla"
+    teachers = 0
+
+
+class TestOwnStep(Isolated, testing.AlgorithmContract):
+    """The kit steps an algorithm that owns its step as the engine does."""
+    component = "two_halves"
     teachers = 0
 
 
@@ -373,6 +412,10 @@ CASES = [
     (D, "test_teachers_frozen", {"component": "waking"}, "is in train mode after distiller.train()"),
     (A, "test_step_changes_student", {"component": "detached_algo"}, "did not change the student"),
     (A, "test_step_changes_student", {"component": "teacher_training"}, "changed during a training step"),
+    (A, "test_training_step_terms", {"component": "forgetful_step", "teachers": 0},
+     "never called update() for optimizer(s) ['head']"),
+    (A, "test_step_changes_student", {"component": "missing_parameter", "teachers": 0},
+     "must hold every trainable parameter exactly once"),
     (M, "test_num_classes_respected", {"component": "fixed_classes"}, "built with num_classes=7"),
     (M, "test_every_parameter_trains", {"component": "idle_layer"}, "aux.weight"),
     (M, "test_module_paths_exist", {"component": "cnn_student", "module_paths": ["stage9"]},

@@ -23,6 +23,9 @@ class AlgorithmContract(ContractBase):
     """Checks an algorithm: built with the core's context around a tiny CNN student (and a tiny
     frozen teacher unless ``teachers = 0``), one step on random 1x28x28 data returns finite
     terms, and backprop plus one optimizer step changes the student but not the teacher.
+    An algorithm that owns its step (``optimizers()`` returns a dict) is stepped as the engine
+    does it: ``optimization_step`` with an ``update(loss, name)`` doing a plain SGD step; its
+    optimizers must hold every trainable parameter once, and each must be updated.
 
     :cvar teachers: number of tiny teachers (0: the algorithm gets ``distiller=None``).
     :cvar num_samples: size of the random training split.
@@ -74,16 +77,55 @@ class AlgorithmContract(ContractBase):
         batches = algorithm.train_batches(default)
         return next(iter(batches.epoch(0, 0)))
 
+    def own_optimizers(self, algorithm: Any) -> dict[str, torch.optim.Optimizer] | None:
+        """The algorithm's own optimizers (plain SGD at ``lr``), or None on the default path."""
+        optimizers = algorithm.optimizers(lambda groups: torch.optim.SGD(groups, lr=self.lr))
+        if optimizers is None:
+            return None
+        check(isinstance(optimizers, dict) and optimizers and
+              all(isinstance(o, torch.optim.Optimizer) for o in optimizers.values()),
+              f"{self.where()}.optimizers() returned {describe(optimizers)}; return None or "
+              f"{{name: torch.optim.Optimizer}}")
+        held = [id(p) for o in optimizers.values() for g in o.param_groups for p in g["params"]]
+        trainable = {id(p) for p in algorithm.trainable_parameters()}
+        check(len(held) == len(set(held)) and set(held) == trainable,
+              f"{self.where()}.optimizers() must hold every trainable parameter exactly once "
+              f"({len(trainable)} trainable, {len(held)} held, {len(set(held))} distinct)")
+        return optimizers
+
     def step_terms(self, parts: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One step's terms. An own-step algorithm has taken its updates when this returns
+        (``parts["updated"]`` lists the optimizers it stepped, in order)."""
         algorithm = parts["algorithm"]
         algorithm.train()
         batch = self.first_batch(algorithm, parts["train"])
+        optimizers = self.own_optimizers(algorithm)
         with seeded(self.seed + 2):
-            terms = algorithm.training_step(batch, epoch=0, step=0)
-        return check_terms(terms, f"{self.where()}.training_step")
+            if optimizers is None:
+                terms = algorithm.training_step(batch, epoch=0, step=0)
+            else:
+                updated = parts["updated"] = []
+
+                def update(loss: torch.Tensor, name: str) -> bool:
+                    check(name in optimizers, f"{self.where()}: update(loss, {name!r}) names no "
+                                              f"optimizer of optimizers() ({sorted(optimizers)})")
+                    check(loss.requires_grad, f"{self.where()}: update(loss, {name!r}) got a loss "
+                                              f"that depends on no trainable parameter")
+                    optimizers[name].zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizers[name].step()
+                    updated.append(name)
+                    return True
+
+                terms = algorithm.optimization_step(batch, epoch=0, step=0, update=update)
+        what = "optimization_step" if optimizers is not None else "training_step"
+        return check_terms(terms, f"{self.where()}.{what}")
 
     def exercise(self) -> None:
-        sum(self.step_terms(self.setup()).values()).backward()
+        parts = self.setup()
+        terms = self.step_terms(parts)
+        if "updated" not in parts:
+            sum(terms.values()).backward()
 
     def test_is_algorithm(self) -> None:
         algorithm = self.setup()["algorithm"]
@@ -91,7 +133,14 @@ class AlgorithmContract(ContractBase):
                                                 f"core needs a kdcore.Algorithm")
 
     def test_training_step_terms(self) -> None:
-        terms = self.step_terms(self.setup())
+        parts = self.setup()
+        terms = self.step_terms(parts)
+        if "updated" in parts:  # an own step: its terms are for the log, its updates are done
+            optimizers = self.own_optimizers(parts["algorithm"])
+            missing = sorted(set(optimizers) - set(parts["updated"]))
+            check(not missing, f"{self.where()}.optimization_step never called update() for "
+                               f"optimizer(s) {missing}")
+            return
         check(any(v.requires_grad for v in terms.values()),
               f"{self.where()}: no loss term depends on a trainable parameter")
 
@@ -105,8 +154,9 @@ class AlgorithmContract(ContractBase):
         terms = self.step_terms(parts)
         params = algorithm.trainable_parameters()
         check(params, f"{self.where()}.trainable_parameters() is empty")
-        sum(terms.values()).backward()
-        sgd_step(params, self.lr)
+        if "updated" not in parts:  # the engine's step; an own step took its updates already
+            sum(terms.values()).backward()
+            sgd_step(params, self.lr)
         moved = [k for k in changed(student_before, student) if "running" not in k and "num_batches" not in k]
         check(moved, f"{self.where()}: one step did not change the student's weights; are its "
                      f"parameters in trainable_parameters() and its terms connected to it?")
