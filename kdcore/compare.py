@@ -627,7 +627,7 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     metric = "score"
-    for method in methods:
+    for i, method in enumerate(methods):
         curves = [r["test_curve"] for r in results if r["method"] == method and not r.get("tune")
                   and r.get("test_curve")]
         if not curves:
@@ -637,7 +637,8 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: str) -> None:
         xs = [(i + 1) / n for i in range(n)]
         mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
         std = [statistics.stdev(c[i] for c in curves) if len(curves) > 1 else 0.0 for i in range(n)]
-        (line,) = ax.plot(xs, mean, label=f"{method} ({len(curves)})")
+        # the colour cycle has 10 colours: methods 11-20 dashed, so no two curves look alike
+        (line,) = ax.plot(xs, mean, label=f"{method} ({len(curves)})", linestyle=("-", "--", ":")[i // 10 % 3])
         ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=line.get_color(), alpha=0.2)
     ax.set_xlabel("fraction of training (epochs / total)")
