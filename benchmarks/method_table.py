@@ -8,7 +8,7 @@ transfer-set regime (docs/benchmarks.md explains the choice).
   targets / features cover all of them. vanilla trains on the labelled images alone for the
   same number of optimizer steps (compare does this whenever ``data.labelled`` is set).
 
-    python benchmarks/method_table.py --seeds 3 --epochs 5 --labelled 2000 --parallel 2 --teacher-cache
+    python benchmarks/method_table.py --seeds 3 --epochs 3 --labelled 2000 --val-split 5000 --parallel 2 --teacher-cache --device cpu
 
 This script only builds the compare command and puts its table between the markers of
 ``--out``; the runs, the table, runs.json and curves.png are compare's (kdcore/compare.py).
