@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,10 +29,24 @@ def projects(root: str = ROOT) -> list[str]:
     return [root, *plugins]
 
 
+def egg_infos(project: str) -> set[str]:
+    return set(glob.glob(os.path.join(project, "*.egg-info")))
+
+
 def build(project: str, dist: str) -> str:
-    """sdist, then the wheel from the sdist, of ``project`` into ``dist``; the error, if any."""
-    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, project],
-                          capture_output=True, text=True)
+    """sdist, then the wheel from the sdist, of ``project`` into ``dist``; the error, if any.
+
+    The sdist step writes ``<name>.egg-info`` into the checkout. Left there, it is metadata of
+    this version on ``sys.path`` (the working directory): after a version bump,
+    ``importlib.metadata`` would find it before the installed one and every plugin's kdcore
+    range check would read the old version. So what the build made, it removes."""
+    before = egg_infos(project)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, project],
+                              capture_output=True, text=True)
+    finally:
+        for made in egg_infos(project) - before:
+            shutil.rmtree(made, ignore_errors=True)
     if proc.returncode != 0:
         return f"build_dists: {project} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
     return ""

@@ -76,13 +76,20 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path, ok: bool = True) -> subp
     return proc
 
 
+def checkout_metadata() -> set[Path]:
+    return set(ROOT.glob("*.egg-info")) | set(ROOT.glob("plugins/*/*.egg-info"))
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """DIST built by scripts/build_dists.py, and a fresh venv that sees torch and nothing of kdcore."""
     where = tmp_path_factory.mktemp("wheels")
     dist = where / "dist"
     env = dict(os.environ)
+    before = checkout_metadata()
     run([sys.executable, str(ROOT / "scripts" / "build_dists.py"), str(dist)], env, ROOT)
+    # stale metadata in the checkout would shadow the installed version (build_dists.build)
+    assert checkout_metadata() <= before, f"build_dists left {sorted(checkout_metadata() - before)}"
     run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(where / "other"),
          str(INCOMPATIBLE)], env, ROOT)
     env_dir = where / "venv"
