@@ -4,7 +4,6 @@ mean and spread, and put a finished table between markers in docs/benchmarks.md.
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -39,9 +38,10 @@ def failure(tag: str, proc: subprocess.CompletedProcess) -> dict[str, Any]:
 
 
 def mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.2f}" if values else "-"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    """compare's mean +- std (one implementation), with "-" for no values."""
+    from kdcore.compare import _mean_std
+
+    return _mean_std(values) or "-"
 
 
 def splice(report: str, path: str, start: str, end: str) -> None:

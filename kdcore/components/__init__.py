@@ -12,12 +12,11 @@ from .pretraining import PreTraining
 __all__ = ["Algorithm", "Batch", "Connector", "Distiller", "DistillationHead", "Loss", "PreTraining"]
 
 
-
-def deprecated_stage(stacklevel: int = 3) -> type[PreTraining]:
+def deprecated_stage() -> type[PreTraining]:
     """``Stage``, the old name of :class:`PreTraining` ("stage" also names model blocks):
     still importable for plugins outside the repo, with a warning at the line that uses it."""
     warnings.warn("kdcore.Stage is deprecated: use kdcore.PreTraining (the same class)",
-                  DeprecationWarning, stacklevel=stacklevel)
+                  DeprecationWarning, stacklevel=3)  # the caller of the module __getattr__
     return PreTraining
 
 

@@ -276,9 +276,9 @@ class Update:
         value = loss.item()
         # named when there are several (DML's students); a pre-training's stop says "loss is nan"
         # after its own name, as in kdcore 0.1.7
-        what = (f"for optimizer {name!r} " if len(self.optimizers) > 1 else "") + (
+        what = lambda: (f"for optimizer {name!r} " if len(self.optimizers) > 1 else "") + (  # noqa: E731
             f"is {value}" if not math.isfinite(value) else "on another process is NaN/Inf")
-        if not self.finite(math.isfinite(value), lambda: what):
+        if not self.finite(math.isfinite(value), what):
             return False
         # the forward passes ran under autocast; the backward pass does not
         with torch.autocast(self.device.type, enabled=False) if self.settings.amp != "none" \
@@ -489,8 +489,7 @@ def run_stage(algorithm: Algorithm, point: str, pretraining: PreTraining, batche
 
     loop = attrs.evolve(settings, epochs=pretraining.epochs, label=f"stage {name}", scaler=None,
                         step_module=None, reduce=reduce_sums, on_step=None, on_epoch_end=on_epoch_end,
-                        optimizers={name: optimizer},
-                        schedulers={name: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)})
+                        optimizers={name: optimizer}, schedulers={})  # a constant rate: no schedule
     try:
         train_epochs(PreTrainingStep(algorithm, point, pretraining), batches, None, None, TrainingState(), loop)
     except NonFiniteLoss as exc:

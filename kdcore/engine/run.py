@@ -300,7 +300,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     check_assembly(config, splits)
     teachers = load_teachers(config, splits, device, log)
     algorithm = build_student_and_algorithm(config, splits, teachers, device, run_dir, log,
-                                            from_last=resuming and os.path.exists(os.path.join(run_dir, CHECKPOINT)))
+                                            from_last=last is not None)
     batches = make_batches(config, splits, augment, algorithm, teachers, device, log)
     training = Training(config, algorithm, batches, splits, device, run_dir,
                         {name: t.sha256 for name, t in teachers.items()}, log)
@@ -461,7 +461,7 @@ class Training:
     def restore_or_start(self, resuming: bool, last: Any, trained: dict[str, Any] | None) -> None:
         """Put a resumed run back where ``last`` (last.pt as loaded) left it (else start at step
         0), then open the metrics file and loggers after the rows it covers."""
-        if resuming and os.path.exists(self.checkpoint_path):
+        if last is not None:  # resuming, and last.pt was there
             self.position, self.stages_done = restore(
                 self.checkpoint_path, self.algorithm, self.optimizers, self.schedulers, self.checksums,
                 self.metrics_path if self.main else None, self.scaler, self.log, state=last)
@@ -473,7 +473,7 @@ class Training:
         # counted once (restore checked them against last.pt), then in memory
         if self.main:
             self.metrics_record = [line.rstrip("\n") for line in metrics_lines(self.metrics_path)]
-        self.saved_at = self.position.global_step if os.path.exists(self.checkpoint_path) else None
+        self.saved_at = self.position.global_step if last is not None else None
         if self.main:
             self.loggers = open_loggers(self.config, self.run_dir, len(self.metrics_record) + 1, self.log)
 

@@ -145,8 +145,6 @@ class Teacher:
     model: nn.Module
     #: the checkpoint given, or the teacher cache's file
     checkpoint: str
-    #: trained by this run (nothing was cached for it)
-    trained: bool
     sha256: str
     params: int
     running_sha256: str | None = None
@@ -163,7 +161,6 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device, lo
         with torch.random.fork_rng():  # a teacher's init depends on its own seed, not the run's
             torch.manual_seed(tcfg.train.seed)
             model = build_model(tcfg, splits.source, where)
-        trained = False
         if tcfg.checkpoint:
             path = os.path.expanduser(tcfg.checkpoint)
             load_weights(model, path, what=f"{where}.checkpoint")
@@ -208,10 +205,9 @@ def prepare_teachers(config: RunConfig, splits: Splits, device: torch.device, lo
                     save_atomic({"state_dict": model.state_dict(),
                                  "meta": {"type": tcfg.type, **{k: v for k, v in scores.items() if "_" not in k},
                                           "recipe": recipe}}, path)
-                    trained = True
         model.to(device)
         check_expected(tcfg, model, config, splits, device, where)
-        prepared[tcfg.name] = Teacher(model, path, trained, sha256=weights_checksum(model),
+        prepared[tcfg.name] = Teacher(model, path, sha256=weights_checksum(model),
                                       params=sum(p.numel() for p in model.parameters()))
     return prepared
 
