@@ -187,18 +187,3 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, *, samples: int =
     result["normalisation"] = ({"mean": stats[0], "std": stats[1]} if stats is not None else None)
     result["input_shape"] = list(splits.source.input_shape)
     return result
-
-
-def write_safetensors(state_dict: dict[str, torch.Tensor], path: str) -> bool:
-    """The weights as safetensors (no pickle: readable from any language), when the
-    ``safetensors`` package is installed; ``False`` when it is not."""
-    try:
-        from safetensors.torch import save
-    except ImportError:
-        return False
-    from .engine.checkpoint import _write_atomic
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # unshared
-    data = save(tensors, metadata={"format": "pt", "written_by": "kdcore"})
-    _write_atomic(path, lambda f: f.write(data), ".safetensors")
-    return True

@@ -297,3 +297,16 @@ def load_weights(model: torch.nn.Module, path: str, *, what: str) -> dict[str, A
 def _few(items: list[str], n: int = 4) -> str:
     shown = ", ".join(items[:n])
     return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)})"
+
+
+def write_safetensors(state_dict: dict[str, torch.Tensor], path: str) -> bool:
+    """The weights as safetensors (no pickle: readable from any language), when the
+    ``safetensors`` package is installed; ``False`` when it is not."""
+    try:
+        from safetensors.torch import save
+    except ImportError:
+        return False
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # unshared
+    data = save(tensors, metadata={"format": "pt", "written_by": "kdcore"})
+    _write_atomic(path, lambda f: f.write(data), ".safetensors")
+    return True

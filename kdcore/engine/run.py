@@ -32,7 +32,6 @@ from ..assemble import build_algorithm, build_model, check_takes_inputs, load_da
 from ..config import RunConfig, dump_yaml, read_yaml, structure
 from ..data.augment import build_augment
 from ..errors import UserError
-from ..export import write_safetensors
 from ..loggers import Loggers, open_loggers
 from ..models.imported import use_import_paths
 from ..task import headline
@@ -46,6 +45,7 @@ from .checkpoint import (
     run_lock,
     save_atomic,
     write_json_atomic,
+    write_safetensors,
     write_text_atomic,
 )
 from .cpu import tune_cpu
