@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from importlib import resources
+from collections.abc import Collection
 from typing import Any, Callable
 
 import click
@@ -131,16 +132,84 @@ class KdcoreGroup(click.Group):
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """kdcore's own command, else a plugin's (``kdcore_commands``) by name or ``PLUGIN:NAME``.
+        Plugins are loaded only when the name is not kdcore's own."""
+        return super().get_command(ctx, name) or plugin_command(name, own=self.commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands) + plugin_command_names(own=self.commands)
+
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         try:
             return super().resolve_command(ctx, args)
+        except BrokenCommand:
+            raise
         except click.UsageError:
             from .errors import did_you_mean
+            from .plugins import get_plugins
+            from .registry import why_missing
 
             if args:
                 hint = did_you_mean(args[0], self.list_commands(ctx))
+                if not hint and args[0].replace("-", "_").isidentifier():
+                    hint = why_missing("command", args[0], get_plugins())
                 _fail(f"no command {args[0]!r}{hint}; see 'kdcore --help'")
             raise
+
+
+def plugin_command_names(own: Collection[str]) -> list[str]:
+    """The short names of the plugins' usable commands, sorted. One named like kdcore's own
+    command (reachable as ``PLUGIN:NAME``), or one that cannot be loaded, is a warning of its
+    plugin."""
+    from .plugins import get_plugins
+    from .registry import components
+
+    plugins = get_plugins()
+    names = set()
+    for reg in components("command", plugins):
+        if reg.component.name in own:
+            plugins.warn(reg.plugin, f"command {reg.component.name!r} is kdcore's own; this "
+                                     f"plugin's is reachable as 'kdcore {reg.id}'")
+        elif isinstance(_load_command(reg, plugins), click.Command):
+            names.add(reg.component.name)
+    return sorted(names)
+
+
+def plugin_command(name: str, own: Collection[str]) -> click.Command | None:
+    """The plugin command ``name`` (short, or ``PLUGIN:NAME``); ``None`` when no plugin has it."""
+    from .plugins import get_plugins
+    from .registry import lookup
+
+    plugins = get_plugins()
+    try:
+        reg = lookup("command", name, plugins)
+    except UserError:
+        return None
+    if name in own:
+        return None
+    command = _load_command(reg, plugins)
+    if isinstance(command, str):
+        raise BrokenCommand(f"command {name!r} of plugin {reg.plugin!r} cannot be used: {command}")
+    return command
+
+
+class BrokenCommand(click.UsageError):
+    """A plugin command that cannot be imported, or is not a :class:`click.Command`."""
+
+
+def _load_command(reg: Any, plugins: Any) -> click.Command | str:
+    """The command ``reg`` names, or why it cannot be used (also a warning of its plugin)."""
+    try:
+        command = reg.component.resolve()
+    except Exception as exc:  # a broken plugin must not take the CLI down
+        problem = f"it cannot be loaded ({type(exc).__name__}: {exc})"
+    else:
+        if isinstance(command, click.Command):
+            return command
+        problem = f"it is a {type(command).__name__}, not a click.Command"
+    plugins.warn(reg.plugin, f"command {reg.component.name!r}: {problem}; skipped")
+    return problem
 
 
 @click.group(name="kdcore", cls=KdcoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -314,6 +383,7 @@ def plugins(as_json: bool, strict: bool) -> None:
     from .specs import KINDS
 
     loaded = get_plugins()
+    plugin_command_names(own=main.commands)  # a command named like kdcore's own is a warning
     if strict:  # every "module:attr" imported and every preset file found, nothing built
         check_factories(loaded)
     by_plugin: dict[str, dict[str, list[str]]] = {}

@@ -203,3 +203,29 @@ def kdcore_loggers() -> list:
         def kdcore_loggers():
             return [kdcore.Component("csv", factory=CsvLogger, summary="metrics.csv per run")]
     """
+
+
+@hookspec
+def kdcore_commands() -> list:
+    """Return the CLI commands this plugin adds (``kdcore NAME ...``).
+
+    Each component's factory is a :class:`click.Command` (or ``"module:attr"`` naming one, so
+    that ``kdcore --help`` imports nothing heavy). kdcore's own commands (``run``, ``plugins``,
+    ``list``, ``new-plugin``) keep their names; a plugin command with one of those names, or
+    with a name an earlier-installed plugin's command has, is reachable as ``PLUGIN:NAME``.
+    Decorate the command body with :func:`kdcore.cli.user_errors` so that a
+    :class:`kdcore.errors.UserError` is one ``kdcore: error:`` line with exit code 2.
+    ``kdcore compare``, ``inspect``, ``export`` and ``draw`` are plugins of this kind.
+
+    Example::
+
+        @click.command()
+        @click.argument("run_dir")
+        @kdcore.cli.user_errors
+        def report(run_dir):
+            '''Print the summary of a run.'''
+
+        @kdcore.hookimpl
+        def kdcore_commands():
+            return [kdcore.Component("report", report, "print a run's summary")]
+    """

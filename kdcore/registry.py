@@ -34,6 +34,7 @@ _INSTALL_HINTS = {
     "model_transform": {"fast_max_pool": "cpu-speed"},
     "logger": {"tensorboard": "tensorboard", "mlflow": "mlflow"},
     "model": {"timm": "timm"},
+    "command": {"compare": "compare", "inspect": "inspect", "export": "export", "draw": "draw"},
     "preset": {"kd": "kd", "fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd", "crd": "crd",
                "ft": "ft", "ab": "ab", "ofd": "ofd", "byot": "byot", "meal": "meal",
                "datafree": "datafree", "cwd": "cwd", "yolo_kd": "yolo-kd", "timm": "timm", "dml": "dml"},
@@ -138,12 +139,12 @@ def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str =
         raise UserError(f"{label}{kind} {name!r} is declared {len(matches)} times by plugin "
                         f"{matches[0].plugin!r}; {_broken(matches[0].plugin)}", key_path=where or None)
     names = [r.component.name for r in available] + [r.id for r in available]
-    hint = did_you_mean(name, names) + _why_missing(kind, name, plugins)
+    hint = did_you_mean(name, names) + why_missing(kind, name, plugins)
     raise UserError(f"{label}unknown {kind} {name!r}{hint} (see 'kdcore list {kind}')",
                     key_path=where or None)
 
 
-def _why_missing(kind: str, name: str, plugins: Plugins) -> str:
+def why_missing(kind: str, name: str, plugins: Plugins) -> str:
     """Why no plugin offers ``name``: the plugin of this repository that would, installed or not
     (left out by ``KDCORE_PLUGINS``, failed to load), or the plugins that did not load."""
     short = _INSTALL_HINTS.get(kind, {}).get(name)

@@ -26,6 +26,7 @@ KINDS: tuple[str, ...] = (
     "preset",
     "model_transform",
     "logger",
+    "command",
 )
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
