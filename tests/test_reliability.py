@@ -422,18 +422,25 @@ def test_an_extension_killed_before_its_summary_is_not_taken_for_finished(stoppe
 
 def test_a_damaged_resume_checkpoint_says_how_to_go_on(tmp_path) -> None:
     """last.pt holds the whole training state: re-saving a state_dict cannot mend it."""
-    from kdcore.engine.resume import restore
+    from kdcore.engine.resume import load_last
 
-    path = tmp_path / "last.pt"
+    path = tmp_path / "checkpoints" / "last.pt"
+    path.parent.mkdir()
     path.write_bytes(b"hello\n" * 20)
     with pytest.raises(UserError) as info:
-        restore(str(path), None, None, None, {}, None)
+        load_last(str(tmp_path))
     assert "state_dict" not in str(info.value)
     assert str(info.value).endswith("; this run cannot be resumed from it; start a new run")
     torch.save({"w": torch.arange(1000.0)}, path)
     flip_byte(path, tensor_offset(path, "data/0") + 100)
     with pytest.raises(UserError, match="fails its CRC check; this run cannot be resumed from it"):
-        restore(str(path), None, None, None, {}, None)
+        load_last(str(tmp_path))
+    torch.save({"w": torch.arange(3.0)}, path)  # loads, but holds no training state
+    with pytest.raises(UserError, match=f"resume checkpoint {path} is not a kdcore run checkpoint"):
+        load_last(str(tmp_path))
+    torch.save({"format": 1, "position": {}}, path)  # what kdcore 0.1.6 wrote: no rows, no config
+    with pytest.raises(UserError, match="written by kdcore 0.1.6 or older.*start a new run"):
+        load_last(str(tmp_path))
 
 
 def test_damaged_checkpoints_are_named(tmp_path) -> None:

@@ -99,9 +99,10 @@ def built(own: bool, seed: int) -> tuple[TwoNets, dict[str, Any], dict[str, Any]
 
 
 def test_two_named_optimizers_and_their_schedules_survive_last_pt(tmp_path) -> None:
-    from kdcore.engine.checkpoint import load_checkpoint, save_atomic
+    from kdcore.config import load_config
+    from kdcore.engine.checkpoint import save_atomic
     from kdcore.engine.loop import TrainingState
-    from kdcore.engine.resume import restore, run_state
+    from kdcore.engine.resume import load_last, restore, run_state
 
     algorithm, optimizers, schedulers, own = built(True, seed=0)
     assert own and list(optimizers) == ["a", "b"] and set(schedulers) == {"a", "b"}
@@ -111,10 +112,11 @@ def test_two_named_optimizers_and_their_schedules_survive_last_pt(tmp_path) -> N
             net(torch.ones(1, 3)).square().sum().backward()
             optimizers[name].step()
             schedulers[name].step()
-    path = str(tmp_path / "last.pt")
+    path = str(tmp_path / CHECKPOINT)  # read back as a resume reads it
     save_atomic(run_state(algorithm, optimizers, schedulers, None, TrainingState(global_step=3),
-                          stages_done=True, metrics_rows=0, checksums={}), path)
-    state = load_checkpoint(path)
+                          stages_done=True, metrics_rows=0, checksums={}, metrics=[],
+                          config=load_config({}, [])), path)
+    state = load_last(str(tmp_path))
     assert set(state["optimizers"]) == set(state["schedulers"]) == {"a", "b"} and "optimizer" not in state
 
     fresh, again, schedules, _ = built(True, seed=1)
@@ -133,7 +135,7 @@ def test_two_named_optimizers_and_their_schedules_survive_last_pt(tmp_path) -> N
     single, optimizer, schedule, own = built(False, seed=0)
     assert not own
     one = run_state(single, optimizer, schedule, None, TrainingState(), stages_done=True,
-                    metrics_rows=0, checksums={})
+                    metrics_rows=0, checksums={}, metrics=[], config=load_config({}, []))
     assert "optimizer" in one and "scheduler" in one and "optimizers" not in one
     restore(path, single, optimizer, schedule, {}, None, state=one)
     from kdcore.errors import UserError

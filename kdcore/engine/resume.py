@@ -6,6 +6,7 @@ The teachers are not in it: they come from their own checkpoints, whose checksum
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -60,22 +61,21 @@ def metrics_lines(path: str) -> list[str]:
     return [line for line in lines if line.strip()]
 
 
-def parse_row(line: str, path: str, number: int) -> dict[str, Any]:
-    """One metrics row: a JSON object with an integer ``epoch`` (what the summary reads)."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        row = None
-    if not isinstance(row, dict) or isinstance(row.get("epoch"), bool) or not isinstance(row.get("epoch"), int):
-        what = "has no integer 'epoch'" if isinstance(row, dict) else "is not a JSON object"
-        raise UserError(f"{path} line {number} {what}, so it is not a row kdcore wrote "
-                        f"({shown(line.strip(), 60)}); {METRICS_REMEDY}")
-    return row
-
-
 def metrics_rows(path: str) -> list[dict[str, Any]]:
-    """The complete rows, each checked to be a row kdcore wrote (:func:`parse_row`)."""
-    return [parse_row(line, path, i + 1) for i, line in enumerate(metrics_lines(path))]
+    """The complete rows, each checked to be a row kdcore wrote: a JSON object with an integer
+    ``epoch`` (what the summary reads)."""
+    rows = []
+    for number, line in enumerate(metrics_lines(path), start=1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or type(row.get("epoch")) is not int:  # bool is no epoch
+            what = "has no integer 'epoch'" if isinstance(row, dict) else "is not a JSON object"
+            raise UserError(f"{path} line {number} {what}, so it is not a row kdcore wrote "
+                            f"({shown(line.strip(), 60)}); {METRICS_REMEDY}")
+        rows.append(row)
+    return rows
 
 
 def rows_as_recorded(metrics_path: str, recorded: list[str], log: Callable[[str], None]) -> list[str]:
@@ -152,15 +152,13 @@ def restore_optimizers(checkpoint_path: str, optimizers: dict[str, torch.optim.O
 def run_state(algorithm: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
               schedulers: dict[str, Any], scaler: torch.amp.GradScaler | None,
               position: TrainingState, *, stages_done: bool, metrics_rows: int,
-              checksums: dict[str, str], metrics: list[str] | None = None,
-              config: RunConfig | None = None) -> dict[str, Any]:
+              checksums: dict[str, str], metrics: list[str], config: RunConfig) -> dict[str, Any]:
     """What ``last.pt`` holds: everything a resumed run needs to continue bit for bit, plus
     what checks a resume: the metrics rows it covers as written (a few hundred bytes an epoch),
     and the config the run trained with. ``optimizers`` and ``schedulers`` by name
     (:data:`ENGINE_OPTIMIZER` alone on the default path)."""
     return {"format": 1, "algorithm": trainable_state(algorithm),
-            "metrics": list(metrics) if metrics is not None else None,
-            "config": unstructure(config) if config is not None else None,
+            "metrics": list(metrics), "config": unstructure(config),
             **optimizers_state(optimizers, schedulers),
             "optimizer_type": type(next(iter(optimizers.values()))).__name__,
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
@@ -170,18 +168,14 @@ def run_state(algorithm: torch.nn.Module, optimizers: dict[str, torch.optim.Opti
 
 def restore(checkpoint_path: str, algorithm: Any, optimizers: dict[str, torch.optim.Optimizer],
             schedulers: dict[str, Any], checksums: dict[str, str], metrics_path: str | None,
-            scaler: torch.amp.GradScaler | None = None,
-            log: Callable[[str], None] = lambda message: None, state: Any = None) -> tuple[TrainingState, bool]:
-    """Load a run checkpoint into the built run; returns (position, stages_done). The teachers
-    must be the ones the run started with. ``metrics.jsonl`` (rank 0 only: ``metrics_path``) is
-    cut back to the rows the checkpoint covers (later ones belong to an epoch to be replayed),
-    and those rows are checked against the checkpoint's record of them (:func:`rows_as_recorded`).
-    ``state``: last.pt as :func:`load_last` read it (``None``: read it now)."""
-    if state is None:
-        state = load_checkpoint(checkpoint_path, what="resume checkpoint", remedy=DAMAGED)
-    if not isinstance(state, dict) or state.get("format") != 1:
-        raise UserError(f"resume checkpoint {checkpoint_path} is not a kdcore run checkpoint")
-    for name, digest in state.get("teachers_sha256", {}).items():
+            scaler: torch.amp.GradScaler | None = None, log: Callable[[str], None] = lambda message: None,
+            *, state: dict[str, Any]) -> tuple[TrainingState, bool]:
+    """Load ``state`` (last.pt as :func:`load_last` read it) into the built run; returns
+    (position, stages_done). The teachers must be the ones the run started with.
+    ``metrics.jsonl`` (rank 0 only: ``metrics_path``) is cut back to the rows the checkpoint
+    covers (later ones belong to an epoch to be replayed), and those rows are checked against
+    the checkpoint's record of them (:func:`rows_as_recorded`)."""
+    for name, digest in state["teachers_sha256"].items():
         if checksums.get(name) != digest:
             raise UserError(f"resume checkpoint {checkpoint_path}: teacher {name!r} is not the one "
                             f"this run started with (its weights' sha256 was {digest[:12]}..., "
@@ -196,26 +190,17 @@ def restore(checkpoint_path: str, algorithm: Any, optimizers: dict[str, torch.op
     if missing.unexpected_keys:
         raise UserError(f"resume checkpoint {checkpoint_path} does not fit the config: unexpected "
                         f"keys {missing.unexpected_keys[:4]}")
-    saved_type, now = state.get("optimizer_type"), type(next(iter(optimizers.values()))).__name__
-    if saved_type is not None and saved_type != now:
+    saved_type, now = state["optimizer_type"], type(next(iter(optimizers.values()))).__name__
+    if saved_type != now:
         raise UserError(f"resume checkpoint {checkpoint_path}: the run started with optimizer "
                         f"{saved_type}, the config now says {now}; its state "
                         f"does not carry over, so optimizer.type cannot change on resume")
     restore_optimizers(checkpoint_path, optimizers, schedulers, state)
-    if scaler is not None and state.get("grad_scaler"):  # absent: an older or non-fp16 run
+    if scaler is not None and state["grad_scaler"] is not None:  # None: saved without fp16 scaling
         scaler.load_state_dict(state["grad_scaler"])
     set_rng_state(state["rng"])
     if metrics_path is not None:
-        covered = state["metrics_rows"]
-        if state.get("metrics") is not None:
-            lines = rows_as_recorded(metrics_path, state["metrics"][:covered], log)
-        else:  # a checkpoint of kdcore 0.1.7 or older: no record to check against
-            lines = metrics_lines(metrics_path)[:covered]
-            if len(lines) < covered:
-                raise UserError(f"{metrics_path} has {len(lines)} rows, but {checkpoint_path} was "
-                                f"written after {covered}; rows were deleted, so {METRICS_REMEDY}")
-            for i, line in enumerate(lines):
-                parse_row(line, metrics_path, i + 1)
+        lines = rows_as_recorded(metrics_path, state["metrics"][: state["metrics_rows"]], log)
         # atomically: a kill here must not leave the rows the checkpoint covers half-written
         write_text_atomic("".join(lines), metrics_path)
     return TrainingState(**state["position"]), state["stages_done"]
@@ -280,20 +265,27 @@ def check_resume_changes(saved: RunConfig, config: RunConfig, *, how: str = "--r
                             f"loss settings may change)")
 
 
-def load_last(run_dir: str) -> Any:
-    """``last.pt`` of ``run_dir`` as loaded, once per resume: the resume's checks
-    (:func:`trained_config`, :func:`finished`) and :func:`restore` read this (``None``: there is
-    no such file)."""
+def load_last(run_dir: str) -> dict[str, Any] | None:
+    """``last.pt`` of ``run_dir`` as loaded, once per resume, and checked to be a run checkpoint
+    this kdcore resumes: the resume's checks (:func:`trained_config`, :func:`finished`) and
+    :func:`restore` read this (``None``: there is no such file)."""
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.isfile(path):
         return None
-    return load_checkpoint(path, what="resume checkpoint", remedy=DAMAGED)
+    state = load_checkpoint(path, what="resume checkpoint", remedy=DAMAGED)
+    if not isinstance(state, dict) or state.get("format") != 1:
+        raise UserError(f"resume checkpoint {path} is not a kdcore run checkpoint")
+    if "metrics" not in state:  # 0.1.7 added the record of the rows and the config
+        raise UserError(f"resume checkpoint {path} was written by kdcore 0.1.6 or older, which "
+                        f"this kdcore does not resume; finish the run with that version, or "
+                        f"start a new run")
+    return state
 
 
-def trained_config(last: Any) -> dict[str, Any] | None:
+def trained_config(last: dict[str, Any] | None) -> dict[str, Any] | None:
     """The config ``last.pt`` (as :func:`load_last` read it) was trained with (None: no
-    checkpoint, or one of kdcore 0.1.7 or older, which did not record it)."""
-    return last.get("config") if isinstance(last, dict) else None
+    checkpoint)."""
+    return last["config"] if last is not None else None
 
 
 def config_changes(trained: dict[str, Any], config: RunConfig) -> list[str]:
@@ -332,7 +324,7 @@ def finished(run_dir: str, epochs: int, last: Any, log: Callable[[str], None] = 
             summary_epochs = json.load(f).get("epochs")
     except (OSError, ValueError):
         return False
-    position = last.get("position", {}) if isinstance(last, dict) else {}
+    position = last["position"]
     if not (summary_epochs == epochs == position.get("epoch") and position.get("step_in_epoch") == 0):
         return False
     student_path = os.path.join(run_dir, "student.pt")
@@ -371,9 +363,7 @@ def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], No
         unchanged = dump_yaml(load_config(read_yaml(path), [])) == text
     except UserError:  # the saved file alone no longer validates: the overrides fix it
         unchanged = False
-    n = 1
-    while os.path.exists(f"{path}.{n}"):
-        n += 1
+    n = next(i for i in itertools.count(1) if not os.path.exists(f"{path}.{i}"))  # the first free
     if unchanged:
         if changes:  # edited by hand: keep what the checkpoint was trained with
             write_text_atomic(yaml.dump(trained, Dumper=ConfigDumper, sort_keys=False), f"{path}.{n}")
