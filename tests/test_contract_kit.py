@@ -535,6 +535,18 @@ def test_plugin_contract_catches(fixture_site: Path, test: str, attrs: dict[str,
     assert message in failure, failure or "the check passed"
 
 
+def test_plugin_contract_flags_commands_that_shadow_kdcore_or_are_not_click(fixture_site: Path) -> None:
+    install_dist_info(str(FIXTURES / "commands"), str(fixture_site))
+    plugin = {"distribution": "kdcore-fixture-commands", "entry_point": "fix_commands"}
+    failure = plugin_judge("test_commands_are_click_commands_of_their_own_names", **plugin)
+    assert "fix_commands:report: a command's factory must be a click.Command" in failure, failure
+    source = fixture_site / "kdfix_commands" / "plugin.py"  # mend 'report'; 'run' is flagged next
+    source.write_text(source.read_text().replace("def report", "@click.command()\ndef report"))
+    sys.modules.pop("kdfix_commands.plugin", None)
+    failure = plugin_judge("test_commands_are_click_commands_of_their_own_names", **plugin)
+    assert "fix_commands:run: 'kdcore run' is kdcore's own command; rename it" in failure, failure
+
+
 def test_install_dist_info_writes_what_importlib_metadata_reads(tmp_path: Path) -> None:
     from importlib.metadata import PathDistribution
 

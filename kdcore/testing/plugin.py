@@ -160,6 +160,23 @@ class PluginContract(OptOut):
                      f"{type(exc).__name__}: {exc}")
             check(callable(factory), f"{reg.id}: factory is not callable")
 
+    def test_commands_are_click_commands_of_their_own_names(self) -> None:
+        """A command's factory is a :class:`click.Command`, and its name is not one of kdcore's
+        own commands (which keep their names: the plugin's would be reachable only by id)."""
+        import click
+
+        from ..cli import main
+
+        for reg in self.provided(self.fresh()):
+            if reg.kind != "command":
+                continue
+            check(reg.component.name not in main.commands,
+                  f"{reg.id}: 'kdcore {reg.component.name}' is kdcore's own command; rename it")
+            command = reg.component.resolve()
+            check(isinstance(command, click.Command),
+                  f"{reg.id}: a command's factory must be a click.Command (decorate it with "
+                  f"@click.command()), got {type(command).__name__}")
+
     def test_presets_exist(self) -> None:
         """Every preset file is there (shipped as package data) and is a YAML mapping."""
         import yaml
