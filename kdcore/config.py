@@ -9,9 +9,11 @@ is checked against its signature when the component is built.
 from __future__ import annotations
 
 import math
+import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal, Union
 
 import attrs
@@ -22,6 +24,18 @@ from .errors import UserError, did_you_mean
 
 def _params_field() -> Any:
     return attrs.field(factory=dict, metadata={"params": True})
+
+
+def _checked(default: Any, rule: str, ok: Callable[[Any], bool]) -> Any:
+    """A field whose value must pass ``ok``, checked as it is read, where its key path is known:
+    ``config key PATH: must be RULE, got VALUE``. Null passes where the type allows it."""
+    return attrs.field(default=default, metadata={"rule": rule, "ok": ok})
+
+
+#: the largest seed: kdcore combines it with epoch and step numbers into 64-bit generator seeds
+MAX_SEED = 2**32 - 1
+SEED_RULE = (f"in [0, {MAX_SEED}] (2^32 - 1: kdcore combines it with epoch and step numbers into "
+             f"64-bit generator seeds)")
 
 
 @attrs.define
@@ -64,9 +78,9 @@ class DistillPointConfig:
 @attrs.define
 class OptimizerConfig:
     type: Literal["sgd", "adamw", "adam"] = "sgd"
-    lr: float = 0.1
+    lr: float = _checked(0.1, "> 0", lambda v: v > 0)
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = _checked(5e-4, ">= 0", lambda v: v >= 0)
     nesterov: bool = True
     betas: list[float] = attrs.field(factory=lambda: [0.9, 0.999])
     fused: bool = True
@@ -75,7 +89,7 @@ class OptimizerConfig:
 @attrs.define
 class ScheduleConfig:
     type: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = _checked(0.0, ">= 0", lambda v: v >= 0)
     milestones: list[int] = attrs.field(factory=list)
     gamma: float = 0.1
 
@@ -84,12 +98,13 @@ class ScheduleConfig:
 class TeacherTrainConfig:
     """How to train a teacher that has no checkpoint (the result is cached)."""
 
-    epochs: int = 4
-    seed: int = 0
+    epochs: int = _checked(4, ">= 0", lambda v: v >= 0)
+    seed: int = _checked(0, SEED_RULE, lambda v: 0 <= v <= MAX_SEED)
     # the teacher's own data settings, so a quick student run (data.train_limit, a smaller
     # data.batch_size) reuses the cached teacher instead of training a weaker one
-    train_limit: int | None = None
-    batch_size: int = 128
+    train_limit: int | None = _checked(None, "at least 1 or null (null: the whole training split)",
+                                       lambda v: v >= 1)
+    batch_size: int = _checked(128, "at least 1", lambda v: v >= 1)
     optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
     schedule: ScheduleConfig = attrs.field(factory=ScheduleConfig)
 
@@ -117,12 +132,12 @@ class StudentConfig:
 @attrs.define
 class DataConfig:
     type: str = "fashion_mnist"
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    train_limit: int | None = None
-    test_limit: int | None = None
-    val_split: int = 0
-    labelled: int | None = None
+    batch_size: int = _checked(128, "at least 1", lambda v: v >= 1)
+    eval_batch_size: int = _checked(1000, "at least 1", lambda v: v >= 1)
+    train_limit: int | None = _checked(None, "at least 1 or null", lambda v: v >= 1)
+    test_limit: int | None = _checked(None, "at least 1 or null", lambda v: v >= 1)
+    val_split: int = _checked(0, ">= 0", lambda v: v >= 0)
+    labelled: int | None = _checked(None, "at least 1 or null", lambda v: v >= 1)
     drop_unlabelled: bool = False
     augment: list[ComponentConfig] = attrs.field(factory=list)
     params: dict[str, Any] = _params_field()
@@ -130,14 +145,15 @@ class DataConfig:
 
 @attrs.define
 class TrainerConfig:
-    epochs: int = 8
+    epochs: int = _checked(8, ">= 0", lambda v: v >= 0)
     device: str = "auto"
     progress: bool = True
-    checkpoint_every: int = 0
+    checkpoint_every: int = _checked(0, ">= 0", lambda v: v >= 0)
     on_nonfinite: Literal["stop", "skip"] = "stop"
-    max_skipped_in_row: int = 10
-    grad_clip: float | None = None
-    threads: int | None = None
+    max_skipped_in_row: int = _checked(10, "at least 1 (how many NaN/Inf batches in a row "
+                                           "trainer.on_nonfinite=skip may skip)", lambda v: v >= 1)
+    grad_clip: float | None = _checked(None, ">= 0 or null (0 and null: no clipping)", lambda v: v >= 0)
+    threads: int | None = _checked(None, ">= 0 (0 or null: one per physical core)", lambda v: v >= 0)
     cpu_tuning: bool = True
     teacher_cache: bool = False
     amp: Literal["none", "bf16", "fp16"] = "none"
@@ -155,7 +171,7 @@ class TrainerConfig:
 @attrs.define
 class RunConfig:
     algorithm: ComponentConfig = attrs.field(factory=lambda: ComponentConfig("teacher_student"))
-    seed: int = 0
+    seed: int = _checked(0, SEED_RULE, lambda v: 0 <= v <= MAX_SEED)
     data: DataConfig = attrs.field(factory=DataConfig)
     student: StudentConfig = attrs.field(factory=lambda: StudentConfig("cnn_student"))
     teachers: list[TeacherConfig] = attrs.field(factory=list)
@@ -235,12 +251,10 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return "a list"
-    if origin is dict:
-        return "a mapping"
-    if attrs.has(tp):
+    if tp is dict or origin is dict or attrs.has(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def shown(value: Any, limit: int = 80) -> str:
@@ -258,6 +272,10 @@ def _error(path: str, problem: str) -> UserError:
 
 def _fail(path: str, expected: Any, value: Any) -> UserError:
     return _error(path, f"expected {_type_name(expected)}, got {shown(value)}")
+
+
+#: the YAML values a scalar field takes: a bool is an int to Python, but not to a config
+SCALARS = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
 
 
 def _structure(tp: Any, value: Any, path: str) -> Any:
@@ -294,25 +312,17 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
         return dict(value)
     if attrs.has(tp):
         return structure(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _fail(path, tp, value)
+    if not isinstance(value, SCALARS[tp]) or (tp is not bool and isinstance(value, bool)):
+        raise _fail(path, tp, value)
+    if tp is not float:
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(path, tp, value)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(path, tp, value)
-        if not math.isfinite(value):  # .nan / .inf parse as floats; no float key wants them
-            raise _error(path, f"expected a finite number, got {shown(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise _fail(path, tp, value)
-        return value
-    raise _fail(path, tp, value)  # pragma: no cover - every field type is handled above
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number):  # .nan / .inf parse as floats too; no float key wants them
+        raise _error(path, f"expected a finite number, got {shown(value)}")
+    return number
 
 
 #: keys an earlier kdcore had, and where their setting lives now
@@ -342,18 +352,20 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
         if not isinstance(key, str):
             raise _error(key_path, "keys must be strings")
         if key in known:
-            kwargs[key] = _structure(hints[key], value, key_path)
-        elif params_field is not None and key != params_field:
-            extra[key] = value
-        elif params_field is not None and key == params_field:
-            if not isinstance(value, dict):
-                raise _fail(key_path, dict, value)
-            extra.update(value)
-        elif key_path in MOVED_KEYS:
-            raise _error(key_path, MOVED_KEYS[key_path])
-        else:
+            kwargs[key] = value = _structure(hints[key], value, key_path)
+            ok = fields[key].metadata.get("ok")
+            if ok is not None and value is not None and not ok(value):
+                raise _error(key_path, f"must be {fields[key].metadata['rule']}, got {shown(value)}")
+        elif params_field is None:
             hint = did_you_mean(key, known) if len(key) <= 80 else ""
-            raise _error(key_path, f"unknown key{hint}; valid keys: {', '.join(sorted(known))}")
+            raise _error(key_path, MOVED_KEYS.get(key_path)
+                         or f"unknown key{hint}; valid keys: {', '.join(sorted(known))}")
+        elif key != params_field:
+            extra[key] = value
+        elif isinstance(value, dict):
+            extra.update(value)
+        else:
+            raise _fail(key_path, dict, value)
     if params_field is not None:
         kwargs[params_field] = extra
     missing = [f.name for f in fields.values()
@@ -373,9 +385,8 @@ def unstructure(obj: Any) -> Any:
             if f.metadata.get("params"):
                 # a parameter named like one of the block's own keys (a loss's "weight") can
                 # only be written under "params:"; it is written back there
-                plain = {k: unstructure(v) for k, v in value.items() if k not in declared}
+                out.update({k: unstructure(v) for k, v in value.items() if k not in declared})
                 clashing = {k: unstructure(v) for k, v in value.items() if k in declared}
-                out.update(plain)
                 if clashing:
                     out[f.name] = clashing
             else:
@@ -408,18 +419,14 @@ def read_yaml(path: str) -> dict[str, Any]:
     except RecursionError:
         raise UserError(f"config file {path}: nested too deeply") from None
     except Exception as exc:  # PyYAML's constructors raise plain errors too, e.g. for 2001-02-30
-        raise UserError(f"config file {path}: invalid value ({_one_line(exc)})") from None
+        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise UserError(f"config file {path}: invalid value ({first_line})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: the top level must be a mapping of keys, "
                         f"got {type(data).__name__}")
     return data
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -441,23 +448,20 @@ def apply_override(data: dict[str, Any], text: str) -> None:
     """Set one ``--set`` override in raw config data, creating mappings as needed."""
     parts, value = parse_override(text)
     node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        where = ".".join(parts[: i + 1])
+    for i, part in enumerate(parts):
         if isinstance(node, list):
-            node = node[_index(node, part, where, text)]
+            key: Any = _index(node, part, ".".join(parts[: i + 1]), text)
         elif isinstance(node, dict):
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
+            key = part
         else:
-            raise UserError(f"--set {shown(text)}: {where} is {node!r}, not a mapping or list")
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_index(node, last, ".".join(parts), text)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise UserError(f"--set {shown(text)}: {'.'.join(parts[:-1])} is {node!r}, not a mapping")
+            raise UserError(f"--set {shown(text)}: {'.'.join(parts[:i])} is {shown(node)}, "
+                            f"not a mapping or list")
+        if i == len(parts) - 1:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and node.get(key) is None:
+                node[key] = {}
+            node = node[key]
 
 
 def _index(node: list, part: str, where: str, text: str) -> int:
@@ -479,8 +483,6 @@ def load_config(data: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
     return config
 
 
-#: the largest seed: kdcore combines it with epoch and step numbers into 64-bit generator seeds
-MAX_SEED = 2**32 - 1
 #: epochs beyond this are a typo (a run of a million epochs is not a plan)
 MAX_EPOCHS = 1_000_000
 #: threads beyond this multiple of the machine's cores only wait for each other
@@ -489,17 +491,9 @@ THREADS_PER_CORE = 4
 MAX_NAME_BYTES = 200
 
 
-def check_magnitudes(config: RunConfig) -> None:
-    """Values of the right type but absurd size, refused with the reason before they overflow
-    a seed, make a file name the system refuses, or crash torch's thread pool."""
-    import os
-
-    seeds = {"seed": config.seed}
-    seeds.update({f"teachers[{i}].train.seed": t.train.seed for i, t in enumerate(config.teachers)})
-    for key, value in seeds.items():
-        if not 0 <= value <= MAX_SEED:
-            raise _error(key, f"must be in [0, {MAX_SEED}] (2^32 - 1: kdcore combines it with epoch "
-                              f"and step numbers into 64-bit generator seeds), got {shown(value)}")
+def check(config: RunConfig) -> None:
+    """The checks a field's own rule (``_checked``) cannot make: keys that depend on each other,
+    and sizes that would overflow a file name or crash torch's thread pool on this machine."""
     epochs = {"trainer.epochs": config.trainer.epochs}
     epochs.update({f"teachers[{i}].train.epochs": t.train.epochs for i, t in enumerate(config.teachers)})
     for key, value in epochs.items():
@@ -519,51 +513,9 @@ def check_magnitudes(config: RunConfig) -> None:
         if len(part.encode("utf-8", "surrogatepass")) > 255:
             raise _error("output_dir", f"the folder name {shown(part)} is longer than 255 bytes, "
                                        f"which file systems refuse")
-
-
-def check(config: RunConfig) -> None:
-    """Cross-field checks that the types alone cannot express."""
-    check_magnitudes(config)
-    positive = {"data.batch_size": config.data.batch_size,
-                "data.eval_batch_size": config.data.eval_batch_size}
-    for key, value in positive.items():
-        if value < 1:
-            raise _error(key, f"must be at least 1, got {value}")
-    non_negative = {"trainer.epochs": config.trainer.epochs,
-                    "trainer.checkpoint_every": config.trainer.checkpoint_every,
-                    "optimizer.weight_decay": config.optimizer.weight_decay,
-                    "schedule.warmup_epochs": config.schedule.warmup_epochs}
-    non_negative.update({f"teachers[{i}].train.epochs": t.train.epochs for i, t in enumerate(config.teachers)})
-    for i, t in enumerate(config.teachers):
-        if t.train.batch_size < 1:
-            raise _error(f"teachers[{i}].train.batch_size", f"must be at least 1, got {t.train.batch_size}")
-        if t.train.train_limit is not None and t.train.train_limit < 1:
-            raise _error(f"teachers[{i}].train.train_limit", f"must be at least 1 or null (null: the "
-                                                             f"whole training split), got {t.train.train_limit}")
-    for key, value in non_negative.items():
-        if value < 0:
-            raise _error(key, f"must be >= 0, got {value}")
-    if config.trainer.max_skipped_in_row < 1:
-        raise _error("trainer.max_skipped_in_row", f"must be at least 1 (how many NaN/Inf batches in a "
-                                                   f"row trainer.on_nonfinite=skip may skip), got "
-                                                   f"{config.trainer.max_skipped_in_row}")
-    if config.trainer.threads is not None and config.trainer.threads < 0:
-        raise _error("trainer.threads", f"must be >= 0 (0 or null: one per physical core), got "
-                                        f"{config.trainer.threads}")
-    if config.trainer.grad_clip is not None and config.trainer.grad_clip < 0:
-        raise _error("trainer.grad_clip", f"must be >= 0 or null (0 and null: no clipping), got "
-                                          f"{config.trainer.grad_clip}")
-    for key in ("train_limit", "test_limit", "labelled"):
-        value = getattr(config.data, key)
-        if value is not None and value < 1:
-            raise _error(f"data.{key}", f"must be at least 1 or null, got {value}")
-    if config.data.val_split < 0:
-        raise _error("data.val_split", f"must be >= 0, got {config.data.val_split}")
     optimizers = {"optimizer": config.optimizer}
     optimizers.update({f"teachers[{i}].train.optimizer": t.train.optimizer for i, t in enumerate(config.teachers)})
     for key, optimizer in optimizers.items():
-        if optimizer.lr <= 0:
-            raise _error(f"{key}.lr", f"must be > 0, got {optimizer.lr}")
         if optimizer.type == "sgd" and not 0 <= optimizer.momentum < 1:  # >= 1: updates grow without bound
             raise _error(f"{key}.momentum", f"must be in [0, 1), got {optimizer.momentum}")
     for i, teacher in enumerate(config.teachers):

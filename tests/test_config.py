@@ -70,6 +70,11 @@ def test_misspelled_nested_key_in_list_names_index() -> None:
     assert "teachers[0].distill[0].studnet_module: unknown key (did you mean 'student_module'?)" in error_of(data)
 
 
+def test_an_integer_beyond_any_float_is_not_a_number() -> None:
+    assert error_of(preset(), ["optimizer.lr=" + "9" * 400]).startswith(
+        "config key optimizer.lr: expected a finite number, got 999")
+
+
 def test_wrong_type_and_bad_choice() -> None:
     assert error_of(preset(), ["trainer.epochs=many"]) == "config key trainer.epochs: expected an integer, got 'many'"
     assert "(did you mean 'cosine'?)" in error_of(preset(), ["schedule.type=cosin"])
@@ -90,6 +95,13 @@ def test_override_errors() -> None:
 
 def test_semantic_checks() -> None:
     assert "must be at least 1" in error_of(preset(), ["data.batch_size=0"])
+    # each field's rule holds wherever the field is, a teacher's own optimizer and schedule too
+    assert error_of(preset(), ["teachers.0.train.optimizer.weight_decay=-1"]) == (
+        "config key teachers[0].train.optimizer.weight_decay: must be >= 0, got -1.0")
+    assert error_of(preset(), ["teachers.0.train.schedule.warmup_epochs=-2"]) == (
+        "config key teachers[0].train.schedule.warmup_epochs: must be >= 0, got -2.0")
+    assert error_of(preset(), ["trainer.threads=-1"]) == (
+        "config key trainer.threads: must be >= 0 (0 or null: one per physical core), got -1")
     data = preset()
     data["teachers"].append(dict(data["teachers"][0]))
     assert "teachers[1].name: 'teacher' is used by teachers[0] too" in error_of(data)
