@@ -27,7 +27,7 @@ def main() -> None:
     from kdcore.assemble import build_model, load_data
     from kdcore.config import load_config, read_yaml
     from kdcore.engine.checkpoint import load_weights
-    from kdcore.task.detection import _pairwise_iou
+    from torchvision.ops import box_iou
     from kdcore_plugin_yolo_kd.losses import fm_nms
 
     torch.set_num_threads(1)
@@ -44,7 +44,8 @@ def main() -> None:
     strong = o > args.min_objectness
     gt = splits.test.targets
     valid = gt[..., 4] >= 0
-    iou = _pairwise_iou(splits.source.task.decode_boxes(out).flatten(1, 3), gt[..., :4], valid)
+    iou = torch.vmap(box_iou)(splits.source.task.decode_boxes(out).flatten(1, 3), gt[..., :4])
+    iou = iou * valid[:, None, :]  # padding rows overlap nothing
     iou = iou * (classes.flatten(1)[:, :, None] == gt[..., 4].long()[:, None, :])  # same class only
     best_iou, best_box = iou.max(2)
     found_after = ((iou > 0.5) & (keep & strong).flatten(1)[:, :, None]).any(1)  # (N, M)

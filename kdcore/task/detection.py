@@ -41,7 +41,7 @@ from typing import Any
 import attrs
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, box_convert
+from torchvision.ops import batched_nms, box_convert, box_iou
 
 from ..errors import UserError
 
@@ -90,7 +90,6 @@ class DetectionTask:
         self.anchors = anchors
         self.ignore_iou, self.score_threshold = float(ignore_iou), float(score_threshold)
         self.nms_iou, self.max_detections = float(nms_iou), int(max_detections)
-        self.partial_labels = False  # set by data.labelled; the loss handles it either way
 
     # --- checks -------------------------------------------------------------------------
 
@@ -168,34 +167,29 @@ class DetectionTask:
     @torch.no_grad()
     def detect(self, out: torch.Tensor) -> Detections:
         """Scored, class-wise NMS-ed detections of a batch, at most ``max_detections`` each."""
-        n = out.shape[0]
-        boxes = self.decode_boxes(out).flatten(1, 3)  # (N, P, 4), P = A*H*W
-        obj = out[:, :, OBJ].sigmoid().flatten(1)  # (N, P)
-        probs = out[:, :, 5:].softmax(2).permute(0, 1, 3, 4, 2).flatten(1, 3)  # (N, P, C)
+        n, k = out.shape[0], self.max_detections
+        per_image = out.shape[1] * out.shape[3] * out.shape[4]  # P = A*H*W predictions
+        boxes = self.decode_boxes(out).flatten(0, 3)  # (N*P, 4)
+        obj = out[:, :, OBJ].sigmoid().flatten()  # (N*P,)
+        probs = out[:, :, 5:].softmax(2).permute(0, 1, 3, 4, 2).flatten(0, 3)  # (N*P, C)
         best, labels = probs.max(-1)
         scores = obj * best
-        keep = scores > self.score_threshold
-        image = torch.arange(n, device=out.device)[:, None].expand_as(scores)[keep]
-        kept_boxes, kept_scores, kept_labels = boxes[keep], scores[keep], labels[keep]
-        chosen = batched_nms(kept_boxes.float(), kept_scores.float(), image * self.num_classes + kept_labels,
-                             self.nms_iou)  # sorted by score, descending
-        image, kept_boxes = image[chosen], kept_boxes[chosen]
-        kept_scores, kept_labels = kept_scores[chosen], kept_labels[chosen]
-        order = torch.sort(image, stable=True).indices  # by image, by score within each image
-        image, kept_boxes = image[order], kept_boxes[order]
-        kept_scores, kept_labels = kept_scores[order], kept_labels[order]
+        index = (scores > self.score_threshold).nonzero().squeeze(1)
+        chosen = batched_nms(boxes[index].float(), scores[index].float(),
+                             index // per_image * self.num_classes + labels[index], self.nms_iou)
+        index = index[chosen]  # sorted by score, descending
+        index = index[torch.sort(index // per_image, stable=True).indices]  # by image, then by score
+        image = index // per_image
         counts = torch.bincount(image, minlength=n)
-        starts = counts.cumsum(0) - counts
-        rank = torch.arange(len(image), device=out.device) - starts[image]
-        top = rank < self.max_detections
-        image, rank = image[top], rank[top]
-        k = self.max_detections
+        rank = torch.arange(len(index), device=out.device) - (counts.cumsum(0) - counts)[image]
+        top = rank < k
+        index, image, rank = index[top], image[top], rank[top]
         padded_boxes = out.new_zeros(n, k, 4)
         padded_scores = out.new_zeros(n, k)
         padded_labels = torch.full((n, k), -1, dtype=torch.long, device=out.device)
-        padded_boxes[image, rank] = kept_boxes[top]
-        padded_scores[image, rank] = kept_scores[top]
-        padded_labels[image, rank] = kept_labels[top]
+        padded_boxes[image, rank] = boxes[index]
+        padded_scores[image, rank] = scores[index]
+        padded_labels[image, rank] = labels[index]
         return Detections(padded_boxes, padded_scores, padded_labels, counts.clamp(max=k))
 
     # --- loss ---------------------------------------------------------------------------
@@ -239,8 +233,9 @@ class DetectionTask:
         # objectness: 1 at assigned, 0 elsewhere, unassigned predictions overlapping a box ignored
         with torch.no_grad():
             decoded = self.decode_boxes(out.detach()).flatten(1, 3)  # (N, P, 4)
-            overlap = _pairwise_iou(decoded, targets[..., :4], valid).amax(-1)  # (N, P)
-            weight = (overlap <= self.ignore_iou).to(out.dtype).view(n, a, gh, gw)
+            iou = torch.vmap(box_iou)(decoded, targets[..., :4])  # (N, P, M), per image
+            ignored = ((iou > self.ignore_iou) & valid[:, None, :]).any(-1)  # (N, P)
+            weight = (~ignored).to(out.dtype).view(n, a, gh, gw)
             weight = weight * labelled.to(out.dtype)[:, None, None, None]
             target = torch.zeros_like(weight)
             target[bi, ai, ri, ci] = 1.0
@@ -250,20 +245,6 @@ class DetectionTask:
 
     def new_metric(self) -> "DetectionMAP":
         return DetectionMAP(self)
-
-
-def _pairwise_iou(boxes: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """IoU ``(N, P, M)`` of each image's ``P`` boxes with its ``M`` ground-truth boxes (0 for
-    padding rows, and for images with no box). Batched, which ``torchvision.ops.box_iou`` is not."""
-    if gt.shape[1] == 0:
-        return boxes.new_zeros(boxes.shape[0], boxes.shape[1], 1)
-    lt = torch.maximum(boxes[:, :, None, :2], gt[:, None, :, :2])
-    rb = torch.minimum(boxes[:, :, None, 2:], gt[:, None, :, 2:])
-    inter = (rb - lt).clamp_min(0).prod(-1)
-    area_p = (boxes[..., 2:] - boxes[..., :2]).clamp_min(0).prod(-1)
-    area_g = (gt[..., 2:] - gt[..., :2]).clamp_min(0).prod(-1)
-    iou = inter / (area_p[:, :, None] + area_g[:, None, :] - inter).clamp_min(1e-9)
-    return iou * valid[:, None, :].to(iou.dtype)
 
 
 class DetectionMAP:
