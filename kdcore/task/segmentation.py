@@ -30,7 +30,6 @@ class ConfusionIoU:
     def __init__(self, num_classes: int, ignore_index: int) -> None:
         from torchmetrics.classification import MulticlassConfusionMatrix
 
-        self.num_classes = num_classes
         self.matrix = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index,
                                                 validate_args=False)
 
@@ -39,20 +38,17 @@ class ConfusionIoU:
         self.matrix.update(outputs.argmax(1), targets.long())
 
     def compute(self) -> dict[str, float]:
-        return scores_from_confusion(self.matrix.compute().double().cpu())
-
-
-def scores_from_confusion(matrix: torch.Tensor) -> dict[str, float]:
-    """``miou``, ``pixel_acc`` and ``iou_K`` (percent) from ``matrix[target, prediction]``."""
-    tp = matrix.diagonal()
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    present = union > 0
-    iou = tp / union.clamp_min(1)
-    total = matrix.sum()
-    scores = {"miou": 100.0 * float(iou[present].mean()) if bool(present.any()) else 0.0,
-              "pixel_acc": 100.0 * float(tp.sum() / total) if total > 0 else 0.0}
-    scores.update({f"iou_{k}": 100.0 * float(iou[k]) for k in range(len(tp)) if bool(present[k])})
-    return scores
+        """``miou``, ``pixel_acc`` and ``iou_K`` (percent) from ``matrix[target, prediction]``."""
+        matrix = self.matrix.compute().double().cpu()
+        tp = matrix.diagonal()
+        union = matrix.sum(0) + matrix.sum(1) - tp
+        present = union > 0
+        iou = tp / union.clamp_min(1)
+        total = matrix.sum()
+        scores = {"miou": 100.0 * float(iou[present].mean()) if bool(present.any()) else 0.0,
+                  "pixel_acc": 100.0 * float(tp.sum() / total) if total > 0 else 0.0}
+        scores.update({f"iou_{k}": 100.0 * float(iou[k]) for k in range(len(tp)) if bool(present[k])})
+        return scores
 
 
 class SegmentationTask:
