@@ -73,12 +73,11 @@ class Loggers(Logger):
 
     def _each(self, method: str, *args: Any) -> None:
         for name, logger in list(self.loggers):
-            if isinstance(logger, JsonlLogger):
-                getattr(logger, method)(*args)
-                continue
             try:
                 getattr(logger, method)(*args)
             except Exception as exc:  # a tracker's own failure: warn, keep training
+                if isinstance(logger, JsonlLogger):
+                    raise
                 self.log(f"warning: logger {name} failed in {method} ({type(exc).__name__}: "
                          f"{exc}); it is dropped for the rest of the run")
                 self.loggers.remove((name, logger))
