@@ -11,7 +11,7 @@ transfer-set regime (docs/benchmarks.md explains the choice).
     python benchmarks/method_table.py --seeds 3 --epochs 3 --labelled 2000 --val-split 5000 --parallel 2 --teacher-cache --device cpu
 
 This script only builds the compare command and puts its table between the markers of
-``--out``; the runs, the table, runs.json and curves.png are compare's (kdcore/compare.py).
+``--out``; the runs, the table, runs.json and curves.png are compare's (kdcore-plugin-compare).
 """
 
 from __future__ import annotations

@@ -38,10 +38,10 @@ def failure(tag: str, proc: subprocess.CompletedProcess) -> dict[str, Any]:
 
 
 def mean_std(values: list[float]) -> str:
-    """compare's mean +- std (one implementation), with "-" for no values."""
-    from kdcore.compare import _mean_std
+    """compare's mean +- std (one implementation, kdcore-plugin-compare's), with "-" for no values."""
+    from kdcore_plugin_compare.compare import mean_std as compare_mean_std
 
-    return _mean_std(values) or "-"
+    return compare_mean_std(values) or "-"
 
 
 def splice(report: str, path: str, start: str, end: str) -> None:

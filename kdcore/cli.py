@@ -1,4 +1,4 @@
-"""The ``kdcore`` command line: run, plugins, list, inspect, compare, new-plugin.
+"""The ``kdcore`` command line: run, plugins, list, inspect, new-plugin.
 
 Mistakes a user can fix exit with code 2 and one line on stderr, never a traceback. Plugins are
 loaded when a command needs them, so ``kdcore --help`` and ``kdcore plugins`` work whatever a
@@ -245,7 +245,7 @@ def find_preset(name: str, where: str) -> str:
                         f"reinstall plugin {registered.plugin!r}") from None
 
 
-def _config_or_preset(config_file: str) -> str:
+def config_or_preset(config_file: str) -> str:
     """``--config`` takes a file, or the name of an installed preset when no such file exists."""
     if os.path.exists(config_file) or os.sep in config_file or config_file.endswith((".yaml", ".yml")):
         return config_file
@@ -344,7 +344,7 @@ def run(algo: str | None, config_file: str | None, preset: str | None, overrides
         if preset:
             config_file = find_preset(preset, "--preset")
         elif config_file:
-            config_file = _config_or_preset(config_file)
+            config_file = config_or_preset(config_file)
         config, notes = resolve_config(algo, config_file, overrides, output_dir, name)
     if teacher_cache:
         config.trainer.teacher_cache = True
@@ -552,64 +552,6 @@ def _inspect_model(model: str, kwargs: dict[str, Any], context: dict[str, int]) 
         if str(exc).endswith("required, missing"):
             raise UserError(f"{exc}: give it with --set NAME=VALUE") from None
         raise
-
-
-@main.command()
-@click.option("--config", "config_file", help="your config (data, student, teachers): a YAML file or a preset name")
-@click.option("--methods", default="vanilla,kd", show_default=True,
-              help="comma list of methods (preset names, 'kdcore list preset') and vanilla")
-@click.option("--seeds", type=int, default=3, show_default=True, help="seeds per method (the config's seed on)")
-@click.option("--epochs", type=int, help="training epochs of every run (default: the config's)")
-@click.option("--parallel", type=int, default=1, show_default=True,
-              help="runs at a time; each gets cores / K threads")
-@click.option("--out", help="folder for the runs and the table (default: runs/compare-<time>)")
-@click.option("--tune", multiple=True, metavar="METHOD.PARAM=V1,V2,...",
-              help="choose a method parameter on the validation split, e.g. kd.temperature=1,2,4,8")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key of your config")
-@click.option("--teacher-cache", is_flag=True, help="distillation runs read teacher outputs from the cache")
-@click.option("--resume", "resume_dir", type=click.Path(), help="continue the compare in this folder")
-@user_errors
-def compare(config_file: str | None, methods: str, seeds: int, epochs: int | None, parallel: int,
-            out: str | None, tune: tuple[str, ...], overrides: tuple[str, ...], teacher_cache: bool,
-            resume_dir: str | None) -> None:
-    """Each method on your config over seeds: a table, a JSON of every run and a PNG of curves."""
-    import time
-
-    from .compare import Options
-    from .compare import compare as run_compare
-
-    source = click.get_current_context().get_parameter_source
-    if resume_dir:
-        given = [f"--{n.replace('_', '-')}" for n in ("config_file", "methods", "seeds", "epochs", "out",
-                                                      "tune", "overrides", "teacher_cache")
-                 if source(n) == click.core.ParameterSource.COMMANDLINE]
-        if given:
-            raise UserError(f"--resume {resume_dir} repeats the saved compare; drop "
-                            f"{', '.join(g.replace('--config-file', '--config').replace('--overrides', '--set') for g in given)}")
-        out = resume_dir
-        options = None
-    else:
-        if not config_file:
-            raise UserError("compare needs --config FILE (your data, student and teachers), e.g. "
-                            "--config teacher_student")
-        out = out or os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-        options = Options(config=os.path.abspath(_config_or_preset(config_file)),
-                          methods=[m.strip() for m in methods.split(",") if m.strip()], seeds=seeds,
-                          overrides=list(overrides), epochs=epochs, parallel=parallel, tune=list(tune),
-                          teacher_cache=teacher_cache)
-    log = lambda message: click.echo(message, err=True)  # noqa: E731 - stdout carries the table
-    try:
-        report = run_compare(options, out, resume=bool(resume_dir),
-                             parallel=parallel if source("parallel") == click.core.ParameterSource.COMMANDLINE else None,
-                             log=log)
-    except KeyboardInterrupt as exc:
-        how = getattr(exc, "how", None) or ("SIGTERM" if "SIGTERM" in str(exc) else "Ctrl-C")
-        click.echo(f"kdcore: compare stopped by {how}; finished runs are kept; continue with: "
-                   f"kdcore compare --resume {out}", err=True)
-        sys.exit(143 if how == "SIGTERM" else 130)
-    click.echo(report, nl=False)
-    click.echo(f"table: {os.path.join(out, 'table.md')}; every run: {os.path.join(out, 'runs.json')}; "
-               f"curves: {os.path.join(out, 'curves.png')}")
 
 
 @main.command()

@@ -11,16 +11,18 @@ import subprocess
 import sys
 import time
 
+from importlib import resources
+
 import pytest
 from click.testing import CliRunner
 
 from kdcore.cli import main
-from kdcore.compare import Job, Options, Placer, Plan, method_config, read_result, table, trains_no_teacher
 from kdcore.config import load_config, read_yaml, unstructure
 from kdcore.errors import UserError
+from kdcore_plugin_compare.compare import (Job, Options, Placer, Plan, method_config, read_result, table,
+                                           trains_no_teacher)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT = os.path.join(ROOT, "kdcore", "presets", "teacher_student.yaml")
+DEFAULT = str(resources.files("kdcore") / "presets" / "teacher_student.yaml")
 
 
 def user_config(*overrides: str) -> dict:
@@ -200,7 +202,8 @@ def test_compare_end_to_end_with_interrupt_and_resume(tmp_path) -> None:
     cmd = [sys.executable, "-m", "kdcore", "compare", "--config", "teacher_student", "--methods", "vanilla,kd",
            "--seeds", "2", "--out", out, *[a for s in sets for a in ("--set", s)]]
     env = {**os.environ, "KDCORE_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=tmp_path)
 
     def summary(tag: str) -> str | None:
         found = dirs(out, tag) if os.path.isdir(os.path.join(out, "runs")) else []
@@ -247,24 +250,3 @@ def test_compare_end_to_end_with_interrupt_and_resume(tmp_path) -> None:
     again = CliRunner().invoke(main, ["compare", "--config", "teacher_student", "--out", out])
     assert again.exit_code == 2 and f"continue it with --resume {out}" in again.output
 
-
-def test_method_table_is_a_call_of_compare(tmp_path) -> None:
-    """benchmarks/method_table.py builds one compare command and splices its table into the
-    docs between the markers, keeping the text around them."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("method_table", os.path.join(ROOT, "benchmarks", "method_table.py"))
-    table_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table_script)
-    args = table_script.argparse.Namespace(methods="vanilla,kd,at", seeds=3, epochs=5, labelled=2000,
-                                           val_split=5000, train_limit=None, parallel=4, device="cuda",
-                                           no_tune=False, teacher_cache=False, set=[], runs_dir="R")
-    cmd = table_script.compare_args(args)
-    assert cmd[:3] == ["compare", "--config", "teacher_student"]
-    assert cmd[cmd.index("--tune") + 1] == "kd.temperature=1,2,4,8"
-    assert "data.labelled=2000" in cmd and "data.val_split=5000" in cmd and cmd[cmd.index("--out") + 1] == "R"
-    doc = tmp_path / "b.md"
-    doc.write_text(f"intro\n{table_script.START}\nold\n{table_script.END}\nafter\n")
-    table_script.splice("| new |", str(doc))
-    assert doc.read_text() == f"intro\n{table_script.START}\n\n| new |\n{table_script.END}\nafter\n"
-    assert {"vanilla", "kd", "at", "dkd"} <= set(table_script.every_method())

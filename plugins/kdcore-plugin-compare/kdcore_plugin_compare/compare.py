@@ -2,8 +2,9 @@
 
 The config gives data, student and teacher(s); each method contributes its distill points and
 losses from its plugin's preset (``kdcore list preset``), adapted to the user's models through
-:mod:`kdcore.pairing`: a point on the preset's logits goes to ``output``, one on its embedding to
-the user's flat feature, one on a stage end to the matched stage of the same relative depth. A
+:mod:`kdcore_plugin_inspect.pairing` (what ``kdcore inspect --pair`` shows): a point on the
+preset's logits goes to ``output``, one on its embedding to the user's flat feature, one on a
+stage end to the matched stage of the same relative depth. A
 point the pairing cannot place (a layer inside a stage the user's model does not have) refuses
 the method with the reason, in the table. ``vanilla`` is the student alone. A method whose runs
 open no training images (data-free) cannot train its teacher: its runs get the user's teacher
@@ -38,11 +39,13 @@ from typing import Any
 
 import attrs
 
-from .config import dump_yaml, load_config, parse_override, read_yaml
-from .engine.checkpoint import write_json_atomic, write_text_atomic
-from .engine.resume import metrics_rows
-from .errors import UserError
-from .taps import OUTPUT
+from kdcore.cli import find_preset
+from kdcore.config import dump_yaml, load_config, parse_override, read_yaml
+from kdcore.engine.checkpoint import write_json_atomic, write_text_atomic
+from kdcore.engine.resume import metrics_rows
+from kdcore.errors import UserError
+from kdcore.precheck import check_components
+from kdcore.taps import OUTPUT
 
 PLAN = "compare.json"
 #: headline metrics the core's tasks declare, in the order a summary is searched for one
@@ -80,22 +83,10 @@ class Tuning:
 
 # --- methods: presets adapted to the user's models ---------------------------------------
 
-def preset_file(method: str) -> str:
-    """The YAML of the preset named ``method`` (a plugin's ``kdcore_presets`` hook)."""
-    from .registry import lookup
-
-    registered = lookup("preset", method, where="--methods")
-    try:
-        return registered.component.resolve()
-    except Exception as exc:
-        raise UserError(f"--methods {method}: preset {registered.id!r} cannot be read ({exc}); "
-                        f"reinstall plugin {registered.plugin!r}") from None
-
-
 def _model_key(block: dict[str, Any]) -> Any:
     """What decides a model block's architecture: its type and parameters (not its name,
     checkpoint, training or distill points: the block's own declared keys)."""
-    from .config import StudentConfig, TeacherConfig, block_keys
+    from kdcore.config import StudentConfig, TeacherConfig, block_keys
 
     declared = set(block_keys(TeacherConfig)) | set(block_keys(StudentConfig))
     params = {k: v for k, v in block.items() if k not in declared}
@@ -105,7 +96,8 @@ def _model_key(block: dict[str, Any]) -> Any:
 
 class Placer:
     """Maps a preset's distill points (written for the preset's models) onto the user's
-    models, with :func:`kdcore.pairing.pair_models` on both; probes are built once."""
+    models, with :func:`kdcore_plugin_inspect.pairing.pair_models` on both; probes are built
+    once."""
 
     def __init__(self, user: dict[str, Any]) -> None:
         self.user = user
@@ -114,10 +106,10 @@ class Placer:
     def pairing(self, data: dict[str, Any], student: dict[str, Any], teacher: dict[str, Any]) -> Any:
         import torch
 
-        from .assemble import build_model
-        from .config import RunConfig, structure
-        from .pairing import pair_models
-        from .registry import build
+        from kdcore.assemble import build_model
+        from kdcore.config import RunConfig, structure
+        from kdcore.registry import build
+        from kdcore_plugin_inspect.pairing import pair_models
 
         key = (_model_key(data), _model_key(student), _model_key(teacher))
         if key not in self._pairings:
@@ -189,7 +181,7 @@ def method_config(method: str, user: dict[str, Any], placer: Placer) -> dict[str
         data["algorithm"] = {"type": "vanilla"}
         data["teachers"] = []
         return data
-    preset = read_yaml(preset_file(method))
+    preset = read_yaml(find_preset(method, "--methods"))
     algorithm = preset.get("algorithm") or {}
     if algorithm.get("type", "teacher_student") != "teacher_student":
         return _algorithm_preset(method, preset, data)
@@ -252,7 +244,7 @@ def trains_no_teacher(config: dict[str, Any]) -> bool:
 
 def set_tuned(data: dict[str, Any], method: str, key: str, value: Any) -> None:
     """Set ``key`` on every loss of the method that takes it, else on its algorithm block."""
-    from .registry import accepted_params, lookup
+    from kdcore.registry import accepted_params, lookup
 
     hits = 0
     for teacher in data.get("teachers") or []:
@@ -308,7 +300,7 @@ class Plan:
         placer = Placer(self.user)
         for method in self.methods:
             if method != "vanilla":
-                preset_file(method)  # an unknown method is the user's mistake, not a refusal
+                find_preset(method, "--methods")  # an unknown method is the user's mistake, not a refusal
             try:
                 self.configs[method] = method_config(method, self.user, placer)
             except UserError as exc:
@@ -328,7 +320,7 @@ class Plan:
         steps as the distillation runs (which see every image): the transfer-set protocol."""
         if checked.data.labelled is None:
             return None
-        from .assemble import load_data
+        from kdcore.assemble import load_data
 
         splits = load_data(checked.data)
         batch = checked.data.batch_size
@@ -341,10 +333,10 @@ class Plan:
         each trained once on the user's data (the training images the other methods see) and
         cached, so it is the very teacher the other methods distil from."""
         if method not in self._checkpoints:
-            from .assemble import build_model, load_data
-            from .config import RunConfig, structure
-            from .engine.run import pick_device
-            from .engine.teachers import prepare_teachers
+            from kdcore.assemble import build_model, load_data
+            from kdcore.config import RunConfig, structure
+            from kdcore.engine.run import pick_device
+            from kdcore.engine.teachers import prepare_teachers
 
             teachers = self.configs[method]["teachers"]
             raw = {**copy.deepcopy(self.user), "teachers": [{**t, "distill": []} for t in teachers]}
@@ -385,20 +377,14 @@ class Plan:
         path = os.path.join(self.out, "configs", f"{job.tag}.yaml")
         if not os.path.exists(path):
             config = load_config(self.config_for(job, chosen))
-            try:
-                from .precheck import check_components
-
-                check_components(config)
-            except ImportError:  # pragma: no cover - an older core: the run checks them
-                pass
+            check_components(config)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-
             write_text_atomic(dump_yaml(config), path)
         return path
 
 
 def _plain(config: Any) -> dict[str, Any]:
-    from .config import unstructure
+    from kdcore.config import unstructure
 
     return unstructure(config)
 
@@ -454,7 +440,7 @@ class Runner:
     def run(self, jobs: list[tuple[Job, str]], describe: Callable[[Job], str]) -> None:
         """Run ``jobs`` (each with its config file), K at a time; ``describe`` says how a
         finished one did."""
-        from .engine.run import sigterm_as_interrupt
+        from kdcore.engine.run import sigterm_as_interrupt
 
         pending = list(jobs)
         running: dict[subprocess.Popen, tuple[Job, float, Any]] = {}
@@ -551,7 +537,8 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "/")
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` to two decimals (the mean alone for one value, "" for none)."""
     if not values:
         return ""
     if len(values) == 1:
@@ -599,7 +586,7 @@ def table(plan: Plan, results: list[dict[str, Any]], chosen: dict[str, Any], wal
         at_best = [r["test_at_best_val"] for r in rs if r["test_at_best_val"] is not None]
         best_epochs = ", ".join(str(r["best_val_epoch"]) for r in rs if r["best_val_epoch"])
         runs = f"{len(rs)}" + (f" ({len(failed)} failed)" if failed else "")
-        lines.append(f"| {name} | {runs} | {_mean_std(finals)} | {delta} | {_mean_std(at_best) or 'no val split'} "
+        lines.append(f"| {name} | {runs} | {mean_std(finals)} | {delta} | {mean_std(at_best) or 'no val split'} "
                      f"| {best_epochs} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
     lines.append("")
     lines.append("mean ± standard deviation over seeds; 'vs vanilla' compares the last-epoch means. "
