@@ -58,7 +58,7 @@ from kdcore.components import Algorithm, Batch
 from kdcore.config import RunConfig, load_config, read_yaml
 from kdcore.engine.batches import TrainBatches, epoch_order
 from kdcore.engine.cpu import tune_cpu
-from kdcore.engine.loop import LoopSettings, TrainingState, train_epochs
+from kdcore.engine.loop import ENGINE_OPTIMIZER, LoopSettings, TrainingState, train_epochs
 from kdcore.engine.optim import make_optimizer, make_scheduler
 from kdcore.engine.run import speed_up
 
@@ -127,8 +127,9 @@ class KdcoreSetup:
         """``n`` steps through :func:`train_epochs`, one "epoch" per block (its set-up before
         the first step and its summary after the last fall outside the timed intervals)."""
         self.position = train_epochs(
-            self.algorithm, _Take(self._stream, n), self.optimizer, self.scheduler, self.position,
-            LoopSettings(self.position.epoch + 1, on_nonfinite=self.config.trainer.on_nonfinite,
+            self.algorithm, _Take(self._stream, n), self.position,
+            LoopSettings(self.position.epoch + 1, {ENGINE_OPTIMIZER: self.optimizer},
+                         {ENGINE_OPTIMIZER: self.scheduler}, on_nonfinite=self.config.trainer.on_nonfinite,
                          grad_clip=self.config.trainer.grad_clip, progress=progress, on_step=stamp))
 
 

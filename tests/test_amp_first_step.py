@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kdcore.engine.loop import LoopSettings, TrainingState, Update
+from kdcore.engine.loop import ENGINE_OPTIMIZER, LoopSettings, TrainingState, Update
 
 
 def _sgd(params: list[torch.Tensor], fused: bool) -> torch.optim.SGD:
@@ -20,15 +20,14 @@ def test_a_skipped_first_fp16_step_leaves_no_momentum_and_the_next_step_is_the_f
     weight = torch.nn.Parameter(torch.ones(4))
     optimizer = _sgd([weight], fused=True)
     state = TrainingState()
-    update = Update({"": optimizer}, LoopSettings(epochs=1, amp="fp16",
-                                                  scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)),
-                    state, own=False)
+    update = Update(LoopSettings(epochs=1, optimizers={ENGINE_OPTIMIZER: optimizer}, amp="fp16",
+                                 scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)), state)
     # scaled by 2**16, a gradient of 1e36 overflows float32: the scaler skips this step
-    assert update.apply((weight * 1e36).sum(), "") is False
+    assert update.apply((weight * 1e36).sum(), ENGINE_OPTIMIZER) is False
     assert state.scaler_skipped == 1
     assert torch.equal(weight.detach(), torch.ones(4))
     assert "momentum_buffer" not in optimizer.state.get(weight, {})  # no garbage kept as momentum
-    assert update.apply((weight * torch.arange(4.0)).sum(), "") is True
+    assert update.apply((weight * torch.arange(4.0)).sum(), ENGINE_OPTIMIZER) is True
 
     reference = torch.nn.Parameter(torch.ones(4))  # one plain step on the same gradient
     plain = _sgd([reference], fused=False)

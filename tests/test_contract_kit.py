@@ -208,6 +208,13 @@ class MissingParameter(TwoHalves):
     leave_out = "fc"
 
 
+class UnnamedOptimizer(TwoHalves):
+    """Names an optimizer "": the run refuses it, so the kit must too."""
+
+    def optimizers(self, build):
+        return {"": build([{"params": list(self.student.parameters())}])}
+
+
 class TeacherTrainingAlgorithm(kdcore.Algorithm):
     def __init__(self, student, task, distiller=None) -> None:
         super().__init__(student, task, distiller)
@@ -272,7 +279,8 @@ def _module() -> types.ModuleType:
         "kdcore_algorithms": [C("detached_algo", DetachedAlgorithm, "x"),
                               C("teacher_training", TeacherTrainingAlgorithm, "x"),
                               C("two_halves", TwoHalves, "x"), C("forgetful_step", ForgetfulStep, "x"),
-                              C("missing_parameter", MissingParameter, "x")],
+                              C("missing_parameter", MissingParameter, "x"),
+                              C("unnamed_optimizer", UnnamedOptimizer, "x")],
         "kdcore_models": [C("fixed_classes", fixed_classes_model, "x"), C("idle_layer", IdleLayerModel, "x")],
         "kdcore_datasets": [C("good_data", good_data, "x"), C("unstable", unstable_data, "x"),
                             C("small_images", small_images_data, "x")],
@@ -416,6 +424,8 @@ CASES = [
      "never called update() for optimizer(s) ['head']"),
     (A, "test_step_changes_student", {"component": "missing_parameter", "teachers": 0},
      "must hold every trainable parameter exactly once"),
+    (A, "test_training_step_terms", {"component": "unnamed_optimizer", "teachers": 0},
+     "optimizers() must return None or {name: torch optimizer} with non-empty names"),
     (M, "test_num_classes_respected", {"component": "fixed_classes"}, "built with num_classes=7"),
     (M, "test_every_parameter_trains", {"component": "idle_layer"}, "aux.weight"),
     (M, "test_module_paths_exist", {"component": "cnn_student", "module_paths": ["stage9"]},

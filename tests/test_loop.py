@@ -9,7 +9,7 @@ from torch import nn
 from kdcore.components import Algorithm
 from kdcore.data import TensorSplit
 from kdcore.engine.batches import TrainBatches
-from kdcore.engine.loop import LoopSettings, TrainingState, train_epochs
+from kdcore.engine.loop import ENGINE_OPTIMIZER, LoopSettings, TrainingState, train_epochs
 from kdcore.errors import UserError
 from kdcore.task import ClassificationTask
 
@@ -34,8 +34,9 @@ def train(shape: tuple[int, ...]) -> dict[str, float]:
     optimizer = torch.optim.SGD(algorithm.trainable_parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     rows = []
-    train_epochs(algorithm, batches, optimizer, scheduler, TrainingState(),
-                 LoopSettings(1, progress=False, on_epoch_end=lambda pos, summary: rows.append(summary)))
+    train_epochs(algorithm, batches, TrainingState(),
+                 LoopSettings(1, {ENGINE_OPTIMIZER: optimizer}, {ENGINE_OPTIMIZER: scheduler}, progress=False,
+                              on_epoch_end=lambda pos, summary: rows.append(summary)))
     return rows[0]
 
 
@@ -62,8 +63,8 @@ def test_steps_the_fp16_loss_scaler_skips_are_counted() -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
     weights, rows = [algorithm.student.weight.detach().clone()], []
-    train_epochs(algorithm, batches, optimizer, scheduler, TrainingState(), LoopSettings(
-        1, progress=False, scaler=scaler,
+    train_epochs(algorithm, batches, TrainingState(), LoopSettings(
+        1, {ENGINE_OPTIMIZER: optimizer}, {ENGINE_OPTIMIZER: scheduler}, progress=False, scaler=scaler,
         on_step=lambda pos: weights.append(algorithm.student.weight.detach().clone()),
         on_epoch_end=lambda pos, summary: rows.append(summary)))
     unchanged = sum(torch.equal(a, b) for a, b in zip(weights, weights[1:]))
@@ -92,8 +93,9 @@ def test_every_skipped_step_is_counted_even_once_the_scale_has_fallen_to_zero() 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** -148)
     before, rows = algorithm.student.weight.detach().clone(), []
-    train_epochs(algorithm, batches, optimizer, scheduler, TrainingState(), LoopSettings(
-        2, progress=False, scaler=scaler, on_epoch_end=lambda pos, summary: rows.append(summary)))
+    train_epochs(algorithm, batches, TrainingState(), LoopSettings(
+        2, {ENGINE_OPTIMIZER: optimizer}, {ENGINE_OPTIMIZER: scheduler}, progress=False, scaler=scaler,
+        on_epoch_end=lambda pos, summary: rows.append(summary)))
     assert scaler.get_scale() == 0.0 and torch.equal(algorithm.student.weight, before)
     assert [r["scaler_skipped_steps"] for r in rows] == [len(batches), len(batches)]
 

@@ -61,8 +61,8 @@ def fit(model: InTurns, epochs: int = 1, **settings):
                   "b": torch.optim.SGD(model.b.parameters(), lr=LR)}
     schedulers = {n: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5) for n, o in optimizers.items()}
     rows: list[dict[str, float]] = []
-    state = train_epochs(model, batches(), None, None, TrainingState(), LoopSettings(
-        epochs, progress=False, optimizers=optimizers, schedulers=schedulers,
+    state = train_epochs(model, batches(), TrainingState(), LoopSettings(
+        epochs, optimizers, schedulers, progress=False,
         on_epoch_end=lambda state, summary: rows.append(summary), **settings))
     return state, rows, schedulers
 
@@ -202,6 +202,17 @@ def test_a_pre_training_steps_as_the_old_stage_loop_did() -> None:
     assert history["warm_epoch2"] == pytest.approx(sum(losses[3:]) / 3)  # equal batches of 4
 
 
+def test_a_pre_training_reads_its_loss_once_a_step(monkeypatch) -> None:
+    """update() reads the loss for the NaN/Inf check; the loop logs that value, no second copy."""
+    from kdcore.engine import loop
+
+    reads = []
+    monkeypatch.setattr(loop, "read_values", lambda values: reads.append(values) or [])
+    algorithm, pretraining = staged()
+    history = run_stage(algorithm, "p", pretraining, batches(), LoopSettings(1, progress=False))
+    assert reads == [] and history["warm_epoch1"] > 0
+
+
 def test_a_pre_training_gets_the_runs_grad_clip() -> None:
     (clipped, pretraining), (free, free_pretraining) = staged(), staged()
     before = [p.detach().clone() for p in clipped.student.parameters()]
@@ -235,8 +246,8 @@ def test_deep_mutual_learning_trains_through_the_loop() -> None:
     optimizers = algorithm.optimizers(lambda groups: torch.optim.SGD(groups, lr=LR))
     schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for n, o in optimizers.items()}
     rows: list[dict[str, float]] = []
-    train_epochs(algorithm, batches(), None, None, TrainingState(), LoopSettings(
-        1, progress=False, optimizers=optimizers, schedulers=schedulers,
+    train_epochs(algorithm, batches(), TrainingState(), LoopSettings(
+        1, optimizers, schedulers, progress=False,
         on_epoch_end=lambda state, summary: rows.append(summary)))
     assert set(rows[0]) >= {"student0_ce", "student0_kl", "student1_ce", "student1_kl", "loss"}
     for new, old in zip(algorithm.students, before.students):

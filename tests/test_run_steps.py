@@ -90,12 +90,16 @@ class TwoNets(torch.nn.Module):
 
 
 def built(own: bool, seed: int) -> tuple[TwoNets, dict[str, Any], dict[str, Any], bool]:
+    """The algorithm, its optimizers and schedules as the run makes them, and whether they are
+    its own (not the engine's one)."""
     from kdcore.config import load_config
+    from kdcore.engine.loop import ENGINE_OPTIMIZER
     from kdcore.engine.run import make_optimizers
 
     torch.manual_seed(seed)
     algorithm = TwoNets(own)
-    return (algorithm, *make_optimizers(algorithm, load_config({}, []), steps_per_epoch=4))
+    optimizers, schedulers = make_optimizers(algorithm, load_config({}, []), steps_per_epoch=4)
+    return algorithm, optimizers, schedulers, ENGINE_OPTIMIZER not in optimizers
 
 
 def test_two_named_optimizers_and_their_schedules_survive_last_pt(tmp_path) -> None:
@@ -183,7 +187,7 @@ def test_deep_mutual_learning_resumes_both_students_optimizers(tmp_path) -> None
 
 ENGINE = Path(__file__).resolve().parents[1] / "kdcore" / "engine"
 #: the front ends and the assembly: they use the engine, never the other way round
-ABOVE_THE_ENGINE = {"kdcore.assemble", "kdcore.cli", "kdcore.api"}
+ABOVE_THE_ENGINE = {"kdcore.assemble", "kdcore.cli", "kdcore.compare", "kdcore.api"}
 
 
 def imported(path: Path) -> set[str]:

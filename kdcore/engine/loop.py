@@ -9,7 +9,6 @@ pre-trainings (FitNets hints, AB, FT) are such steps: one loop, one set of NaN/I
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -63,9 +62,7 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
     if not names:
         return []
     flags = [torch.isfinite(state[name]).all() for name in names]
-    devices = {flag.device for flag in flags}
-    # stacked where they are (one copy to the host), unless the tensors live on several devices
-    ok = torch.stack(flags).cpu() if len(devices) == 1 else torch.stack([f.cpu() for f in flags])
+    ok = torch.stack([flag.to(flags[0].device) for flag in flags]).cpu()  # one copy to the host
     if bool(ok.all()):
         return []
     return [name for name, good in zip(names, ok.tolist()) if not good]
@@ -114,10 +111,21 @@ class TrainingState:
         return summary
 
 
+#: the name of the engine's one optimizer: the default path (``Algorithm.optimizers()`` is None)
+ENGINE_OPTIMIZER = ""
+
+
 @attrs.define
 class LoopSettings:
     """How :func:`train_epochs` trains; :meth:`of` reads the ``trainer:`` part from a config.
 
+    :param optimizers: ``{name: optimizer}``, each with its schedule under the same name in
+        ``schedulers`` (stepped once per batch; a name without one keeps its rate). The default
+        path is one optimizer named :data:`ENGINE_OPTIMIZER`, stepped on the sum of
+        ``training_step``'s terms; any other names are an algorithm's own (its ``optimizers()``),
+        stepped by its ``optimization_step`` through ``update(loss, name)``. Such an algorithm
+        is not DDP-wrapped (``step_module`` is not used): ``update`` averages its gradients, and
+        a batch with any skipped update counts as one skipped batch.
     :param on_nonfinite: ``stop`` raises :class:`NonFiniteLoss` at a NaN/Inf loss; ``skip`` skips
         the batch, but stops once ``max_skipped_in_row`` batches in a row, or every batch of an
         epoch, were skipped: the weights are then broken, and a run that went on would export them.
@@ -128,13 +136,11 @@ class LoopSettings:
     :param reduce: combines the epoch's loss sums across processes.
     :param on_step: ``on_step(state)`` after every step; ``on_epoch_end(state, summary)`` after
         every epoch.
-    :param optimizers: ``{name: optimizer}`` of an algorithm that owns its step (its
-        ``optimizers()``), with one scheduler each in ``schedulers``; ``None``: the default path.
-        Such an algorithm is not DDP-wrapped (``step_module`` is not used): ``update`` averages
-        its gradients. A batch with any skipped update counts as one skipped batch.
     """
 
     epochs: int
+    optimizers: dict[str, torch.optim.Optimizer] = attrs.field(factory=dict)
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = attrs.field(factory=dict)
     on_nonfinite: str = "stop"
     max_skipped_in_row: int = 10
     grad_clip: float | None = None
@@ -146,8 +152,6 @@ class LoopSettings:
     reduce: Callable[..., tuple[dict[str, float], int, int]] | None = None
     on_step: Callable[[TrainingState], None] | None = None
     on_epoch_end: Callable[[TrainingState, dict[str, float]], None] | None = None
-    optimizers: dict[str, torch.optim.Optimizer] | None = None
-    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] | None = None
 
     @classmethod
     def of(cls, trainer: Any, **more: Any) -> LoopSettings:
@@ -158,11 +162,35 @@ class LoopSettings:
         return cls(**{**given, **more})
 
 
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward passes (``trainer.amp``); losses upcast as they need."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+def check_holds_each_once(algorithm: Any, params: list[Any], what: str) -> None:
+    """``params`` (what ``what`` gave) must be every trainable parameter, each once."""
+    seen = [id(p) for p in params]
+    trainable = {id(p) for p in algorithm.trainable_parameters()}
+    if len(seen) != len(set(seen)) or set(seen) != trainable:
+        names = {id(p): n for n, p in algorithm.named_parameters()}
+        missing = [names.get(i, "?") for i in trainable - set(seen)][:3]
+        extra = [names.get(i, "?") for i in set(seen) - trainable][:3]
+        repeated = sorted({names.get(i, "?") for i in seen if seen.count(i) > 1})[:3]
+        raise UserError(f"algorithm {type(algorithm).__name__}: {what} must hold every "
+                        f"trainable parameter exactly once (missing {missing}, not trainable "
+                        f"{extra}, repeated {repeated})")
+
+
+def checked_own_optimizers(algorithm: Any, build: Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+                           ) -> dict[str, torch.optim.Optimizer] | None:
+    """``algorithm.optimizers(build)``: None (the default path), or ``{name: optimizer}`` with
+    non-empty names that together hold every trainable parameter once (the run and the
+    contract kit check alike)."""
+    own = algorithm.optimizers(build)
+    if own is None:
+        return None
+    if not (isinstance(own, dict) and own and all(isinstance(n, str) and n and isinstance(
+            o, torch.optim.Optimizer) for n, o in own.items())):
+        raise UserError(f"algorithm {type(algorithm).__name__}: optimizers() must return None "
+                        f"or {{name: torch optimizer}} with non-empty names, got {own!r:.80}")
+    check_holds_each_once(algorithm, [p for o in own.values() for g in o.param_groups for p in g["params"]],
+                          "optimizers()")
+    return dict(own)
 
 
 def loss_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
@@ -195,12 +223,6 @@ def read_values(values: list[torch.Tensor]) -> list[float]:
     """The terms' values on the host, in one copy (one sync on an accelerator): the step's one
     readout, for the NaN/Inf check and the logs."""
     return torch.stack(values).tolist() if values else []
-
-
-def agreed_finite(finite: bool, on_nonfinite: str, device: torch.device) -> bool:
-    """Under ``skip`` every DDP rank skips a batch, or none does: a lone skip would leave the
-    others waiting in DDP's all-reduce."""
-    return all_ranks(finite, device) if on_nonfinite == "skip" else finite
 
 
 def nonfinite_term(values: dict[str, float]) -> str:
@@ -250,14 +272,14 @@ def step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, stepped: bool
 class Update:
     """``update(loss, name) -> bool``: one step of optimizer ``name`` on ``loss``, True when it
     stepped. The NaN/Inf rules (:meth:`finite`) and the step itself (:meth:`apply`: backward,
-    fp16 loss scaling, clipping, optimizer step) are written here once, for the default path, the
-    algorithms that own their step and the pre-trainings alike."""
+    fp16 loss scaling, clipping, optimizer step) are written here once, for the default path
+    (:meth:`step_on_sum`), the algorithms that own their step and the pre-trainings alike."""
 
-    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], settings: LoopSettings,
-                 state: TrainingState, own: bool) -> None:
-        self.optimizers, self.settings, self.state, self.own = optimizers, settings, state, own
+    def __init__(self, settings: LoopSettings, state: TrainingState) -> None:
+        self.optimizers, self.settings, self.state = settings.optimizers, settings, state
+        self.own = ENGINE_OPTIMIZER not in self.optimizers  # the algorithm calls update() itself
         self.params = {name: [p for group in optimizer.param_groups for p in group["params"]]
-                       for name, optimizer in optimizers.items()}
+                       for name, optimizer in self.optimizers.items()}
         first = next((ps[0] for ps in self.params.values() if ps), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.scaler = settings.scaler if settings.scaler is not None else loss_scaler(settings.amp, self.device)
@@ -266,29 +288,42 @@ class Update:
     def new_batch(self) -> None:
         self.stepped = dict.fromkeys(self.optimizers, False)
         self.skipped: str | None = None  # where the batch's last skipped update was
+        self.read: dict[str, float] = {}  # each update's loss, by optimizer name, as read
 
     def __call__(self, loss: torch.Tensor, name: str) -> bool:
-        """An own-step algorithm's update: its loss is read (one sync), checked, stepped."""
+        """An own-step algorithm's update: its loss is read (one sync, kept in ``read``),
+        checked, stepped."""
         if name not in self.optimizers:
             raise UserError(f"update(loss, {name!r}): the algorithm's optimizers() has no optimizer "
                             f"{name!r}; it has {', '.join(map(repr, self.optimizers))}")
         loss = _scalar(name, loss)
-        value = loss.item()
+        value = self.read[name] = loss.item()
         # named when there are several (DML's students); a pre-training's stop says "loss is nan"
         # after its own name, as in kdcore 0.1.7
         what = lambda: (f"for optimizer {name!r} " if len(self.optimizers) > 1 else "") + (  # noqa: E731
             f"is {value}" if not math.isfinite(value) else "on another process is NaN/Inf")
         if not self.finite(math.isfinite(value), what):
             return False
-        # the forward passes ran under autocast; the backward pass does not
-        with torch.autocast(self.device.type, enabled=False) if self.settings.amp != "none" \
-                else contextlib.nullcontext():
+        with torch.autocast(self.device.type, enabled=False):  # the forward ran under autocast
             return self.apply(loss, name)
+
+    def step_on_sum(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The default path: the terms are added, read once, checked, and the engine's optimizer
+        steps on their sum; returns the terms as read."""
+        loss, scalars = sum_terms(terms)
+        values = dict(zip(terms, read_values(scalars)))
+        if self.finite(math.isfinite(sum(values.values())), partial(nonfinite_term, values)):
+            self.apply(loss, ENGINE_OPTIMIZER)
+        return values
 
     def finite(self, finite: bool, what: Callable[[], str]) -> bool:
         """``trainer.on_nonfinite``: under ``stop`` a NaN/Inf loss raises; under ``skip`` the
-        update is skipped (False) and the batch marked skipped (:func:`count_skip`)."""
-        if agreed_finite(finite, self.settings.on_nonfinite, self.device):
+        update is skipped (False) and the batch marked skipped (:func:`count_skip`). Under
+        ``skip`` every DDP rank skips a batch, or none does: a lone skip would leave the others
+        waiting in DDP's all-reduce."""
+        if self.settings.on_nonfinite == "skip":
+            finite = all_ranks(finite, self.device)
+        if finite:
             return True
         where = f"loss {what()} at epoch {self.state.epoch + 1}, step {self.state.global_step}"
         if self.settings.on_nonfinite == "stop":
@@ -339,13 +374,13 @@ class Progress:
     second (off with ``trainer.progress=false``, and off by itself when stderr is no terminal)."""
 
     def __init__(self, settings: LoopSettings, total: int, state: TrainingState) -> None:
-        self.on, self.shown_at = settings.progress, 0.0
+        self.shown_at = 0.0
         self.bar = tqdm(total=total, initial=state.step_in_epoch, disable=bar_disabled(settings.progress),
                         desc=f"{settings.label} {state.epoch + 1}/{settings.epochs}", leave=False,
                         dynamic_ncols=True)
 
     def show(self, state: TrainingState) -> None:
-        if not self.on:
+        if self.bar.disable:
             return
         self.bar.update(1)
         if time.perf_counter() - self.shown_at > 0.5:
@@ -358,36 +393,37 @@ class Progress:
 
 
 def step_function(algorithm: nn.Module, settings: LoopSettings, update: Update
-                  ) -> Callable[..., dict[str, torch.Tensor]]:
+                  ) -> Callable[..., dict[str, torch.Tensor] | None]:
     """``(batch, *, epoch, step) -> terms``: the algorithm's ``training_step`` (or its DDP
     wrapper, ``step_module``), or its ``optimization_step`` given ``update``; under autocast when
     ``amp`` asks for it, and nothing wraps it otherwise."""
-    if settings.optimizers is not None:
-        inner: Callable[..., dict[str, torch.Tensor]] = partial(algorithm.optimization_step, update=update)
+    if update.own:
+        inner: Callable[..., Any] = partial(algorithm.optimization_step, update=update)
     else:
         inner = settings.step_module if settings.step_module is not None else algorithm.training_step
     if settings.amp == "none":
         return inner
-    precision = autocast(update.device, settings.amp)  # re-entrant: one context for every step
+    # losses upcast as they need; re-entrant: one context for every step
+    low = torch.bfloat16 if settings.amp == "bf16" else torch.float16
+    precision = torch.autocast(update.device.type, dtype=low)
 
-    def with_precision(batch: Any, *, epoch: int, step: int) -> dict[str, torch.Tensor]:
+    def with_precision(batch: Any, *, epoch: int, step: int) -> dict[str, torch.Tensor] | None:
         with precision:
             return inner(batch, epoch=epoch, step=step)
     return with_precision
 
 
-def train_epochs(algorithm: nn.Module, batches: TrainBatches, optimizer: torch.optim.Optimizer | None,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, state: TrainingState,
+def train_epochs(algorithm: nn.Module, batches: TrainBatches, state: TrainingState,
                  settings: LoopSettings) -> TrainingState:
     """Train from ``state`` until ``settings.epochs`` are done; returns the final state.
 
-    The default path: ``training_step``'s terms are added, checked and read once, and
-    ``optimizer`` steps on their sum. An algorithm that owns its step (``settings.optimizers``;
-    ``optimizer`` and ``scheduler`` are then ``None``) calls ``update(loss, name)`` from its
-    ``optimization_step`` and returns the terms to log. Every schedule steps once per batch."""
-    s, own = settings, settings.optimizers is not None
-    update = Update(s.optimizers if own else {"": optimizer}, s, state, own)
-    schedulers = s.schedulers if own else {"": scheduler}
+    The default path: ``training_step``'s terms are added, checked and read once, and the
+    engine's optimizer steps on their sum. An algorithm that owns its step (its optimizers'
+    names in ``settings.optimizers``) calls ``update(loss, name)`` from its ``optimization_step``
+    and returns the terms to log (or None, as a pre-training does: the losses ``update`` read,
+    by optimizer name). Every schedule steps once per batch."""
+    s = settings
+    update = Update(s, state)
     step = step_function(algorithm, s, update)
     while state.epoch < s.epochs:
         algorithm.train()
@@ -396,18 +432,17 @@ def train_epochs(algorithm: nn.Module, batches: TrainBatches, optimizer: torch.o
         for batch in batches.epoch(state.epoch, state.step_in_epoch):
             update.new_batch()
             terms = step(batch, epoch=state.epoch, step=state.global_step)
-            if own:
-                values = dict(zip(terms, read_values([_scalar(k, v) for k, v in terms.items()])))
+            if not update.own:
+                values = update.step_on_sum(terms)
+            elif terms is None:
+                values = update.read
             else:
-                loss, scalars = sum_terms(terms)
-                values = dict(zip(terms, read_values(scalars)))
-                if update.finite(math.isfinite(sum(values.values())), partial(nonfinite_term, values)):
-                    update.apply(loss, "")
+                values = dict(zip(terms, read_values([_scalar(k, v) for k, v in terms.items()])))
             if update.skipped is None:
                 state.tally(values, batch.indices.shape[0])  # not len(): Tensor.__len__ is Python
             else:
                 count_skip(state, s, update.skipped)
-            for name, schedule in schedulers.items():
+            for name, schedule in s.schedulers.items():
                 step_schedule(schedule, update.stepped[name])
             state.step_in_epoch += 1
             state.global_step += 1
@@ -439,8 +474,9 @@ class PreTrainingStep(nn.Module):
         self.point = next(p for p in algorithm.distiller.points if p.name == point)
 
     def optimization_step(self, batch: Any, *, epoch: int, step: int,
-                          update: Callable[[torch.Tensor, str], bool]) -> dict[str, torch.Tensor]:
-        algorithm, dp, name = self.algorithm, self.point, self.pretraining.name
+                          update: Callable[[torch.Tensor, str], bool]) -> None:
+        """One update; the loop logs the loss ``update`` read, under the pre-training's name."""
+        algorithm, dp = self.algorithm, self.point
         student_feature = None
         if self.pretraining.needs_student:
             student_feature = algorithm.student_forward(batch.inputs)[1][dp.student_tap.key]
@@ -448,8 +484,7 @@ class PreTrainingStep(nn.Module):
             batch.inputs, indices=batch.indices)[dp.teacher][dp.teacher_tap.key]
         loss = self.pretraining.loss(student_feature, teacher_feature, targets=batch.targets,
                                      indices=batch.indices, epoch=epoch, step=step)
-        update(loss, name)
-        return {name: loss.detach()}
+        update(loss, self.pretraining.name)
 
 
 def pretraining_optimizer(algorithm: Algorithm, point: str, pretraining: PreTraining) -> torch.optim.Optimizer:
@@ -476,9 +511,9 @@ def run_stage(algorithm: Algorithm, point: str, pretraining: PreTraining, batche
               settings: LoopSettings) -> dict[str, float]:
     """Perform one pre-training declared by a head, through :func:`train_epochs` with the run's
     NaN/Inf rules, clipping, AMP and progress (``settings``), its own optimizer and a constant
-    learning rate; returns its mean loss per epoch (and the batches skipped for NaN/Inf)."""
+    learning rate (no schedule); returns its mean loss per epoch (and the batches skipped for
+    NaN/Inf)."""
     name = pretraining.name
-    optimizer = pretraining_optimizer(algorithm, point, pretraining)
     history: dict[str, float] = {}
     skipped = 0
 
@@ -487,11 +522,11 @@ def run_stage(algorithm: Algorithm, point: str, pretraining: PreTraining, batche
         history[f"{name}_epoch{state.epoch}"] = summary[name]
         skipped += int(summary.get("skipped_batches", 0))
 
-    loop = attrs.evolve(settings, epochs=pretraining.epochs, label=f"stage {name}", scaler=None,
-                        step_module=None, reduce=reduce_sums, on_step=None, on_epoch_end=on_epoch_end,
-                        optimizers={name: optimizer}, schedulers={})  # a constant rate: no schedule
+    loop = attrs.evolve(settings, epochs=pretraining.epochs, label=f"stage {name}", reduce=reduce_sums,
+                        on_epoch_end=on_epoch_end,
+                        optimizers={name: pretraining_optimizer(algorithm, point, pretraining)})
     try:
-        train_epochs(PreTrainingStep(algorithm, point, pretraining), batches, None, None, TrainingState(), loop)
+        train_epochs(PreTrainingStep(algorithm, point, pretraining), batches, TrainingState(), loop)
     except NonFiniteLoss as exc:
         raise NonFiniteLoss(f"stage {name!r} of distill point {point!r}: {exc.detail}", exc.hint,
                             STAGE_KEPT) from None

@@ -54,9 +54,12 @@ from .frozen import fold_batchnorm, teacher_memory_format
 from .transforms import apply_transforms, build_transforms
 from .loop import (
     BROKEN_HINT,
+    ENGINE_OPTIMIZER,
     LoopSettings,
     NonFiniteLoss,
     TrainingState,
+    check_holds_each_once,
+    checked_own_optimizers,
     describe_epoch,
     loss_scaler,
     nonfinite_tensors,
@@ -69,7 +72,6 @@ from .resume import (
     check_resumable,
     check_resume_changes,
     finished,
-    ENGINE_OPTIMIZER,
     keep_resumed_config,
     load_last,
     metrics_lines,
@@ -183,20 +185,6 @@ def check_assembly(config: RunConfig, splits: Any) -> None:
         build_algorithm(config, splits, student, teachers).remove_taps()
 
 
-def check_holds_each_once(algorithm: Any, params: list[Any], what: str) -> None:
-    """``params`` (what ``what`` gave) must be every trainable parameter, each once."""
-    seen = [id(p) for p in params]
-    trainable = {id(p) for p in algorithm.trainable_parameters()}
-    if len(seen) != len(set(seen)) or set(seen) != trainable:
-        names = {id(p): n for n, p in algorithm.named_parameters()}
-        missing = [names.get(i, "?") for i in trainable - set(seen)][:3]
-        extra = [names.get(i, "?") for i in set(seen) - trainable][:3]
-        repeated = sorted({names.get(i, "?") for i in seen if seen.count(i) > 1})[:3]
-        raise UserError(f"algorithm {type(algorithm).__name__}: {what} must hold every "
-                        f"trainable parameter exactly once (missing {missing}, not trainable "
-                        f"{extra}, repeated {repeated})")
-
-
 def checked_groups(algorithm: Any) -> list[dict[str, Any]]:
     """``algorithm.parameter_groups()``, checked to hold every trainable parameter once."""
     groups = [{**g, "params": list(g["params"])} for g in algorithm.parameter_groups()]  # generators once
@@ -205,24 +193,16 @@ def checked_groups(algorithm: Any) -> list[dict[str, Any]]:
 
 
 def make_optimizers(algorithm: Any, config: RunConfig, steps_per_epoch: int
-                    ) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any], bool]:
-    """The optimizers by name, one schedule each (``config.schedule``), and whether the algorithm
-    owns its step: its ``optimizers(build)`` gave a dict, else the engine's one optimizer over
-    ``parameter_groups()`` (named :data:`~.resume.ENGINE_OPTIMIZER`)."""
-    own = algorithm.optimizers(lambda groups: make_optimizer(groups, config.optimizer))
-    if own is None:
+                    ) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any]]:
+    """The optimizers by name and one schedule each (``config.schedule``): the algorithm's own,
+    when its ``optimizers(build)`` gives a dict, else the engine's one optimizer over
+    ``parameter_groups()`` (named :data:`~.loop.ENGINE_OPTIMIZER`)."""
+    optimizers = checked_own_optimizers(algorithm, lambda groups: make_optimizer(groups, config.optimizer))
+    if optimizers is None:
         optimizers = {ENGINE_OPTIMIZER: make_optimizer(checked_groups(algorithm), config.optimizer)}
-    else:
-        if not (isinstance(own, dict) and own and all(isinstance(n, str) and n and isinstance(
-                o, torch.optim.Optimizer) for n, o in own.items())):
-            raise UserError(f"algorithm {type(algorithm).__name__}: optimizers() must return None "
-                            f"or {{name: torch optimizer}} with non-empty names, got {own!r:.80}")
-        check_holds_each_once(algorithm, [p for o in own.values() for g in o.param_groups for p in g["params"]],
-                              "optimizers()")
-        optimizers = dict(own)
     schedulers = {name: make_scheduler(o, config.schedule, steps_per_epoch, config.trainer.epochs)
                   for name, o in optimizers.items()}
-    return optimizers, schedulers, own is not None
+    return optimizers, schedulers
 
 
 class Terminated(KeyboardInterrupt):
@@ -430,7 +410,7 @@ def make_batches(config: RunConfig, splits: Any, augment: Any, algorithm: Any,
         raise UserError(f"config key data.batch_size: {config.data.batch_size} leaves no batch")
     if config.trainer.teacher_cache and algorithm.distiller is not None:
         attach_teacher_cache(algorithm.distiller, batches.data if hasattr(batches, "data") else None,
-                             {n: t.checkpoint for n, t in teachers.items()}, device,
+                             teachers, device,
                              batch_size=config.data.eval_batch_size,
                              progress=config.trainer.progress, log=log,
                              half_maps=getattr(splits.source.task, "target_kind", "label") != "label")
@@ -448,7 +428,7 @@ class Training:
         self.config, self.algorithm, self.batches, self.splits = config, algorithm, batches, splits
         self.device, self.run_dir, self.checksums, self.log = device, run_dir, checksums, log
         self.main = distributed.is_main()
-        self.optimizers, self.schedulers, self.own_step = make_optimizers(algorithm, config, len(batches))
+        self.optimizers, self.schedulers = make_optimizers(algorithm, config, len(batches))
         self.scaler = loss_scaler(config.trainer.amp, device)
         self.position = TrainingState()
         self.stages_done = False
@@ -492,15 +472,12 @@ class Training:
 
     def train(self) -> None:
         """The student's epochs, from where the run stands."""
-        settings = LoopSettings.of(self.config.trainer, scaler=self.scaler, reduce=distributed.reduce_sums,
+        settings = LoopSettings.of(self.config.trainer, optimizers=self.optimizers, schedulers=self.schedulers,
+                                   scaler=self.scaler, reduce=distributed.reduce_sums,
                                    on_step=self.on_step, on_epoch_end=self.on_epoch_end)
-        if self.own_step:  # the algorithm steps its optimizers; it is not wrapped in DDP
-            settings.optimizers, settings.schedulers = self.optimizers, self.schedulers
-            train_epochs(self.algorithm, self.batches, None, None, self.position, settings)
-        else:
+        if ENGINE_OPTIMIZER in self.optimizers:  # an algorithm that steps its own is not DDP-wrapped
             settings.step_module = distributed.wrap(self.algorithm, self.device)
-            train_epochs(self.algorithm, self.batches, self.optimizers[ENGINE_OPTIMIZER],
-                         self.schedulers[ENGINE_OPTIMIZER], self.position, settings)
+        train_epochs(self.algorithm, self.batches, self.position, settings)
 
     def on_step(self, pos: TrainingState) -> None:
         every = self.config.trainer.checkpoint_every

@@ -30,7 +30,8 @@ from ..files import cache_dir
 from .batches import TrainBatches
 from .checkpoint import exclusive, load_weights, save_atomic
 from .evaluate import evaluate
-from .loop import LoopSettings, NonFiniteLoss, TrainingState, describe_epoch, nonfinite_tensors, train_epochs
+from .loop import (ENGINE_OPTIMIZER, LoopSettings, NonFiniteLoss, TrainingState, describe_epoch,
+                   nonfinite_tensors, train_epochs)
 from .optim import make_optimizer, make_scheduler
 from .transforms import apply_transforms, build_transforms
 
@@ -128,9 +129,10 @@ def train_teacher(model: nn.Module, tcfg: TeacherConfig, config: RunConfig, spli
         log(f"teacher {tcfg.name}: " + describe_epoch(position.epoch, tcfg.train.epochs, train,
                                                       {f"test {metric}": scores[metric]}))
 
-    train_epochs(algorithm, batches, optimizer, scheduler, TrainingState(),
-                 LoopSettings(tcfg.train.epochs, progress=config.trainer.progress,
-                              label=f"teacher {tcfg.name}", on_epoch_end=on_epoch_end))
+    train_epochs(algorithm, batches, TrainingState(),
+                 LoopSettings(tcfg.train.epochs, {ENGINE_OPTIMIZER: optimizer}, {ENGINE_OPTIMIZER: scheduler},
+                              progress=config.trainer.progress, label=f"teacher {tcfg.name}",
+                              on_epoch_end=on_epoch_end))
     algorithm.remove_taps()
     return scores
 

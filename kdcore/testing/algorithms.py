@@ -10,10 +10,12 @@ from torch import nn
 from ..components import Algorithm, Batch, DistillationHead, PreTraining
 from ..components.distiller import DistillPoint
 from ..engine.batches import TrainBatches
+from ..engine.loop import LoopSettings, NonFiniteLoss, TrainingState, Update, checked_own_optimizers
+from ..errors import UserError
 from ..registry import build
 from ..task import ClassificationTask
 from ..taps import Tap
-from ._base import ContractBase, check, describe, max_abs_diff, num, seeded, skip
+from ._base import ContractBase, check, describe, fail, max_abs_diff, num, seeded, skip
 from .heads import check_terms
 from .tiny import (INPUT_SHAPE, NUM_CLASSES, MeanSquared, changed, random_split, sgd_step, snapshot,
                    tiny_cnn)
@@ -24,8 +26,9 @@ class AlgorithmContract(ContractBase):
     frozen teacher unless ``teachers = 0``), one step on random 1x28x28 data returns finite
     terms, and backprop plus one optimizer step changes the student but not the teacher.
     An algorithm that owns its step (``optimizers()`` returns a dict) is stepped as the engine
-    does it: ``optimization_step`` with an ``update(loss, name)`` doing a plain SGD step; its
-    optimizers must hold every trainable parameter once, and each must be updated.
+    does it: ``optimization_step`` with the engine's ``update(loss, name)``, over plain SGD; its
+    optimizers must pass the run's checks (non-empty names, every trainable parameter once),
+    and each must be updated.
 
     :cvar teachers: number of tiny teachers (0: the algorithm gets ``distiller=None``).
     :cvar num_samples: size of the random training split.
@@ -78,24 +81,16 @@ class AlgorithmContract(ContractBase):
         return next(iter(batches.epoch(0, 0)))
 
     def own_optimizers(self, algorithm: Any) -> dict[str, torch.optim.Optimizer] | None:
-        """The algorithm's own optimizers (plain SGD at ``lr``), or None on the default path."""
-        optimizers = algorithm.optimizers(lambda groups: torch.optim.SGD(groups, lr=self.lr))
-        if optimizers is None:
-            return None
-        check(isinstance(optimizers, dict) and optimizers and
-              all(isinstance(o, torch.optim.Optimizer) for o in optimizers.values()),
-              f"{self.where()}.optimizers() returned {describe(optimizers)}; return None or "
-              f"{{name: torch.optim.Optimizer}}")
-        held = [id(p) for o in optimizers.values() for g in o.param_groups for p in g["params"]]
-        trainable = {id(p) for p in algorithm.trainable_parameters()}
-        check(len(held) == len(set(held)) and set(held) == trainable,
-              f"{self.where()}.optimizers() must hold every trainable parameter exactly once "
-              f"({len(trainable)} trainable, {len(held)} held, {len(set(held))} distinct)")
-        return optimizers
+        """The algorithm's own optimizers (plain SGD at ``lr``), checked as the run checks them,
+        or None on the default path."""
+        try:
+            return checked_own_optimizers(algorithm, lambda groups: torch.optim.SGD(groups, lr=self.lr))
+        except UserError as error:
+            fail(f"{self.where()}: {error}")
 
     def step_terms(self, parts: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """One step's terms. An own-step algorithm has taken its updates when this returns
-        (``parts["updated"]`` lists the optimizers it stepped, in order)."""
+        """One step's terms. An own-step algorithm has taken its updates when this returns,
+        through the engine's ``update`` (``parts["updated"]`` names the optimizers it stepped)."""
         algorithm = parts["algorithm"]
         algorithm.train()
         batch = self.first_batch(algorithm, parts["train"])
@@ -104,20 +99,20 @@ class AlgorithmContract(ContractBase):
             if optimizers is None:
                 terms = algorithm.training_step(batch, epoch=0, step=0)
             else:
-                updated = parts["updated"] = []
+                engine_update = Update(LoopSettings(1, optimizers), TrainingState())
 
                 def update(loss: torch.Tensor, name: str) -> bool:
                     check(name in optimizers, f"{self.where()}: update(loss, {name!r}) names no "
                                               f"optimizer of optimizers() ({sorted(optimizers)})")
                     check(loss.requires_grad, f"{self.where()}: update(loss, {name!r}) got a loss "
                                               f"that depends on no trainable parameter")
-                    optimizers[name].zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizers[name].step()
-                    updated.append(name)
-                    return True
+                    try:
+                        return engine_update(loss, name)
+                    except (UserError, NonFiniteLoss) as error:  # a kit failure, not a run's stop
+                        fail(f"{self.where()}: {error}")
 
                 terms = algorithm.optimization_step(batch, epoch=0, step=0, update=update)
+                parts["updated"] = [name for name, stepped in engine_update.stepped.items() if stepped]
         what = "optimization_step" if optimizers is not None else "training_step"
         return check_terms(terms, f"{self.where()}.{what}")
 

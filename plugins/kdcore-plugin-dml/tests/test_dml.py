@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from torch import nn
 
 import kdcore
-from kdcore.assemble import check_teachers_wanted
+from kdcore.precheck import check_components
 from kdcore.cli import main
 from kdcore.config import load_config
 from kdcore.data.fashion_mnist import FASHION_MNIST_ROOT
@@ -174,8 +174,8 @@ def test_through_kdcores_loop_every_student_steps_every_batch():
     schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for n, o in optimizers.items()}
     batches = TrainBatches(random_split(32), 8, 0, device=torch.device("cpu"))
     rows: list[dict[str, float]] = []
-    train_epochs(algorithm, batches, None, None, TrainingState(),
-                 LoopSettings(epochs=1, progress=False, optimizers=optimizers, schedulers=schedulers,
+    train_epochs(algorithm, batches, TrainingState(),
+                 LoopSettings(epochs=1, optimizers=optimizers, schedulers=schedulers, progress=False,
                               on_epoch_end=lambda state, summary: rows.append(summary)))
     assert steps == {"student0": 4, "student1": 4}
     assert {"student0_ce", "student0_kl", "student1_ce", "student1_kl"} <= set(rows[0])
@@ -223,10 +223,10 @@ def test_the_algorithm_declares_it_takes_no_teachers():
     with_teacher = load_config({"student": {"type": "cnn_student"}, "algorithm": {"type": "dml"},
                                 "teachers": [{"name": "teacher", "type": "cnn_teacher"}]})
     with pytest.raises(kdcore.UserError, match=r"^config key teachers: algorithm 'dml' learns without") as info:
-        check_teachers_wanted(with_teacher)
+        check_components(with_teacher)
     assert info.value.key_path == "teachers"
     with_teacher.algorithm.type = "teacher_student"
-    check_teachers_wanted(with_teacher)  # distilling algorithms take them
+    check_components(with_teacher)  # distilling algorithms take them
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_ROOT), reason="needs dataset-fashion-mnist")
