@@ -14,6 +14,7 @@ nothing reads or changes the process's umask.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 
@@ -30,18 +31,14 @@ def temp_file(folder: str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int
     """A new, empty file in ``folder`` opened for writing: ``(fd, path)``."""
     while True:
         path = _name(folder, prefix, suffix)
-        try:
+        with contextlib.suppress(FileExistsError):  # the name was taken: draw another
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
-        except FileExistsError:
-            continue
 
 
 def temp_folder(folder: str, prefix: str = ".tmp-") -> str:
     """A new, empty folder in ``folder``."""
     while True:
         path = _name(folder, prefix, "")
-        try:
+        with contextlib.suppress(FileExistsError):  # the name was taken: draw another
             os.mkdir(path, 0o777)
             return path
-        except FileExistsError:
-            continue
