@@ -27,7 +27,7 @@ from .data import DataSource, TensorSplit
 from .data.splits import Splits, take
 from .errors import UserError
 from .models.imported import build_imported
-from .registry import build, lookup
+from .registry import build
 from .taps import OUTPUT, FeatureTaps, Tap, resolve_module
 
 
@@ -255,27 +255,9 @@ def build_point(pcfg: DistillPointConfig, where: str, teacher_name: str, point_n
                         Tap(pcfg.teacher_module, pcfg.teacher_io), head)
 
 
-def check_teachers_wanted(config: RunConfig) -> None:
-    """Refuse teachers for an algorithm whose class says ``takes_teachers = False`` (it would
-    ignore them, or the user meant another algorithm): one line, before anything is built."""
-    if not config.teachers:
-        return
-    registered = lookup("algorithm", config.algorithm.type, where="algorithm")
-    try:
-        factory = registered.component.resolve()
-    except Exception:  # a factory that does not import: build() names it and its plugin
-        return
-    if getattr(factory, "takes_teachers", True) is False:
-        raise UserError(f"config key teachers: algorithm {config.algorithm.type!r} learns without "
-                        f"teachers, but the config gives {len(config.teachers)}; set teachers: [] "
-                        f"(--set teachers=[]), or pick an algorithm that distils (teacher_student)",
-                        key_path="teachers")
-
-
 def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
                     teachers: dict[str, nn.Module], run_dir: str | None = None) -> Algorithm:
     """Wire student, teachers, heads and distiller into the configured algorithm."""
-    check_teachers_wanted(config)
     sample = sample_inputs(splits)
     names = term_names(config)
     for ti, tcfg in enumerate(config.teachers):

@@ -1,8 +1,9 @@
 """Every component block of a config checked against its factory's signature, without building
 anything or reading data: what ``kdcore run --print-config`` does before printing.
 
-The run checks the same things (through :func:`kdcore.registry.call_factory`) when it builds the
-components; this finds the unknown component, the misspelled parameter and the text given for a
+The run calls it too, before it builds any model (``check_assembly``), and checks again
+(through :func:`kdcore.registry.call_factory`) as it builds, with the values only the data and
+the models give; this finds the unknown component, the misspelled parameter and the text given for a
 number (``temperature: two``) while the config is only being looked at.
 """
 
@@ -21,6 +22,7 @@ from .config import (
     TeacherConfig,
     block_keys,
 )
+from .errors import UserError
 from .loggers import logger_configs
 from .models.imported import resolve_target, take_target, use_import_paths
 from .registry import check_params, lookup
@@ -55,7 +57,8 @@ def blocks(config: RunConfig) -> Iterator[tuple[str, str, Any, type, dict[str, A
 
 def check_components(config: RunConfig) -> None:
     """Raise :class:`kdcore.errors.UserError` for the first block whose type is unknown or
-    whose parameters its factory would refuse."""
+    whose parameters its factory would refuse, or for teachers given to an algorithm whose class
+    says ``takes_teachers = False`` (it would ignore them, or the user meant another algorithm)."""
     use_import_paths(config.import_paths)
     for kind, where, block, cls, context in blocks(config):
         if kind == "model" and block.type == "import":  # the user's function is the factory
@@ -70,6 +73,8 @@ def check_components(config: RunConfig) -> None:
         except Exception:  # a factory that does not import: the run names it and its plugin
             continue
         check_params(factory, block.params, context, where=where, block_keys=block_keys(cls), dry=True)
-    from .assemble import check_teachers_wanted
-
-    check_teachers_wanted(config)  # teachers for an algorithm that takes none
+        if kind == "algorithm" and config.teachers and getattr(factory, "takes_teachers", True) is False:
+            raise UserError(f"config key teachers: algorithm {block.type!r} learns without "
+                            f"teachers, but the config gives {len(config.teachers)}; set teachers: [] "
+                            f"(--set teachers=[]), or pick an algorithm that distils (teacher_student)",
+                            key_path="teachers")

@@ -34,6 +34,7 @@ from ..data.augment import build_augment
 from ..errors import UserError
 from ..loggers import Loggers, open_loggers
 from ..models.imported import use_import_paths
+from ..precheck import check_components
 from ..task import headline
 from . import distributed
 from .batches import TrainBatches
@@ -172,6 +173,7 @@ def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = No
 def check_assembly(config: RunConfig, splits: Any) -> None:
     """Build everything once on untrained teachers, so a wrong module path, parameter or shape
     is reported in seconds, before any teacher is trained. Shapes do not depend on weights."""
+    check_components(config)  # also refuses teachers for an algorithm that takes none
     build_transforms(config.trainer.model_transforms)  # a typo or a missing plugin, named now
     with torch.random.fork_rng():
         teachers = {t.name: build_model(t, splits.source, f"teachers[{i}]")
