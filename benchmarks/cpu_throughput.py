@@ -57,6 +57,7 @@ from kdcore.data.fashion_mnist import FASHION_MNIST_ROOT, FASHION_MNIST_STATS
 from kdcore.engine.batches import epoch_order
 from kdcore.engine.cpu import tune_cpu
 from kdcore.engine.teacher_cache import attach_teacher_cache
+from kdcore.engine.teachers import Teacher, weights_checksum
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import HandLoop, KdcoreSetup, log, machine_info
@@ -159,9 +160,11 @@ def one_run(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         if arm == "kdcore+cache":
             t0 = time.perf_counter()
-            teacher = config.teachers[0].name
-            attach_teacher_cache(kd.algorithm.distiller, kd.batches.data,
-                                 {teacher: os.path.join(args.cache_root, "teacher.pt")}, device,
+            name = config.teachers[0].name
+            model = kd.algorithm.distiller.teachers[name]
+            record = Teacher(model, os.path.join(args.cache_root, "teacher.pt"), sha256="", params=0,
+                             running_sha256=weights_checksum(model))  # what the cache reads of it
+            attach_teacher_cache(kd.algorithm.distiller, kd.batches.data, {name: record}, device,
                                  progress=False, log=log)
             fill_s = time.perf_counter() - t0
         x0 = first.inputs

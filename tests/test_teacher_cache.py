@@ -15,6 +15,16 @@ from kdcore.cli import main
 pytestmark = pytest.mark.fashion
 
 
+def records(distiller, folder) -> dict:
+    """The run's record of each teacher (engine.teachers.Teacher) as the cache reads it: its
+    checkpoint's place and the checksum of its weights as they run."""
+    from kdcore.engine.teachers import Teacher, weights_checksum
+
+    return {name: Teacher(model, os.path.join(folder, f"{name}.pt"), sha256="", params=0,
+                          running_sha256=weights_checksum(model))
+            for name, model in distiller.teachers.items()}
+
+
 def run(tmp_path, tiny, *extra: str):
     args = ["run", "--output-dir", str(tmp_path)]
     for item in [*tiny, "trainer.epochs=2", *extra]:
@@ -62,7 +72,7 @@ def test_feature_taps_are_cached_by_index() -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        attach_teacher_cache(distiller, data, {"t": os.path.join(folder, "t.pt")}, torch.device("cpu"),
+        attach_teacher_cache(distiller, data, records(distiller, folder), torch.device("cpu"),
                              batch_size=7, progress=False, log=lambda s: None)
         idx = torch.tensor([19, 3, 3, 0])
         cached = distiller.teacher_features(data.inputs[idx], indices=idx)["t"]["stage2"]
@@ -73,7 +83,8 @@ def test_feature_taps_are_cached_by_index() -> None:
         from kdcore.engine.teacher_cache import TeacherOutputCache
 
         memmapped = distiller.caches["t"]
-        resident = TeacherOutputCache(memmapped.path, list(memmapped.arrays), resident_on=torch.device("cpu"))
+        resident = TeacherOutputCache(memmapped.path, list(memmapped.arrays))
+        resident.keep_on(torch.device("cpu"), chunk_bytes=1)  # one row a copy
         assert resident.resident and resident.nbytes == memmapped.nbytes
         for key, rows in memmapped.rows(idx, torch.device("cpu")).items():
             assert torch.equal(resident.rows(idx, torch.device("cpu"))[key], rows)
@@ -102,7 +113,7 @@ def _cache_fixture(tmp_path):
     head = kdcore.DistillationHead({"l": (1.0, kdcore.build("loss", "kd"))})
     distiller = kdcore.Distiller({"t": cnn_teacher()}, [DistillPoint("p", "t", Tap("output"), Tap("output"), head)])
     data = TensorSplit(torch.randn(6, 1, 28, 28), torch.zeros(6, dtype=torch.long))
-    return distiller, data, {"t": str(tmp_path / "t.pt")}
+    return distiller, data, records(distiller, tmp_path)
 
 
 def test_a_second_run_waits_on_the_lock_and_reuses_the_cache_the_first_fills(tmp_path, monkeypatch) -> None:
@@ -114,9 +125,9 @@ def test_a_second_run_waits_on_the_lock_and_reuses_the_cache_the_first_fills(tmp
 
     import kdcore.engine.teacher_cache as tc
 
-    distiller, data, checkpoints = _cache_fixture(tmp_path)
+    distiller, data, teachers = _cache_fixture(tmp_path)
     cpu = torch.device("cpu")
-    folder = tc.attach_teacher_cache(distiller, data, checkpoints, cpu, progress=False, log=lambda _: None)["t"]
+    folder = tc.attach_teacher_cache(distiller, data, teachers, cpu, progress=False, log=lambda _: None)["t"]
     shutil.rmtree(folder)
     fill, events, errors = tc._fill, [], []
     monkeypatch.setattr(tc, "_fill", lambda *a, **k: events.append("waiter filled") or fill(*a, **k))
@@ -125,7 +136,7 @@ def test_a_second_run_waits_on_the_lock_and_reuses_the_cache_the_first_fills(tmp
 
     def waiter_run() -> None:
         try:
-            tc.attach_teacher_cache(distiller, data, checkpoints, cpu, progress=False, log=lambda _: None)
+            tc.attach_teacher_cache(distiller, data, teachers, cpu, progress=False, log=lambda _: None)
         except BaseException as error:  # noqa: BLE001 - re-raised in the test
             errors.append(error)
 
@@ -144,11 +155,26 @@ def test_a_second_run_waits_on_the_lock_and_reuses_the_cache_the_first_fills(tmp
     assert events == ["released", "agreed", "agreed"]  # it waited for the lock, then did not fill
 
 
+def test_the_cache_is_keyed_by_the_checksum_the_run_holds_not_a_second_hash(tmp_path, monkeypatch) -> None:
+    """The run hashes the teachers' weights as they run once (Teacher.running_sha256); the
+    cache's key is that value, so other weights (another checksum) never read this cache."""
+    import kdcore.engine.teacher_cache as tc
+    import kdcore.engine.teachers
+
+    distiller, data, teachers = _cache_fixture(tmp_path)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(kdcore.engine.teachers, "weights_checksum", lambda model: pytest.fail("hashed again"))
+    first = tc.attach_teacher_cache(distiller, data, teachers, cpu, progress=False, log=lambda _: None)["t"]
+    teachers["t"].running_sha256 = "0" * 64
+    other = tc.attach_teacher_cache(distiller, data, teachers, cpu, progress=False, log=lambda _: None)["t"]
+    assert first != other and os.path.isdir(first) and os.path.isdir(other)
+
+
 def test_other_ranks_never_fill_and_stop_when_the_filler_failed(tmp_path, monkeypatch) -> None:
     import kdcore.engine.teacher_cache as tc
     from kdcore.errors import UserError
 
-    distiller, data, checkpoints = _cache_fixture(tmp_path)
+    distiller, data, teachers = _cache_fixture(tmp_path)
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(tc.distributed, "world_size", lambda: 2)
     monkeypatch.setattr(tc, "_fill", lambda *a, **k: pytest.fail("only LOCAL_RANK 0 fills"))
@@ -156,7 +182,7 @@ def test_other_ranks_never_fill_and_stop_when_the_filler_failed(tmp_path, monkey
     monkeypatch.setattr(tc.distributed, "all_ranks",
                         lambda ok, device, **kw: calls.append(kw) or False)  # the filler failed
     with pytest.raises(UserError, match="filling its output cache failed on another process"):
-        tc.attach_teacher_cache(distiller, data, checkpoints, torch.device("cpu"), progress=False,
+        tc.attach_teacher_cache(distiller, data, teachers, torch.device("cpu"), progress=False,
                                 log=lambda _: None)
     assert calls == [{"patient": True}]  # waited in the long-timeout group, not NCCL's
 
@@ -165,12 +191,12 @@ def test_an_incomplete_cache_folder_is_named(tmp_path) -> None:
     import kdcore.engine.teacher_cache as tc
     from kdcore.errors import UserError
 
-    distiller, data, checkpoints = _cache_fixture(tmp_path)
+    distiller, data, teachers = _cache_fixture(tmp_path)
     cpu = torch.device("cpu")
-    folder = tc.attach_teacher_cache(distiller, data, checkpoints, cpu, progress=False, log=lambda _: None)["t"]
+    folder = tc.attach_teacher_cache(distiller, data, teachers, cpu, progress=False, log=lambda _: None)["t"]
     os.unlink(os.path.join(folder, "keys.json"))
     with pytest.raises(UserError, match=f"its output cache {folder} is incomplete.*delete that folder"):
-        tc.attach_teacher_cache(distiller, data, checkpoints, cpu, progress=False, log=lambda _: None)
+        tc.attach_teacher_cache(distiller, data, teachers, cpu, progress=False, log=lambda _: None)
 
 
 @pytest.fixture
@@ -190,8 +216,8 @@ def test_caches_checkpoints_and_scaffolds_get_the_umask_modes_not_tempfiles(tmp_
     mode = lambda path: stat.S_IMODE(os.stat(path).st_mode)  # noqa: E731
     save_atomic({"w": torch.zeros(1)}, str(tmp_path / "teacher.pt"))
     assert mode(tmp_path / "teacher.pt") == 0o664  # mkstemp alone: 0600
-    distiller, data, checkpoints = _cache_fixture(tmp_path)
-    folder = tc.attach_teacher_cache(distiller, data, checkpoints, torch.device("cpu"), progress=False,
+    distiller, data, teachers = _cache_fixture(tmp_path)
+    folder = tc.attach_teacher_cache(distiller, data, teachers, torch.device("cpu"), progress=False,
                                      log=lambda _: None)["t"]
     assert mode(folder) == 0o775  # mkdtemp alone: 0700
     assert {mode(os.path.join(folder, f)) for f in os.listdir(folder)} == {0o664}
@@ -202,9 +228,9 @@ def test_caches_checkpoints_and_scaffolds_get_the_umask_modes_not_tempfiles(tmp_
 def test_a_single_process_with_a_stray_local_rank_still_fills_its_cache(tmp_path, monkeypatch) -> None:
     import kdcore.engine.teacher_cache as tc
 
-    distiller, data, checkpoints = _cache_fixture(tmp_path)
+    distiller, data, teachers = _cache_fixture(tmp_path)
     monkeypatch.setenv("LOCAL_RANK", "1")  # left over in a job script; no torchrun here
-    folder = tc.attach_teacher_cache(distiller, data, checkpoints, torch.device("cpu"), progress=False,
+    folder = tc.attach_teacher_cache(distiller, data, teachers, torch.device("cpu"), progress=False,
                                      log=lambda _: None)["t"]
     assert os.path.isfile(os.path.join(folder, "keys.json"))
 
@@ -242,7 +268,7 @@ def test_teachers_run_under_inference_mode_only_where_autograd_never_sees_their_
     assert student.grad is not None
 
     # filling the teacher-output cache and scoring a frozen teacher: inference mode
-    attach_teacher_cache(distiller, data, {"t": str(tmp_path / "t.pt")}, torch.device("cpu"),
+    attach_teacher_cache(distiller, data, records(distiller, tmp_path), torch.device("cpu"),
                          batch_size=4, progress=False, log=lambda s: None)
     assert modes and all(mode == (True, False) for mode in modes)
     modes.clear()

@@ -21,7 +21,7 @@ from ..components.algorithm import is_teacher_state
 from ..config import ConfigDumper, RunConfig, dump_yaml, flatten, load_config, read_yaml, shown, unstructure
 from ..errors import UserError
 from .checkpoint import TEMP_NAME, load_checkpoint, state_dict_of, write_text_atomic
-from .loop import TrainingState, nonfinite_tensors
+from .loop import ENGINE_OPTIMIZER, TrainingState, nonfinite_tensors
 from .optim import restore_optimizer
 
 CHECKPOINT = os.path.join("checkpoints", "last.pt")
@@ -115,10 +115,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def trainable_state(algorithm: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The algorithm's state without the frozen teachers (they come from their checkpoints)."""
     return {k: v for k, v in algorithm.state_dict().items() if not is_teacher_state(k)}
-
-
-#: the name of the engine's one optimizer (the default path: ``Algorithm.optimizers()`` is None)
-ENGINE_OPTIMIZER = ""
 
 
 def optimizers_state(optimizers: dict[str, torch.optim.Optimizer],

@@ -20,6 +20,7 @@ flipped bit, zeroed rows, a truncated file or a damaged header are named, with t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -43,7 +44,7 @@ from . import distributed
 from .checkpoint import DISK_FULL, exclusive
 from .frozen import frozen_pass
 from .loop import bar_disabled
-from .teachers import weights_checksum
+from .teachers import Teacher
 
 VERSION = 2  # 2: checksums.json
 #: the free space a cache must leave on its disk
@@ -95,15 +96,6 @@ def _folder_for(checkpoint: str) -> str:
     return os.path.join(cache_dir(), "teacher-outputs")
 
 
-def _to_device(array: np.ndarray, device: torch.device, chunk_bytes: int = 64 << 20) -> torch.Tensor:
-    """Copy a memory-mapped array to ``device`` in slices, never holding all of it in host RAM."""
-    table = torch.empty(array.shape, dtype=torch.float32, device=device)
-    rows = max(1, chunk_bytes // max(1, array[:1].nbytes))
-    for start in range(0, len(array), rows):
-        table[start:start + rows].copy_(torch.from_numpy(np.array(array[start:start + rows])))  # a writable copy
-    return table
-
-
 class TeacherOutputCache:
     """The cached outputs of one teacher's taps over one training split.
 
@@ -113,17 +105,21 @@ class TeacherOutputCache:
     wait for the device.
     """
 
-    def __init__(self, path: str, keys: list[str], resident_on: torch.device | None = None) -> None:
+    def __init__(self, path: str, keys: list[str]) -> None:
         self.path = path
         self.arrays = {key: np.load(os.path.join(path, f"{i}.npy"), mmap_mode="r")
                        for i, key in enumerate(keys)}
         self.resident: dict[str, torch.Tensor] = {}
-        if resident_on is not None:
-            self.keep_on(resident_on)
 
-    def keep_on(self, device: torch.device) -> None:
-        """Copy the cache to ``device`` once; rows are then gathered there."""
-        self.resident = {key: _to_device(array, device) for key, array in self.arrays.items()}
+    def keep_on(self, device: torch.device, chunk_bytes: int = 64 << 20) -> None:
+        """Copy the cache to ``device`` once, in slices (never all of it in host RAM); rows are
+        then gathered there."""
+        for key, array in self.arrays.items():
+            table = torch.empty(array.shape, dtype=torch.float32, device=device)
+            rows = max(1, chunk_bytes // max(1, array[:1].nbytes))
+            for start in range(0, len(array), rows):  # np.array: a writable copy of the slice
+                table[start:start + rows].copy_(torch.from_numpy(np.array(array[start:start + rows])))
+            self.resident[key] = table
 
     @property
     def nbytes(self) -> int:
@@ -164,21 +160,12 @@ class _NpyWriter:
 
 def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
           batch_size: int, device: torch.device, progress: bool, half: frozenset[str] = frozenset()) -> None:
-    try:
-        _fill_into(distiller, name, data, folder, keys, batch_size, device, progress, half)
-    except OSError as error:
-        if error.errno in DISK_FULL:
-            raise UserError(f"teacher {name}: no space left to write its output cache in "
-                            f"{os.path.dirname(folder)} ({error.strerror}); free space there, or "
-                            f"turn trainer.teacher_cache off") from None
-        raise
-
-
-def _fill_into(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
-               batch_size: int, device: torch.device, progress: bool, half: frozenset[str] = frozenset()) -> None:
-    tmp = temp_folder(os.path.dirname(folder))  # not mkdtemp's 0700: runs of other users share it
+    """Teacher ``name``'s taps ``keys`` over ``data``, written into a temporary folder that is
+    renamed to ``folder`` once complete (``keys.json`` last), so a kill never leaves half a cache."""
     writers: dict[str, _NpyWriter] = {}
+    tmp = ""  # until the folder is made
     try:
+        tmp = temp_folder(os.path.dirname(folder))  # not mkdtemp's 0700: runs of other users share it
         for start in tqdm(range(0, len(data), batch_size), disable=bar_disabled(progress), leave=False,
                           desc=f"teacher cache {name}"):
             inputs = data.inputs[start:start + batch_size].to(device)
@@ -211,24 +198,24 @@ def _fill_into(distiller: Distiller, name: str, data: TensorSplit, folder: str, 
             if not os.path.isdir(folder):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another run filled the same cache first
-    except BaseException:
+    except BaseException as error:
         for writer in writers.values():
             writer.file.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            raise UserError(f"teacher {name}: no space left to write its output cache in "
+                            f"{os.path.dirname(folder)} ({error.strerror}); free space there, or "
+                            f"turn trainer.teacher_cache off") from None
         raise
 
 
-def _file_crc(path: str, chunk: int = 16 << 20) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
 def verify_cache(name: str, folder: str) -> None:
-    """Every file of a filled cache against the CRC-32 and size its fill recorded; a damaged
-    or missing file is named, with the remedy."""
+    """A filled cache is complete (``keys.json``, which the fill writes last) and every file has
+    the CRC-32 and size its fill recorded; a damaged or missing file is named, with the remedy."""
+    if not os.path.isfile(os.path.join(folder, "keys.json")):
+        raise UserError(f"teacher {name}: its output cache {folder} is incomplete (no keys.json; "
+                        f"not written by kdcore's fill): delete that folder and run again")
     remedy = f"delete the folder {folder} and run again: it is filled again"
     try:
         with open(os.path.join(folder, "checksums.json"), encoding="utf-8") as f:
@@ -246,76 +233,64 @@ def verify_cache(name: str, folder: str) -> None:
         if size != recorded.get("bytes"):
             raise UserError(f"teacher {name}: output cache file {path} is damaged ({size} bytes, "
                             f"{recorded.get('bytes')} when filled); {remedy}")
-        if _file_crc(path) != recorded.get("crc32"):
+        crc = 0
+        with open(path, "rb") as f:
+            while block := f.read(16 << 20):
+                crc = zlib.crc32(block, crc)
+        if crc != recorded.get("crc32"):
             raise UserError(f"teacher {name}: output cache file {path} is damaged (its CRC-32 "
                             f"differs from the one recorded when it was filled); {remedy}")
 
 
 def _fill_once(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys: list[str],
                batch_size: int, device: torch.device, progress: bool, log: Callable[[str], None],
-               half: frozenset[str] = frozenset()) -> None:
-    """Fill ``folder`` unless it exists. Under a lock file: a second run sharing the cache
-    waits for the first one's fill and then finds it filled."""
-    if os.path.isdir(folder):
-        return
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    with exclusive(folder, log):
-        if not os.path.isdir(folder):
-            with frozen_pass(distiller.teachers[name]):  # the features go to disk, never to autograd
-                _fill(distiller, name, data, folder, keys, batch_size, device, progress, half)
-
-
-def _check_complete(name: str, folder: str) -> None:
-    if not os.path.isfile(os.path.join(folder, "keys.json")):  # the fill writes it last
-        raise UserError(f"teacher {name}: its output cache {folder} is incomplete (no keys.json; "
-                        f"not written by kdcore's fill): delete that folder and run again")
+               half: frozenset[str]) -> None:
+    """Fill ``folder`` unless it exists, then check it. Under a lock file: a second run sharing
+    the cache waits for the first one's fill and then finds it filled."""
+    if not os.path.isdir(folder):
+        with exclusive(folder, log):
+            if not os.path.isdir(folder):
+                with frozen_pass(distiller.teachers[name]):  # the features go to disk, never to autograd
+                    _fill(distiller, name, data, folder, keys, batch_size, device, progress, half)
     verify_cache(name, folder)
 
 
-def tap_shapes(distiller: Distiller, name: str, data: TensorSplit, keys: list[str],
-               device: torch.device) -> dict[str, tuple[int, ...]]:
-    """Per-sample shapes of teacher ``name``'s cached taps, from one sample."""
-    with frozen_pass(distiller.teachers[name]):
-        features = distiller.compute_teacher_features(data.inputs[:1].to(device))[name]
-    return {key: tuple(features[key].shape[1:]) if torch.is_tensor(features[key]) else ()
-            for key in keys}
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if nbytes < 1000:
+            return f"{nbytes:.0f} B" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f} GB"
 
 
-def cache_size(shapes: dict[str, tuple[int, ...]], half: frozenset[str], n: int) -> tuple[int, str]:
-    """Bytes the cache takes, and its layout as ``tap N x C x H x W dtype (size)`` parts."""
+def check_room(name: str, folder: str, shapes: dict[str, tuple[int, ...]], half: frozenset[str], n: int,
+               log: Callable[[str], None]) -> None:
+    """Say what teacher ``name``'s cache of ``n`` samples will hold (``tap N x C x H x W dtype
+    (size)``), and refuse, before writing anything, one that the disk cannot hold (with a margin)."""
     total, parts = 0, []
     for key, shape in shapes.items():
-        itemsize = 2 if key in half else 4
-        nbytes = n * math.prod(shape) * itemsize
+        nbytes = n * math.prod(shape) * (2 if key in half else 4)
         total += nbytes
         dims = " x ".join(str(d) for d in (n, *shape))
         parts.append(f"{key} {dims} {'float16' if key in half else 'float32'} ({_human(nbytes)})")
-    return total, ", ".join(parts)
-
-
-def _human(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1000 or unit == "GB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1000
-    return ""
-
-
-def check_room(name: str, parent: str, size: int, layout: str) -> None:
-    """Refuse, before writing anything, a cache that the disk cannot hold (with a margin)."""
+    layout = ", ".join(parts)
+    log(f"teacher {name}: caching its outputs on {n} images in {folder}: {layout}, {_human(total)} in all")
+    parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
     free = shutil.disk_usage(parent).free
-    if size + DISK_MARGIN > free:
-        raise UserError(f"trainer.teacher_cache: teacher {name}'s outputs need {_human(size)} "
+    if total + DISK_MARGIN > free:
+        raise UserError(f"trainer.teacher_cache: teacher {name}'s outputs need {_human(total)} "
                         f"({layout}) but {parent} has {_human(free)} free; turn "
                         f"trainer.teacher_cache off, cache fewer taps, or set KDCORE_CACHE_DIR "
                         f"to a disk with room")
 
 
-def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str, str],
+def attach_teacher_cache(distiller: Distiller, data: Any, teachers: dict[str, Teacher],
                          device: torch.device, *, batch_size: int = 1000, progress: bool = True,
                          log: Callable[[str], None] = print, half_maps: bool = False) -> dict[str, str]:
     """Build (or find) the cache of every teacher and make ``distiller`` read from it.
+    ``teachers``: the run's record of each; a cache lives next to the teacher's checkpoint and is
+    keyed by its weights as they run (``running_sha256``).
 
     ``half_maps`` (dense tasks): store maps as float16 (HALF_MAPS, at the top of this module)."""
     if not isinstance(data, TensorSplit):
@@ -329,30 +304,26 @@ def attach_teacher_cache(distiller: Distiller, data: Any, checkpoints: dict[str,
             continue
         # and the output, as a computed pass has it: algorithms read it (MEAL V2's ensemble)
         keys = sorted({*keys, OUTPUT})
-        shapes = tap_shapes(distiller, name, data, keys, device)
-        half = frozenset(k for k in keys if half_maps and len(shapes[k]) >= 2)  # HALF_MAPS below
-        identity = {"v": VERSION, "weights": weights_checksum(teacher), "inputs": digest, "taps": keys}
+        with frozen_pass(teacher):  # one sample gives each tap's per-sample shape
+            features = distiller.compute_teacher_features(data.inputs[:1].to(device))[name]
+        shapes = {key: tuple(features[key].shape[1:]) if torch.is_tensor(features[key]) else ()
+                  for key in keys}
+        half = frozenset(k for k in keys if half_maps and len(shapes[k]) >= 2)  # HALF_MAPS above
+        identity = {"v": VERSION, "weights": teachers[name].running_sha256, "inputs": digest, "taps": keys}
         if half:  # named only when used, so the caches of classifiers keep their keys
             identity["float16"] = sorted(half)
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-        folder = os.path.join(_folder_for(checkpoints[name]), f"{name}-{key}")
+        folder = os.path.join(_folder_for(teachers[name].checkpoint), f"{name}-{key}")
         if os.path.isdir(folder):
             log(f"teacher {name}: reading cached outputs from {folder}")
         else:
-            size, layout = cache_size(shapes, half, len(data))
-            log(f"teacher {name}: caching its outputs on {len(data)} images in {folder}: "
-                f"{layout}, {_human(size)} in all")
-            check_room(name, os.path.dirname(folder), size, layout)
-        def fill_and_check(name: str = name, folder: str = folder, keys: list[str] = keys,
-                           half: frozenset[str] = half) -> None:
-            _fill_once(distiller, name, data, folder, keys, batch_size, device, progress, log, half)
-            _check_complete(name, folder)
-
+            check_room(name, folder, shapes, half, len(data), log)
         # one process per machine fills it; the others wait for the whole fill, then check it
         distributed.local_main_first(
-            fill_and_check, device,
-            f"teacher {name}: filling its output cache",
-            others=lambda name=name, folder=folder: _check_complete(name, folder))
+            functools.partial(_fill_once, distiller, name, data, folder, keys, batch_size, device,
+                              progress, log, half),
+            device, f"teacher {name}: filling its output cache",
+            others=functools.partial(verify_cache, name, folder))
         cache = TeacherOutputCache(folder, keys)
         if device.type != "cpu" and cache.nbytes <= resident_budget:
             cache.keep_on(device)
