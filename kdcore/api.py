@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TeacherConfig, block_keys, load_config, load_yaml, read_yaml
+from .config import DataConfig, TeacherConfig, block_keys, load_config, load_yaml, read_yaml
 from .data import DataSource, TensorSplit
 from .errors import UserError
 from .files import cache_dir
@@ -42,7 +42,7 @@ Data = Any  # (inputs, targets) tensors, a TensorSplit, or a map-style Dataset o
 
 
 def _split(data: Data, what: str) -> Any:
-    if isinstance(data, TensorSplit) or isinstance(data, torch.utils.data.Dataset):
+    if isinstance(data, (TensorSplit, torch.utils.data.Dataset)):
         return data
     if isinstance(data, Sequence) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
         inputs, targets = data
@@ -144,10 +144,8 @@ def _run_config(data: dict[str, Any], teachers: dict[str, nn.Module]) -> dict[st
     algorithm = data.get("algorithm") if isinstance(data.get("algorithm"), dict) else {}
     if not teachers and algorithm.get("type", "teacher_student") == "teacher_student":
         data["algorithm"] = {"type": "vanilla"}
-    kept = {k: v for k, v in (data.get("data") or {}).items() if k != "type" and k in
-            ("batch_size", "eval_batch_size", "train_limit", "test_limit", "val_split", "labelled",
-             "drop_unlabelled", "augment")}
-    data["data"] = {"type": f"{PLUGIN}:data", **kept}
+    sizes = {k: v for k, v in (data.get("data") or {}).items() if k in block_keys(DataConfig)}
+    data["data"] = {**sizes, "type": f"{PLUGIN}:data"}  # batch sizes, limits, augment: not the data set
     return data
 
 
