@@ -187,7 +187,7 @@ def test_deep_mutual_learning_resumes_both_students_optimizers(tmp_path) -> None
 
 ENGINE = Path(__file__).resolve().parents[1] / "kdcore" / "engine"
 #: the front ends and the assembly: they use the engine, never the other way round
-ABOVE_THE_ENGINE = {"kdcore.assemble", "kdcore.cli", "kdcore.compare", "kdcore.api"}
+ABOVE_THE_ENGINE = {"kdcore.assemble", "kdcore.cli", "kdcore.api"}
 
 
 def imported(path: Path) -> set[str]:
