@@ -53,13 +53,6 @@ def test_segmentation_run_reports_miou_and_caches_float16_maps(tmp_path, cache) 
     assert "miou" in row["student"]["test"] and "top1" not in row["student"]["test"]
     arrays = [np.load(p, mmap_mode="r") for p in cache.rglob("*.npy")]
     assert sorted(a.dtype.name for a in arrays) == ["float16", "float16"]
-    # the picture of test scenes: input, ground truth, teacher, student
-    drawn = CliRunner().invoke(main, ["draw", run_dir, "--out", str(tmp_path / "scenes.png"), "--count", "2"])
-    assert drawn.exit_code == 0, drawn.output
-    from PIL import Image
-
-    width, height = Image.open(tmp_path / "scenes.png").size
-    assert abs(width / height - 4 / 2) < 0.1  # 4 columns (input, truth, teacher, student), 2 rows
 
 
 def test_float16_teacher_maps_change_the_losses_by_far_less_than_their_size() -> None:
@@ -127,11 +120,3 @@ def test_feature_methods_run_unchanged_on_the_segmentation_models(tmp_path, cach
     result = invoke(tmp_path, *SEG, f"teachers.0.distill=[{point}]", "trainer.teacher_cache=true")
     assert result.exit_code == 0, result.output
     assert "student miou:" in result.output
-
-
-def test_inspect_takes_the_data_sets_parameters() -> None:
-    result = CliRunner().invoke(main, ["inspect", "seg_student", "--dataset", "fashion_scenes",
-                                       "--data", "train_scenes=8", "--data", "test_scenes=8"])
-    assert result.exit_code == 0, result.output
-    assert "input (1, 64, 64)" in result.output
-    assert "classifier       (11, 32, 32)" in result.output and "(11, 64, 64)     (model output)" in result.output

@@ -123,10 +123,3 @@ def test_mistakes_are_one_line(project, item, expected) -> None:
 def test_print_config_checks_the_target_signature(project, item, expected) -> None:
     result = cli("run", "--print-config", "--config", str(project / "exp.yaml"), *sets(item))
     assert result.exit_code == 2 and expected in result.output, result.output
-
-
-def test_inspect_shows_an_imported_models_paths(project, monkeypatch) -> None:
-    monkeypatch.chdir(project)
-    result = cli("inspect", "import", "--set", "target=mypkg.models:Net", "--input-shape", "1,28,28")
-    assert result.exit_code == 0, result.output
-    assert "body.1" in result.output and "fc" in result.output

@@ -26,7 +26,7 @@ import attrs
 import torch
 from torch import nn
 
-from .taps import OUTPUT, probe_pass
+from kdcore.taps import OUTPUT, probe_pass
 
 
 @attrs.frozen
@@ -266,7 +266,7 @@ def snippet(pairing: Pairing, feature_loss: dict[str, Any] | None = None,
 def feature_loss() -> dict[str, Any] | None:
     """The stage-pair loss the snippet suggests: FitNets' hint (needs the connector) if
     installed, else AT (channel-pooled maps, no connector), else none."""
-    from .registry import components
+    from kdcore.registry import components
 
     installed = {r.component.name for r in components("loss")}
     if "fitnet" in installed:
@@ -279,8 +279,8 @@ def feature_loss() -> dict[str, Any] | None:
 def pair_report(teacher_name: str, teacher: nn.Module, student_name: str, student: nn.Module,
                 shape: tuple[int, ...]) -> list[str]:
     """What ``kdcore inspect --pair`` prints: sizes, both models side by side, the snippet."""
-    from .assemble import shape_error
-    from .errors import UserError
+    from kdcore.assemble import shape_error
+    from kdcore.errors import UserError
 
     try:
         pairing = pair_models(student, teacher, torch.zeros(2, *shape))

@@ -1,5 +1,5 @@
-"""kdcore.pairing and `kdcore inspect --pair`: which teacher and student layers are paired, the
-connector flag, and a YAML snippet that a run accepts as written."""
+"""kdcore_plugin_inspect.pairing and `kdcore inspect --pair`: which teacher and student layers are
+paired, the connector flag, and a YAML snippet that a run accepts as written."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from kdcore.cli import main
+from kdcore.cli import main, preset_path
 from kdcore.config import DistillPointConfig, load_config, load_yaml, read_yaml, structure
 from kdcore.errors import UserError
 from kdcore.models.cifar_resnet import resnet8
 from kdcore.models.cnn import SmallCNN, cnn_student, cnn_teacher
-from kdcore.pairing import embedding, pair_models, probe, side_by_side, snippet, stage_ends
+from kdcore_plugin_inspect.pairing import embedding, pair_models, probe, side_by_side, snippet, stage_ends
 
 SAMPLE = torch.zeros(2, 1, 28, 28)
 
@@ -133,7 +133,7 @@ def test_snippet_is_a_config_a_run_accepts(tmp_path) -> None:
     parsed = [structure(DistillPointConfig, p, f"distill[{i}]") for i, p in enumerate(points)]
     assert [p.student_module for p in parsed] == ["output", "stage1", "stage2", "stage3"]
     assert all(p.head.student_connector.type == "conv1x1_bn" for p in parsed[1:])
-    data = read_yaml("kdcore/presets/teacher_student.yaml")
+    data = read_yaml(preset_path("teacher_student"))
     data["teachers"][0]["distill"] = points
     config = load_config(data, ["data.train_limit=64", "data.test_limit=64"])
     check_assembly(config, load_data(config.data))
