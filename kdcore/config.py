@@ -8,6 +8,7 @@ is checked against its signature when the component is built.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -283,17 +284,14 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _structure(arg, value, path)
-            except UserError:
-                if len([a for a in args if a is not type(None)]) == 1:
-                    raise
+        if len(options) == 1:  # X | None: X's own message
+            return _structure(options[0], value, path)
+        for option in options:
+            with contextlib.suppress(UserError):
+                return _structure(option, value, path)
         raise _fail(path, tp, value)
     if origin is Literal:
         if value not in typing.get_args(tp):
