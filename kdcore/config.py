@@ -333,11 +333,10 @@ MOVED_KEYS = {
 
 def structure(cls: type, data: Any, path: str = "") -> Any:
     """Build ``cls`` from plain YAML data, raising :class:`UserError` with the key path."""
-    label = path or "config"
     if cls is ComponentConfig and isinstance(data, str):
         data = {"type": data}  # a component without parameters may be named alone: [hflip]
     if not isinstance(data, dict):
-        raise _error(label, f"expected a mapping, got {shown(data)}")
+        raise _error(path or "config", f"expected a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in attrs.fields(cls)}
     params_field = next((f.name for f in fields.values() if f.metadata.get("params")), None)
@@ -366,10 +365,9 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
             raise _fail(key_path, dict, value)
     if params_field is not None:
         kwargs[params_field] = extra
-    missing = [f.name for f in fields.values()
-               if f.default is attrs.NOTHING and f.name not in kwargs]
-    if missing:
-        raise _error(f"{path + '.' if path else ''}{missing[0]}", "required, missing")
+    for f in fields.values():
+        if f.default is attrs.NOTHING and f.name not in kwargs:
+            raise _error(f"{path}.{f.name}" if path else f.name, "required, missing")
     return cls(**kwargs)
 
 
