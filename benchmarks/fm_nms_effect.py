@@ -13,8 +13,7 @@ before and after FM-NMS. Used for the FM-NMS paragraph of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import sys
 
 import torch
 
@@ -24,18 +23,14 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--min-objectness", type=float, default=0.3)
     args = parser.parse_args()
-    from kdcore.assemble import build_model, load_data
-    from kdcore.config import load_config, read_yaml
-    from kdcore.engine.checkpoint import load_weights
+    from kdcore.finished_run import load_run_teacher
     from torchvision.ops import box_iou
     from kdcore_plugin_yolo_kd.losses import fm_nms
 
     torch.set_num_threads(1)
-    cfg = load_config(read_yaml(os.path.join(args.run_dir, "config.yaml")))
-    splits = load_data(cfg.data)
-    teacher = build_model(cfg.teachers[0], splits.source, "teachers[0]")
-    summary = json.load(open(os.path.join(args.run_dir, "summary.json"), encoding="utf-8"))
-    load_weights(teacher, summary["teacher"]["checkpoint"], what="teacher checkpoint")
+    _, splits, teacher = load_run_teacher(args.run_dir)
+    if teacher is None:
+        sys.exit(f"{args.run_dir}: no teacher checkpoint (summary.json names none, or it is gone)")
     with torch.no_grad():
         out = teacher.eval()(splits.test.inputs)
     logit, classes = out[:, :, 4], out[:, :, 5:].argmax(2)

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 
-from kdcore.cli import main
 from kdcore.engine import teacher_cache
 
 from cli_runs import invoke_sets as invoke

@@ -1,6 +1,6 @@
 """Detection runs end to end through the CLI: a run on scenes some of which hold no object
 trains and scores (mAP@.5 is the headline, teacher and student printed), data.labelled hides
-boxes, ``kdcore draw`` draws the boxes, and mistakes are one line with exit code 2."""
+boxes, and mistakes are one line with exit code 2 (``kdcore draw``'s pictures: kdcore-plugin-draw)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import os
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import kdcore
 from kdcore import assemble
-from kdcore.cli import main
 from kdcore.config import DataConfig
 from kdcore.data import DataSource, TensorSplit
 from kdcore.task.detection import DetectionTask
@@ -40,7 +38,7 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_yolo_kd_run_with_empty_and_unlabelled_scenes_then_draw(tmp_path, cache):
+def test_yolo_kd_run_with_empty_and_unlabelled_scenes(tmp_path, cache):
     result = invoke(tmp_path, *DET, YOLO_KD, "data.labelled=48")
     assert result.exit_code == 0, result.output
     assert "teacher map50:" in result.output and "student map50:" in result.output
@@ -50,10 +48,6 @@ def test_yolo_kd_run_with_empty_and_unlabelled_scenes_then_draw(tmp_path, cache)
     assert summary["labelled_images"] == 48 and "top1" not in summary["student"]
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert "yolo_kd" in rows[-1]["train"] and "map50" in rows[-1]["student"]["test"]
-    picture = tmp_path / "boxes.png"
-    drawn = CliRunner().invoke(main, ["draw", run_dir, "--out", str(picture), "--count", "2"])
-    assert drawn.exit_code == 0, drawn.output
-    assert picture.stat().st_size > 1000
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -16,55 +16,48 @@ split (the same for every column).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any
 
 import torch
 
-from .errors import UserError
+from kdcore.errors import UserError
 
 #: a colour per class (tab20 order); class 0 of a segmentation mask (background) is black
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78"]
 
 
-def _summary(run_dir: str) -> dict[str, Any]:
-    path = os.path.join(run_dir, "summary.json")
-    if not os.path.isfile(path):
+def _finished(run_dir: str) -> None:
+    if not os.path.isfile(os.path.join(run_dir, "summary.json")):
         raise UserError(f"{run_dir}: no summary.json; kdcore draw needs a finished run directory "
                         f"(kdcore run writes summary.json and student.pt at the end)")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _models(run_dirs: list[str]) -> tuple[Any, list[tuple[str, torch.nn.Module]]]:
     """The first run's test split and the models to draw: (column title, model), the first
     teacher found (its checkpoint as summary.json names it) before the students."""
-    from .assemble import build_model
-    from .engine.checkpoint import load_weights
-    from .export import load_run_student
+    from kdcore.finished_run import load_run_student, load_run_teacher
 
     columns: list[tuple[str, torch.nn.Module]] = []
     splits = None
     teacher_shown = False
     for run_dir in run_dirs:
-        summary = _summary(run_dir)
+        _finished(run_dir)
         config, splits, student = load_run_student(run_dir, splits)
-        teacher = summary.get("teacher")
-        if not teacher_shown and teacher and os.path.isfile(teacher.get("checkpoint") or ""):
-            model = build_model(config.teachers[0], splits.source, "teachers[0]")
-            load_weights(model, teacher["checkpoint"], what="teacher checkpoint")
-            columns.insert(0, (f"teacher ({config.teachers[0].type})", model))
-            teacher_shown = True
+        if not teacher_shown:
+            _, _, teacher = load_run_teacher(run_dir, splits)
+            if teacher is not None:
+                columns.insert(0, (f"teacher ({config.teachers[0].type})", teacher))
+                teacher_shown = True
         name = re.sub(r"-\d{8}-\d{6}(-\d+)?$", "", os.path.basename(os.path.normpath(run_dir)))
         columns.append((f"student: {name}", student))
     return splits, columns
 
 
 def _images(split: Any, count: int) -> tuple[torch.Tensor, Any]:
-    from .data import TensorSplit
+    from kdcore.data import TensorSplit
 
     if isinstance(split, TensorSplit):
         return split.inputs[:count], split.targets[:count]
