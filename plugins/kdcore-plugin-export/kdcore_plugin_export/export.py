@@ -1,7 +1,7 @@
 """``kdcore export RUN_DIR``: the distilled student as a file to deploy, checked against PyTorch.
 
 TorchScript (``torch.jit.trace``) or ONNX (torch's exporter; the ``onnx`` package, ``pip install
-'kdcore[export]'``). For the built-in image data sets the input normalisation is folded in: the
+'kdcore-plugin-export[onnx]'``). For the built-in image data sets the input normalisation is folded in: the
 exported model takes images scaled to [0, 1] (``pixel / 255``), ``(N, C, H, W)`` float32, and
 normalises them itself as the data set did for training. Before the file is kept, its outputs on
 real test images are compared with the PyTorch student's.
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from kdcore.errors import UserError
 
 FORMATS = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
 
@@ -24,8 +24,8 @@ FORMATS = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
 def normalisation(data_type: str) -> tuple[Sequence[float], Sequence[float]] | None:
     """``(mean, std)`` per channel of a built-in data set that scales pixels to [0, 1] and then
     standardises them; ``None`` for others (their inputs are exported as they are)."""
-    from .data.fashion_mnist import FASHION_MNIST_STATS, MNIST_STATS
-    from .data.torchvision_sets import CIFAR10_STATS, CIFAR100_STATS
+    from kdcore.data.fashion_mnist import FASHION_MNIST_STATS, MNIST_STATS
+    from kdcore.data.torchvision_sets import CIFAR10_STATS, CIFAR100_STATS
 
     stats = {"fashion_mnist": FASHION_MNIST_STATS, "mnist": MNIST_STATS,
              "cifar10": CIFAR10_STATS, "cifar100": CIFAR100_STATS}.get(data_type.split(":")[-1])
@@ -53,8 +53,8 @@ def _write(path: str, save: Callable[[str], None]) -> None:
     """``save(tmp)`` then rename: a failed export leaves no half file under ``path``. The
     temporary name is the checkpoint writer's (``.kdcore-tmp-<pid>-<hex>.tmp``), so a resume
     of the run cleans one left by a kill the same way."""
-    from .engine.checkpoint import TEMP_PREFIX
-    from .files import temp_file
+    from kdcore.engine.checkpoint import TEMP_PREFIX
+    from kdcore.files import temp_file
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -83,8 +83,8 @@ def _onnx(model: nn.Module, example: torch.Tensor, path: str) -> Callable[[torch
     try:
         import onnx
     except ImportError:
-        raise UserError("--format onnx needs the onnx package: pip install 'kdcore[export]' "
-                        "(or pip install onnx)") from None
+        raise UserError("--format onnx needs the onnx package: pip install "
+                        "'kdcore-plugin-export[onnx]' (or pip install onnx)") from None
     import warnings
 
     def save(tmp: str) -> None:
@@ -137,43 +137,18 @@ def export_model(model: nn.Module, inputs: torch.Tensor, fmt: str, path: str, *,
 
 def first_test_inputs(test: Any, n: int) -> torch.Tensor:
     """The first ``n`` inputs of a test split (in-memory or a Dataset)."""
-    from .data import TensorSplit
+    from kdcore.data import TensorSplit
 
     if isinstance(test, TensorSplit):
         return test.inputs[:n]
     return torch.stack([test[i][0] for i in range(min(n, len(test)))])
 
 
-def load_run_student(run_dir: str, splits: Any = None) -> tuple[Any, Any, nn.Module]:
-    """``(config, splits, student)`` of a finished run: its ``config.yaml``'s student with
-    ``student.pt`` loaded, ``type: import`` models found through the run's ``import_paths``.
-    ``splits`` (the run's data, already loaded) saves loading it again."""
-    from .assemble import build_model, load_data
-    from .config import load_config, read_yaml
-    from .engine.checkpoint import load_weights
-    from .models.imported import use_import_paths
-
-    saved = os.path.join(run_dir, "config.yaml")
-    weights = os.path.join(run_dir, "student.pt")
-    if not os.path.isfile(saved):
-        raise UserError(f"{run_dir}: no config.yaml there; is it a kdcore run directory?")
-    if not os.path.isfile(weights):
-        raise UserError(f"{weights} does not exist: the run has not finished (kdcore run --resume "
-                        f"{run_dir} finishes it)")
-    config = load_config(read_yaml(saved))
-    if config.student.type.startswith("api:"):
-        raise UserError(f"{run_dir}: its student came from kdcore.distill (a Python object); load "
-                        f"it from Python (kdcore.export.export_model(student, inputs, FORMAT, PATH))")
-    use_import_paths(config.import_paths)
-    splits = splits if splits is not None else load_data(config.data)
-    model = build_model(config.student, splits.source, "student")
-    load_weights(model, weights, what="student.pt")
-    return config, splits, model
-
-
 def export_run(run_dir: str, fmt: str, out: str | None = None, *, samples: int = 256,
                fold: bool = True, atol: float = 1e-4, rtol: float = 1e-4) -> dict[str, Any]:
     """Export the student of ``run_dir`` (``student.pt`` on the model ``student.type`` builds)."""
+    from kdcore.finished_run import load_run_student
+
     config, splits, model = load_run_student(run_dir)
     inputs = first_test_inputs(splits.test, samples)
     if len(inputs) == 0:

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from cli_runs import error_line
 from torch import nn
 
 from kdcore.cli import main
 from kdcore.errors import UserError
-from kdcore.export import export_model
+from kdcore.plugins import Plugins
+from kdcore.testing import using_plugins
+from kdcore_plugin_export.export import export_model
 
 QUICK = ["data.train_limit=128", "data.test_limit=128", "trainer.epochs=1", "data.batch_size=64",
          "trainer.progress=false", "trainer.threads=1"]
@@ -105,7 +108,7 @@ def test_onnx_without_the_package_says_what_to_install(tmp_path, monkeypatch) ->
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnx)
-    with pytest.raises(UserError, match=r"needs the onnx package: pip install 'kdcore\[export\]'"):
+    with pytest.raises(UserError, match=r"needs the onnx package: pip install 'kdcore-plugin-export\[onnx\]'"):
         export_model(nn.Flatten(), torch.zeros(2, 1, 2, 2), "onnx", str(tmp_path / "x.onnx"))
 
 
@@ -117,53 +120,6 @@ def test_a_folder_that_is_not_a_finished_run_is_one_line(tmp_path, setup, expect
     setup(tmp_path)
     result = CliRunner().invoke(main, ["export", str(tmp_path)])
     assert result.exit_code == 2 and expected in result.output, result.output
-
-
-NET = '''
-from torch import nn
-
-
-def make_net(num_classes, in_channels, width: int = 4):
-    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
-'''
-
-
-@pytest.mark.fashion
-def test_a_run_of_an_imported_student_loads_for_export_and_draw_in_a_fresh_process(tmp_path, monkeypatch) -> None:
-    """``type: import`` students are found through the run's saved ``import_paths``, by export
-    and draw alike (draw once rebuilt the student without them)."""
-    import sys
-
-    from kdcore.export import load_run_student
-    from kdcore.models.imported import use_import_paths
-
-    project = tmp_path / "project"
-    (project / "usernets").mkdir(parents=True)
-    (project / "usernets" / "__init__.py").write_text("")
-    (project / "usernets" / "nets.py").write_text(NET)
-    (project / "exp.yaml").write_text('algorithm: {type: vanilla}\n'
-                                      'student: {type: import, target: "usernets.nets:make_net"}\n')
-    result = CliRunner().invoke(main, ["run", "--config", str(project / "exp.yaml"), "--output-dir",
-                                       str(tmp_path / "runs"), *[a for i in QUICK for a in ("--set", i)]],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    run_dir = result.output.strip().splitlines()[-1][len("run dir: "):]
-
-    def forget() -> None:  # what a fresh process knows: usernets nowhere on sys.path, no import_paths
-        monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(project)])
-        for name in [m for m in sys.modules if m.split(".")[0] == "usernets"]:
-            monkeypatch.delitem(sys.modules, name)
-        use_import_paths([])
-
-    forget()
-    _, _, student = load_run_student(run_dir)
-    state = torch.load(f"{run_dir}/student.pt", weights_only=True)
-    assert all(torch.equal(student.state_dict()[k], v) for k, v in state.items())
-    forget()
-    drawn = CliRunner().invoke(main, ["draw", run_dir, "--out", str(tmp_path / "x.png")])
-    # past loading the models: a classification run is refused for what it is, not for an import
-    assert drawn.exit_code == 2 and "is a label task" in drawn.output, drawn.output
 
 
 def test_a_failed_export_leaves_no_file_and_uses_the_checkpoint_temp_names(tmp_path, monkeypatch) -> None:
@@ -182,3 +138,24 @@ def test_a_failed_export_leaves_no_file_and_uses_the_checkpoint_temp_names(tmp_p
         export_model(nn.Flatten(), torch.zeros(2, 1, 2, 2), "torchscript", str(tmp_path / "net.pt"))
     assert len(seen) == 1 and TEMP_NAME.search(Path(seen[0]).name), seen
     assert Path(seen[0]).parent == tmp_path and list(tmp_path.iterdir()) == []
+
+
+def export_without_the_plugin(plugins: Plugins) -> str:
+    """``kdcore export x`` with ``plugins`` loaded: its one output line, exit code 2."""
+    with using_plugins(plugins):
+        result = CliRunner().invoke(main, ["export", "x"])
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    return error_line(result, 2)
+
+
+def test_without_the_plugin_kdcore_export_is_one_line_naming_it(monkeypatch) -> None:
+    """Left out by ``KDCORE_PLUGINS`` (installing it would not help), or not installed."""
+    monkeypatch.setenv("KDCORE_PLUGINS", "")
+    assert export_without_the_plugin(Plugins()) == (
+        "kdcore: error: no command 'export'; it comes from plugin 'export' (kdcore-plugin-export), "
+        "which KDCORE_PLUGINS='' leaves out; see 'kdcore --help'")
+    monkeypatch.delenv("KDCORE_PLUGINS")
+    line = export_without_the_plugin(Plugins(load_entry_points=False))  # only kdcore installed
+    assert line.startswith("kdcore: error: no command 'export'; it is provided by kdcore-plugin-export: "
+                           "pip install kdcore-plugin-export (in this checkout: pip install -e "), line
+    assert line.endswith("plugins/kdcore-plugin-export); see 'kdcore --help'"), line
