@@ -102,3 +102,22 @@ def test_a_sequential_subclass_with_its_own_forward_is_left_alone() -> None:
     assert fold_batchnorm(block) == []
     with torch.no_grad():
         assert torch.equal(block(x), before)
+
+
+def test_fold_teacher_batchnorm_still_stops_folding_for_one_release_with_a_warning() -> None:
+    """An outside algorithm may still set ``fold_teacher_batchnorm = False`` (the API until
+    0.1.8): the run honours it, and defining such a class says what replaces it."""
+    import kdcore
+    from kdcore.config import load_config
+    from kdcore.engine.run import speed_up
+
+    said = "OldStyle.fold_teacher_batchnorm is deprecated.*register the hooks"
+    with pytest.warns(DeprecationWarning, match=said):
+        class OldStyle(kdcore.Algorithm):
+            fold_teacher_batchnorm = False
+
+    teacher = trained_like_teacher()
+    distiller = kdcore.Distiller({"t": teacher}, [])
+    speed_up(OldStyle(cnn_teacher(), kdcore.ClassificationTask(10), distiller), load_config({}, []),
+             torch.device("cpu"))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in teacher.modules()) == 3  # none folded

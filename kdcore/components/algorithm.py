@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -48,12 +49,19 @@ class Algorithm(nn.Module):
     :param task: scores the student's outputs (its own loss and the metric).
     :param distiller: the teachers and distillation heads, or ``None`` for plain training.
 
-    ``fold_teacher_batchnorm``: the engine may fold the frozen teachers' BatchNorms into their
-    convolutions (``trainer.teacher_fold_bn``, kdcore/engine/frozen.py). An algorithm that reads
-    the teachers' BatchNorm layers while training (data-free inversion does) sets it to False.
+    The engine folds the frozen teachers' BatchNorms into their convolutions
+    (``trainer.teacher_fold_bn``, kdcore/engine/frozen.py) after the algorithm is built, except
+    where a hook is on them: an algorithm that reads the teachers' BatchNorm layers while it
+    trains registers its hooks when it is built (data-free inversion does).
     """
 
-    fold_teacher_batchnorm = True
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "fold_teacher_batchnorm" in vars(cls):  # still read by the run (speed_up) in 0.1.9
+            warnings.warn(f"{cls.__qualname__}.fold_teacher_batchnorm is deprecated and goes after "
+                          f"kdcore 0.1.9: a teacher BatchNorm that carries a hook is never folded, "
+                          f"so register the hooks when the algorithm is built", DeprecationWarning,
+                          stacklevel=2)
 
     #: False for a method that learns without frozen teachers (Deep Mutual Learning, Be Your Own
     #: Teacher): the core then refuses a config that gives it teachers, naming the key

@@ -26,7 +26,7 @@ from torch import nn
 
 import kdcore
 
-from .inversion import InversionSettings, synthesize
+from .inversion import BNStatistics, InversionSettings, synthesize
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -96,8 +96,6 @@ class DataFree(kdcore.Algorithm):
         directory; null disables it.
     """
 
-    fold_teacher_batchnorm = False  # the inversion matches the teacher's BatchNorm statistics
-
     def __init__(self, student: nn.Module, task: Any, distiller: kdcore.Distiller | None = None, *,
                  num_classes: int, input_shape: Sequence[int], batch_size: int, seed: int = 0,
                  run_dir: str | None = None,
@@ -132,6 +130,8 @@ class DataFree(kdcore.Algorithm):
             raise kdcore.UserError(f"algorithm 'data_free': teacher {self.teacher_name!r} has no "
                                    "BatchNorm2d layer, so there are no statistics to invert",
                                    key_path="algorithm")
+        # hooked now, before the run folds the teachers' BatchNorms: hooked layers stay unfolded
+        self.bn_statistics = BNStatistics(distiller.teachers[self.teacher_name])
         self.settings = InversionSettings(
             iterations=iterations, lr=lr, main_weight=main_weight, r_feature=r_feature,
             first_bn_multiplier=first_bn_multiplier, tv_l2=tv_l2, l2=l2, jitter=jitter, flip=flip,
@@ -191,8 +191,9 @@ class DataFree(kdcore.Algorithm):
 
     def synthesize_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         labels = balanced_labels(self.batch_size, self.num_classes, self.generator).to(device)
-        teacher = self.teacher.eval()
-        images, history = synthesize(teacher, labels, self.input_shape, self.settings, self.generator)
+        self.teacher.eval()
+        images, history = synthesize(self.bn_statistics, labels, self.input_shape, self.settings,
+                                     self.generator)
         self.synthesis_history.append(history)
         return images, labels
 

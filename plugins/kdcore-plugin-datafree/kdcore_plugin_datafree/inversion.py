@@ -15,7 +15,6 @@ its running statistics; ``m_1 = first_bn_multiplier`` and ``m_l = 1`` after it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 import torch
@@ -32,27 +31,33 @@ def bn_statistics_loss(x: torch.Tensor, running_mean: torch.Tensor, running_var:
 
 
 class BNStatistics:
-    """Forward hooks on every ``BatchNorm2d`` of a model that record the statistics loss of each
-    layer's input. Use as a context manager: the hooks exist only inside the ``with`` block."""
+    """Forward hooks on every ``BatchNorm2d`` of ``model`` that record the statistics loss of each
+    layer's input inside a ``with`` block, and do nothing outside it.
+
+    They are registered when this is made and stay for the model's life: kdcore folds a frozen
+    teacher's BatchNorms into the convolutions before them (``trainer.teacher_fold_bn``) unless a
+    hook is on them, so a teacher whose statistics are made here (before the run folds) keeps
+    its BatchNorm layers for the inversion."""
 
     def __init__(self, model: nn.Module) -> None:
+        self.model = model
         self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         self.losses: list[torch.Tensor | None] = [None] * len(self.layers)
-        self._handles: list[Any] = []
+        self.recording = False
+        for i, layer in enumerate(self.layers):
+            layer.register_forward_hook(self._hook(i))
 
     def __enter__(self) -> BNStatistics:  # noqa: PYI034 (typing.Self needs Python 3.11)
-        for i, layer in enumerate(self.layers):
-            self._handles.append(layer.register_forward_hook(self._hook(i)))
+        self.recording = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self.recording = False
 
     def _hook(self, i: int):
         def hook(module: nn.BatchNorm2d, inputs: tuple, output: torch.Tensor) -> None:
-            self.losses[i] = bn_statistics_loss(inputs[0], module.running_mean, module.running_var)
+            if self.recording:
+                self.losses[i] = bn_statistics_loss(inputs[0], module.running_mean, module.running_var)
         return hook
 
     def loss(self, first_multiplier: float = 1.0) -> torch.Tensor:
@@ -116,19 +121,19 @@ def inversion_loss(teacher: nn.Module, stats: BNStatistics, x: torch.Tensor, lab
             "l2": s.l2 * image_l2(x)}
 
 
-def synthesize(teacher: nn.Module, labels: torch.Tensor, input_shape: Sequence[int], s: InversionSettings,
+def synthesize(stats: BNStatistics, labels: torch.Tensor, input_shape: Sequence[int], s: InversionSettings,
                generator: torch.Generator) -> tuple[torch.Tensor, list[float]]:
     """Optimise a batch of images (one per label) from Gaussian noise; return the images
     (detached) and the total inversion loss at every iteration.
 
-    ``teacher`` must be in eval mode (BN normalises with its running statistics) and frozen;
-    only the images receive gradients.
+    ``stats.model``, the teacher, must be in eval mode (BN normalises with its running
+    statistics) and frozen; only the images receive gradients.
     """
-    device = labels.device
+    teacher, device = stats.model, labels.device
     x = torch.randn(len(labels), *input_shape, generator=generator).to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=s.lr)
     history: list[float] = []
-    with BNStatistics(teacher) as stats, torch.enable_grad():
+    with stats, torch.enable_grad():
         if not stats.layers:
             raise ValueError("the teacher has no BatchNorm2d layer to invert")
         for _ in range(s.iterations):

@@ -101,7 +101,7 @@ def test_bn_loss_is_zero_at_the_running_statistics_and_matches_loops():
     assert got == pytest.approx(expected, rel=1e-5)
 
 
-def test_bn_hooks_read_each_layer_input_and_are_removed():
+def test_bn_hooks_read_each_layer_input_only_inside_the_with_block():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2))
     x = torch.randn(4, 1, 8, 8)
@@ -122,7 +122,21 @@ def test_bn_hooks_read_each_layer_input_and_are_removed():
         assert stats.loss(first_multiplier=10).item() == pytest.approx(10 * first + second, rel=1e-5)
     stats.losses = [None, None]
     model(x)
-    assert stats.losses == [None, None]  # hooks gone after the with block
+    assert stats.losses == [None, None]  # the hooks stay, but record nothing after the with block
+    assert all(layer._forward_hooks for layer in stats.layers)
+
+
+def test_the_runs_batchnorm_folding_leaves_the_inverted_teachers_layers():
+    """DataFree hooks the teacher's BatchNorms when it is built, before the run folds frozen
+    teachers' BatchNorms into their convolutions (trainer.teacher_fold_bn, on by default): the
+    hooked layers are passed over, so synthesis still reads every one."""
+    from kdcore.config import load_config
+    from kdcore.engine.run import speed_up
+
+    algo = make()
+    speed_up(algo, load_config({}, []), torch.device("cpu"))
+    assert [type(algo.teacher[i]) for i in (1, 4)] == [nn.BatchNorm2d, nn.BatchNorm2d]
+    algo.synthesize_batch(torch.device("cpu"))  # BNStatistics.loss: every layer ran
 
 
 # --- image priors ----------------------------------------------------------------------------
@@ -156,7 +170,8 @@ def test_synthesis_decreases_the_inversion_loss():
         p.requires_grad_(False)
     labels = torch.arange(10)
     settings = InversionSettings(iterations=15, lr=0.1, jitter=0, flip=False)
-    images, history = synthesize(teacher, labels, (1, 28, 28), settings, torch.Generator().manual_seed(0))
+    images, history = synthesize(BNStatistics(teacher), labels, (1, 28, 28), settings,
+                                 torch.Generator().manual_seed(0))
     assert images.shape == (10, 1, 28, 28) and not images.requires_grad
     assert len(history) == 15
     assert history[-1] < 0.5 * history[0], history[::10]
@@ -166,7 +181,8 @@ def test_synthesis_decreases_the_inversion_loss():
 def test_pixel_range_is_enforced():
     teacher = calibrated(tiny_teacher())
     s = InversionSettings(iterations=3, lr=1.0, pixel_range=(-0.5, 0.5))
-    images, _ = synthesize(teacher, torch.arange(10), (1, 28, 28), s, torch.Generator().manual_seed(0))
+    images, _ = synthesize(BNStatistics(teacher), torch.arange(10), (1, 28, 28), s,
+                           torch.Generator().manual_seed(0))
     assert images.min() >= -0.5 and images.max() <= 0.5
 
 
