@@ -14,7 +14,8 @@ teacher-output cache. Each run is a ``kdcore run`` subprocess (``--parallel`` at
     python benchmarks/dense_table.py --task segmentation --seeds 3 --parallel 2
 
 Writes the table between the ``<task>-table`` markers of docs/benchmarks.md, the runs as
-docs/benchmarks/<task>_table.json, and the picture of test scenes (``kdcore draw``).
+docs/benchmarks/<task>_table.json, and the picture of test scenes (``kdcore draw``, from
+kdcore-plugin-draw, which scripts/install.sh installs; without it the table is written all the same).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Protocol (the yolo_kd preset's data, models and schedule; docs/methods/yolo_kd.m
 A rerun of the command with the same ``--runs-dir`` reads the runs that finished instead of
 repeating them. Writes the table between the detection-table markers of docs/benchmarks.md, the runs as
 docs/benchmarks/detection_table.json, and (``--picture``) the picture of test scenes with
-``kdcore draw`` when that command exists.
+``kdcore draw`` when that command exists (kdcore-plugin-draw; scripts/install.sh installs it).
 """
 
 from __future__ import annotations
