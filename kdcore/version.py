@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from importlib.metadata import version
-
 from packaging.specifiers import SpecifierSet
 
-__version__ = version("kdcore")  # pyproject.toml's, as installed
+#: The one place the version is written: pyproject.toml reads it (``[tool.setuptools.dynamic]``),
+#: so no installed metadata, such as a stale ``kdcore.egg-info`` on ``sys.path``, can shadow it.
+__version__ = "0.1.9"
 
 #: Bumped when a hookspec or base-class contract changes incompatibly. A plugin that declares a
 #: higher ``KDCORE_PLUGIN_API`` in its entry-point module is refused by name (kdcore.plugins).

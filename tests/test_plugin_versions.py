@@ -1,10 +1,12 @@
 """Versions a plugin states: its own ``__version__`` (from the installed metadata, so it cannot
-drift from pyproject.toml; kdcore's too), the kdcore range it requires (parsed by ``packaging``) and the plugin
-API it was written for (``KDCORE_PLUGIN_API``, checked against ``kdcore.PLUGIN_API_VERSION``)."""
+drift from pyproject.toml; kdcore's pyproject.toml reads kdcore/version.py's instead), the kdcore
+range it requires (parsed by ``packaging``) and the plugin API it was written for
+(``KDCORE_PLUGIN_API``, checked against ``kdcore.PLUGIN_API_VERSION``)."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import tomllib
 from pathlib import Path
 
@@ -22,12 +24,18 @@ PROJECTS = [ROOT / "pyproject.toml", *sorted(ROOT.glob("plugins/*/pyproject.toml
 @pytest.mark.parametrize("project", PROJECTS, ids=lambda p: "kdcore" if p.parent == ROOT else p.parent.name)
 def test_version_is_the_pyproject_version(project: Path) -> None:
     """kdcore's and every in-repo plugin's ``__version__``."""
-    meta = tomllib.loads(project.read_text(encoding="utf-8"))["project"]
-    package = meta["name"].replace("-", "_")
-    module = importlib.import_module(package)
-    assert module.__version__ == meta["version"], (
+    toml = tomllib.loads(project.read_text(encoding="utf-8"))
+    meta = toml["project"]
+    module = importlib.import_module(meta["name"].replace("-", "_"))
+    if project.parent == ROOT:  # the literal in kdcore/version.py, which pyproject.toml reads
+        assert meta["dynamic"] == ["version"] and "version" not in meta
+        assert toml["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "kdcore.version.__version__"}
+        stated = importlib.metadata.version("kdcore")  # as pip installed it from that literal
+    else:
+        stated = meta["version"]
+    assert module.__version__ == stated, (
         f"{meta['name']}: __version__ {module.__version__!r} but pyproject.toml says "
-        f"{meta['version']!r} (reinstall it: pip install --no-deps -e {project.parent})")
+        f"{stated!r} (reinstall it: pip install --no-deps -e {project.parent})")
 
 
 @pytest.mark.parametrize(("version", "spec", "fits"), [
