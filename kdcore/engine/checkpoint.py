@@ -19,7 +19,7 @@ import socket
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import torch
 
@@ -53,7 +53,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: alive
-        return True
+        pass
     return True
 
 
@@ -66,13 +66,28 @@ def _holder_pid(text: str) -> int | None:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
+def _named(lock: IO[str]) -> Iterator[None]:
+    """Write this process into the held ``lock`` file for the block, so a process that finds it
+    locked can say whom it waits for; cleared after, so the next reader names nobody gone."""
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"kdcore process {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # the folder may be gone: nothing to clear then
+            lock.truncate(0)
+            lock.flush()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str, log: Callable[[str], None] = lambda message: None) -> Iterator[None]:
     """Hold ``RUN_DIR/.kdcore-run.lock`` for the block (a run's lifetime): a second process on the
     same run directory (two ``--resume`` at once) stops at once with one line naming the holder,
     instead of both writing checkpoints and duplicate metrics rows. The lock is ``flock``'s, so
     a killed holder's lock is released by the kernel; a file still naming a dead process is taken
     over (and said so). Without ``flock`` (some network mounts) the run goes on unlocked."""
-    say = log or (lambda message: None)
     path = os.path.join(run_dir, RUN_LOCK)
     try:
         lock = open(path, "a+")
@@ -80,49 +95,38 @@ def run_lock(run_dir: str, log: Callable[[str], None] | None = None) -> Iterator
         raise UserError(f"run dir {run_dir} does not exist (removed?); nothing to resume there") from None
     except PermissionError:
         raise UserError(f"run dir {run_dir} is not writable; a run needs to write there") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another kdcore process"
+            raise UserError(f"run dir {run_dir} is in use by {holder} (lock file {path}); wait for "
+                            f"that run to end (or stop it), then resume") from None
+        except OSError as error:
+            if error.errno not in NO_LOCKING:
+                raise
+            log(f"no file locking where {run_dir} lives ({error.strerror}); make sure no other "
+                f"process runs in it")
         lock.seek(0)
-        holder = lock.read().strip() or "another kdcore process"
-        lock.close()
-        raise UserError(f"run dir {run_dir} is in use by {holder} (lock file {path}); wait for "
-                        f"that run to end (or stop it), then resume") from None
-    except OSError as error:
-        if error.errno not in NO_LOCKING:
-            lock.close()
-            raise
-        say(f"no file locking where {run_dir} lives ({error.strerror}); make sure no other "
-            f"process runs in it")
-    lock.seek(0)
-    stale = _holder_pid(lock.read())
-    if stale is not None and stale != os.getpid() and not _alive(stale):
-        say(f"run dir lock {path} named process {stale}, which is no longer running; taken over")
-    try:
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"kdcore process {os.getpid()} on {socket.gethostname()}\n")
-        lock.flush()
-        yield
-    finally:
-        with contextlib.suppress(OSError):  # the run dir may be gone: nothing to clear then
-            lock.truncate(0)
-            lock.flush()
-        lock.close()
+        stale = _holder_pid(lock.read())
+        if stale is not None and stale != os.getpid() and not _alive(stale):
+            log(f"run dir lock {path} named process {stale}, which is no longer running; taken over")
+        with _named(lock):
+            yield
 
 
 @contextlib.contextmanager
-def exclusive(path: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
+def exclusive(path: str, log: Callable[[str], None] = lambda message: None) -> Iterator[None]:
     """Hold an exclusive lock on ``path + ".lock"`` for the block: the first process builds
     ``path`` (a teacher, a cache), the others wait and then find it built. Callers check for
     ``path`` first: a finished build needs no lock (nor write access to its folder).
 
-    A waiting process says whom it waits for (the holder writes its pid and host into the lock
-    file, and clears them when done), so a run stuck behind a hung one can be told apart from a
-    slow one. Where the filesystem has no ``flock`` (some network mounts) the block runs
-    unlocked, with a note: each build ends in an atomic rename, so two processes building at
-    once waste work and the last one's file stays."""
-    say = log or (lambda message: None)
+    A waiting process says whom it waits for (the holder is named in the lock file while it
+    holds it), so a run stuck behind a hung one can be told apart from a slow one. Where the
+    filesystem has no ``flock`` (some network mounts) the block runs unlocked, with a note: each
+    build ends in an atomic rename, so two processes building at once waste work and the last
+    one's file stays."""
     lock_path = path + ".lock"
     try:
         lock = open(lock_path, "a+")  # "a+": opening must not erase the holder's name
@@ -142,25 +146,15 @@ def exclusive(path: str, log: Callable[[str], None] | None = None) -> Iterator[N
             dead = _holder_pid(holder)
             if not holder or (dead is not None and not _alive(dead)):  # its successor not named yet
                 holder = "another process"
-            say(f"waiting for {holder} to finish {path} (lock file {lock_path})")
+            log(f"waiting for {holder} to finish {path} (lock file {lock_path})")
             fcntl.flock(lock, fcntl.LOCK_EX)
         except OSError as error:
             if error.errno not in NO_LOCKING:
                 raise
-            say(f"no file locking where {path} lives ({error.strerror}); going on without it")
+            log(f"no file locking where {path} lives ({error.strerror}); going on without it")
             locked = False
-        named = locked and lock.writable()
-        if named:
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"kdcore process {os.getpid()} on {socket.gethostname()}\n")
-            lock.flush()
-        try:
+        with _named(lock) if locked and lock.writable() else contextlib.nullcontext():
             yield
-        finally:
-            if named:  # a waiter that reads the file next must not name this process
-                lock.truncate(0)
-                lock.flush()
 
 
 def _write_atomic(path: str, write: Callable[[BinaryIO], None], suffix: str) -> None:
@@ -280,14 +274,9 @@ def load_weights(model: torch.nn.Module, path: str, *, what: str) -> dict[str, A
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
              if k in state and torch.is_tensor(state[k]) and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_few(unexpected)}")
-        if wrong:
-            parts.append(f"shape mismatches {_few(wrong)}")
+    found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": wrong}
+    parts = [f"{label} {_few(items)}" for label, items in found.items() if items]
+    if parts:
         raise UserError(f"{what} {path} does not fit {type(model).__name__}: " + "; ".join(parts)
                         + " (check the model type and its parameters)")
     model.load_state_dict(state)
