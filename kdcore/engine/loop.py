@@ -369,50 +369,6 @@ def count_skip(state: TrainingState, settings: LoopSettings, where: str) -> None
             f"broken", BROKEN_HINT)
 
 
-class Progress:
-    """The epoch's tqdm bar: the running mean of the terms and the speed, redrawn at most twice a
-    second (off with ``trainer.progress=false``, and off by itself when stderr is no terminal)."""
-
-    def __init__(self, settings: LoopSettings, total: int, state: TrainingState) -> None:
-        self.shown_at = 0.0
-        self.bar = tqdm(total=total, initial=state.step_in_epoch, disable=bar_disabled(settings.progress),
-                        desc=f"{settings.label} {state.epoch + 1}/{settings.epochs}", leave=False,
-                        dynamic_ncols=True)
-
-    def show(self, state: TrainingState) -> None:
-        if self.bar.disable:
-            return
-        self.bar.update(1)
-        if time.perf_counter() - self.shown_at > 0.5:
-            self.shown_at = time.perf_counter()
-            self.bar.set_postfix_str(f"{format_terms(state.means())} | "
-                                     f"{state.seen / max(state.seconds, 1e-9):.0f} img/s", refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def step_function(algorithm: nn.Module, settings: LoopSettings, update: Update
-                  ) -> Callable[..., dict[str, torch.Tensor] | None]:
-    """``(batch, *, epoch, step) -> terms``: the algorithm's ``training_step`` (or its DDP
-    wrapper, ``step_module``), or its ``optimization_step`` given ``update``; under autocast when
-    ``amp`` asks for it, and nothing wraps it otherwise."""
-    if update.own:
-        inner: Callable[..., Any] = partial(algorithm.optimization_step, update=update)
-    else:
-        inner = settings.step_module if settings.step_module is not None else algorithm.training_step
-    if settings.amp == "none":
-        return inner
-    # losses upcast as they need; re-entrant: one context for every step
-    low = torch.bfloat16 if settings.amp == "bf16" else torch.float16
-    precision = torch.autocast(update.device.type, dtype=low)
-
-    def with_precision(batch: Any, *, epoch: int, step: int) -> dict[str, torch.Tensor] | None:
-        with precision:
-            return inner(batch, epoch=epoch, step=step)
-    return with_precision
-
-
 def train_epochs(algorithm: nn.Module, batches: TrainBatches, state: TrainingState,
                  settings: LoopSettings) -> TrainingState:
     """Train from ``state`` until ``settings.epochs`` are done; returns the final state.
@@ -424,14 +380,22 @@ def train_epochs(algorithm: nn.Module, batches: TrainBatches, state: TrainingSta
     by optimizer name). Every schedule steps once per batch."""
     s = settings
     update = Update(s, state)
-    step = step_function(algorithm, s, update)
+    if update.own:
+        step = partial(algorithm.optimization_step, update=update)
+    else:  # the algorithm, or its DDP wrapper
+        step = s.step_module if s.step_module is not None else algorithm.training_step
+    # trainer.amp: the forward passes autocast (losses upcast as they need), the backward does not
+    low = torch.bfloat16 if s.amp == "bf16" else torch.float16
+    precision = torch.autocast(update.device.type, dtype=low, enabled=s.amp != "none")
     while state.epoch < s.epochs:
         algorithm.train()
         started = time.perf_counter() - state.seconds
-        bar = Progress(s, len(batches), state)
+        bar = tqdm(total=len(batches), initial=state.step_in_epoch, disable=bar_disabled(s.progress),
+                   desc=f"{s.label} {state.epoch + 1}/{s.epochs}", leave=False, dynamic_ncols=True)
         for batch in batches.epoch(state.epoch, state.step_in_epoch):
             update.new_batch()
-            terms = step(batch, epoch=state.epoch, step=state.global_step)
+            with precision:
+                terms = step(batch, epoch=state.epoch, step=state.global_step)
             if not update.own:
                 values = update.step_on_sum(terms)
             elif terms is None:
@@ -447,7 +411,9 @@ def train_epochs(algorithm: nn.Module, batches: TrainBatches, state: TrainingSta
             state.step_in_epoch += 1
             state.global_step += 1
             state.seconds = time.perf_counter() - started
-            bar.show(state)
+            if bar.update(1):  # redrawn (tqdm does so a few times a second): the running means too
+                bar.set_postfix_str(f"{format_terms(state.means())} | "
+                                    f"{state.seen / max(state.seconds, 1e-9):.0f} img/s", refresh=False)
             if s.on_step is not None:
                 s.on_step(state)
         bar.close()

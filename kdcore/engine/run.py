@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import torch
@@ -141,33 +142,29 @@ def check_run_dir(run_dir: str) -> None:
                         f"writing there again (start a new run)")
 
 
-def speed_up(algorithm: Any, config: RunConfig, device: torch.device | None = None,
+def speed_up(algorithm: Any, config: RunConfig, device: torch.device,
              log: Callable[[str], None] | None = None) -> None:
     """``trainer.channels_last``, the teachers' inference rewrites (:mod:`.frozen`), the plugins'
     ``trainer.model_transforms`` and ``trainer.compile``: same results within float rounding,
     faster where the hardware allows. ``Module.compile`` compiles in place, so module paths, taps
     and state_dict keys are unchanged."""
-    transforms = build_transforms(config.trainer.model_transforms)
+    trainer = config.trainer
+    teachers = list(algorithm.distiller.teachers.values()) if algorithm.distiller is not None else []
+    transforms = build_transforms(trainer.model_transforms)
     apply_transforms(transforms, algorithm.student, "student", log)
-    if algorithm.distiller is not None:
-        for teacher in algorithm.distiller.teachers.values():
-            apply_transforms(transforms, teacher, "teacher", log)
-    if config.trainer.channels_last:
+    for teacher in teachers:
+        apply_transforms(transforms, teacher, "teacher", log)
+    if trainer.channels_last:
         algorithm.to(memory_format=torch.channels_last)
-    if algorithm.distiller is not None:
-        layout = teacher_memory_format(config.trainer.teacher_memory_format,
-                                       device or next(algorithm.student.parameters()).device,
-                                       config.trainer.channels_last)
-        for teacher in algorithm.distiller.teachers.values():
-            if config.trainer.teacher_fold_bn and getattr(algorithm, "fold_teacher_batchnorm", True):
-                fold_batchnorm(teacher)
-            teacher.to(memory_format=layout)
-    if config.trainer.compile:
-        backend = config.trainer.compile_backend
-        algorithm.student.compile(backend=backend)
-        if algorithm.distiller is not None:
-            for teacher in algorithm.distiller.teachers.values():
-                teacher.compile(backend=backend)
+    layout = teacher_memory_format(trainer.teacher_memory_format, device, trainer.channels_last)
+    fold = trainer.teacher_fold_bn and getattr(algorithm, "fold_teacher_batchnorm", True)
+    for teacher in teachers:
+        if fold:
+            fold_batchnorm(teacher)
+        teacher.to(memory_format=layout)
+    if trainer.compile:
+        for model in (algorithm.student, *teachers):
+            model.compile(backend=trainer.compile_backend)
 
 
 def check_assembly(config: RunConfig, splits: Any) -> None:
@@ -447,17 +444,17 @@ class Training:
             self.position, self.stages_done = restore(
                 self.checkpoint_path, self.algorithm, self.optimizers, self.schedulers, self.checksums,
                 self.metrics_path if self.main else None, self.scaler, self.log, state=last)
+            self.saved_at = self.position.global_step
             self.log(f"resumed at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch} "
                      f"from {self.checkpoint_path}")
-        if resuming and self.main:  # after the checks: a refused resume changes nothing
+        if not self.main:
+            return
+        if resuming:  # after the checks: a refused resume changes nothing
             keep_resumed_config(self.config, self.run_dir, self.log, trained)
             remove_partial_writes(self.run_dir)
         # counted once (restore checked them against last.pt), then in memory
-        if self.main:
-            self.metrics_record = [line.rstrip("\n") for line in metrics_lines(self.metrics_path)]
-        self.saved_at = self.position.global_step if last is not None else None
-        if self.main:
-            self.loggers = open_loggers(self.config, self.run_dir, len(self.metrics_record) + 1, self.log)
+        self.metrics_record = [line.rstrip("\n") for line in metrics_lines(self.metrics_path)]
+        self.loggers = open_loggers(self.config, self.run_dir, len(self.metrics_record) + 1, self.log)
 
     def pretrain(self) -> None:
         """The algorithm's pre-training stages (FitNets hints and the like), once, then a checkpoint."""
@@ -552,8 +549,7 @@ class Training:
 def finish(training: Training, teachers: dict[str, Teacher], seconds: float) -> None:
     """The run's products, on rank 0: summary.json (written last) and the student's weights."""
     config, algorithm, run_dir = training.config, training.algorithm, training.run_dir
-    summary = summarize(config, algorithm, training.splits, teachers, training.metrics_path,
-                        training.device, seconds, run_dir)
+    summary = summarize(training, teachers, seconds)
     check_run_dir(run_dir)
     exported = next(iter(algorithm.evaluation_models().values()))
     broken = nonfinite_tensors(exported.state_dict())
@@ -566,16 +562,18 @@ def finish(training: Training, teachers: dict[str, Teacher], seconds: float) -> 
     training.loggers.log_summary(summary)
 
 
-def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str, Teacher],
-              metrics_path: str, device: torch.device, seconds: float, run_dir: str) -> dict[str, Any]:
+def summarize(training: Training, teachers: dict[str, Teacher], seconds: float) -> dict[str, Any]:
     """summary.json: the exported student's test scores and best epoch, the other evaluated
     models (``exits``), each teacher's scores, size, file and checksum, and the run's times."""
-    rows = metrics_rows(metrics_path)
-    models = algorithm.evaluation_models()
+    config, splits, device = training.config, training.splits, training.device
+    rows = metrics_rows(training.metrics_path)
+    models = training.algorithm.evaluation_models()
     first = next(iter(models))
     task = splits.source.task
-    final = evaluate(models[first], splits.test, task, batch_size=config.data.eval_batch_size, device=device)
-    student: dict[str, Any] = {**final, "params": sum(p.numel() for p in models[first].parameters())}
+    test = partial(evaluate, data=splits.test, task=task, batch_size=config.data.eval_batch_size,
+                   device=device)
+    student: dict[str, Any] = {**test(models[first]),
+                               "params": sum(p.numel() for p in models[first].parameters())}
     key, metric = ("val" if splits.val is not None else "test"), headline(task)
     history = [(r["epoch"], r[first][key][metric]) for r in rows if first in r and metric in r[first][key]]
     if history:
@@ -587,21 +585,18 @@ def summarize(config: RunConfig, algorithm: Any, splits: Any, teachers: dict[str
                                "epochs": config.trainer.epochs, "seconds": round(seconds, 2),
                                # every epoch's training time, across resumes (see docs/outputs.md)
                                "train_seconds": round(sum(r["train"].get("seconds", 0.0) for r in rows), 2),
-                               "run_dir": run_dir, "device": str(device),
+                               "run_dir": training.run_dir, "device": str(device),
                                "processes": distributed.world_size(),
                                "train_images": len(splits.train),
                                "labelled_images": config.data.labelled or len(splits.train)}
     for name, model in models.items():
         if name != first:
-            summary.setdefault("exits", {})[name] = evaluate(
-                model, splits.test, task, batch_size=config.data.eval_batch_size, device=device)
+            summary.setdefault("exits", {})[name] = test(model)
     per_teacher = {}
     for name, teacher in teachers.items():
-        model = teacher.model
-        if weights_checksum(model) != teacher.running_sha256:
+        if weights_checksum(teacher.model) != teacher.running_sha256:
             raise RuntimeError(f"teacher {name!r} weights changed during the run; this is a bug")
-        per_teacher[name] = {**evaluate(model, splits.test, task, batch_size=config.data.eval_batch_size,
-                                        device=device, frozen=True),
+        per_teacher[name] = {**test(teacher.model, frozen=True),
                              "params": teacher.params, "checkpoint": teacher.checkpoint,
                              "sha256": teacher.sha256}
     if per_teacher:
