@@ -10,12 +10,18 @@ import click
 from kdcore.cli import config_or_preset, user_errors
 from kdcore.errors import UserError
 
+#: the options whose values a resumed compare takes from its plan (compare.json), by parameter name
+SAVED = {"config_file": "--config", "methods": "--methods", "seeds": "--seeds", "epochs": "--epochs",
+         "out": "--out", "tune": "--tune", "overrides": "--set", "teacher_cache": "--teacher-cache"}
+
 
 @click.command()
-@click.option("--config", "config_file", help="your config (data, student, teachers): a YAML file or a preset name")
+@click.option("--config", "config_file",
+              help="your config (data, student, teachers): a YAML file or a preset name")
 @click.option("--methods", default="vanilla,kd", show_default=True,
               help="comma list of methods (preset names, 'kdcore list preset') and vanilla")
-@click.option("--seeds", type=int, default=3, show_default=True, help="seeds per method (the config's seed on)")
+@click.option("--seeds", type=int, default=3, show_default=True,
+              help="seeds per method (the config's seed on)")
 @click.option("--epochs", type=int, help="training epochs of every run (default: the config's)")
 @click.option("--parallel", type=int, default=1, show_default=True,
               help="runs at a time; each gets cores / K threads")
@@ -37,12 +43,10 @@ def compare(config_file: str | None, methods: str, seeds: int, epochs: int | Non
 
     source = click.get_current_context().get_parameter_source
     if resume_dir:
-        given = [f"--{n.replace('_', '-')}" for n in ("config_file", "methods", "seeds", "epochs", "out",
-                                                      "tune", "overrides", "teacher_cache")
-                 if source(n) == click.core.ParameterSource.COMMANDLINE]
+        given = [flag for name, flag in SAVED.items()
+                 if source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
-            raise UserError(f"--resume {resume_dir} repeats the saved compare; drop "
-                            f"{', '.join(g.replace('--config-file', '--config').replace('--overrides', '--set') for g in given)}")
+            raise UserError(f"--resume {resume_dir} repeats the saved compare; drop {', '.join(given)}")
         out = resume_dir
         options = None
     else:
@@ -55,10 +59,10 @@ def compare(config_file: str | None, methods: str, seeds: int, epochs: int | Non
                           overrides=list(overrides), epochs=epochs, parallel=parallel, tune=list(tune),
                           teacher_cache=teacher_cache)
     log = lambda message: click.echo(message, err=True)  # noqa: E731 - stdout carries the table
+    given_parallel = source("parallel") == click.core.ParameterSource.COMMANDLINE
     try:
         report = run_compare(options, out, resume=bool(resume_dir),
-                             parallel=parallel if source("parallel") == click.core.ParameterSource.COMMANDLINE else None,
-                             log=log)
+                             parallel=parallel if given_parallel else None, log=log)
     except KeyboardInterrupt as exc:
         how = getattr(exc, "how", None) or ("SIGTERM" if "SIGTERM" in str(exc) else "Ctrl-C")
         click.echo(f"kdcore: compare stopped by {how}; finished runs are kept; continue with: "

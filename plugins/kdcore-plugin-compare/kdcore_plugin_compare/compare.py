@@ -40,7 +40,7 @@ from typing import Any
 import attrs
 
 from kdcore.cli import find_preset
-from kdcore.config import dump_yaml, load_config, parse_override, read_yaml
+from kdcore.config import dump_yaml, load_config, parse_override, read_yaml, unstructure
 from kdcore.engine.checkpoint import write_json_atomic, write_text_atomic
 from kdcore.engine.resume import metrics_rows
 from kdcore.errors import UserError
@@ -288,7 +288,7 @@ class Plan:
         self.out, self.options, self.log = out, options, log
         user = read_yaml(options.config)
         checked = load_config(copy.deepcopy(user), list(options.overrides))  # the user's own mistakes first
-        self.user = _plain(checked)
+        self.user = unstructure(checked)
         self.methods = list(dict.fromkeys(options.methods))
         self.tunings = parse_tune(options.tune, self.methods)
         if self.tunings and not checked.data.val_split:
@@ -381,12 +381,6 @@ class Plan:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_text_atomic(dump_yaml(config), path)
         return path
-
-
-def _plain(config: Any) -> dict[str, Any]:
-    from kdcore.config import unstructure
-
-    return unstructure(config)
 
 
 def _label(value: Any) -> str:

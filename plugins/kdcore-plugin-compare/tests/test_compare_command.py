@@ -39,3 +39,14 @@ def test_not_installed_says_how_to_install_it() -> None:
         line = error_line(CliRunner().invoke(main, ["compare", "--config", "teacher_student"]))
     assert line.startswith("kdcore: error: no command 'compare'; it is provided by kdcore-plugin-compare: "
                            "pip install kdcore-plugin-compare"), line
+
+
+def test_resume_refuses_the_options_its_plan_holds(tmp_path) -> None:
+    """A resumed compare repeats compare.json: the options it saved are named as the user
+    typed them (--config, --set), before any file is read."""
+    args = ["compare", "--resume", str(tmp_path), "--config", "x.yaml", "--set", "seed=1", "--teacher-cache",
+            "--parallel", "2"]  # --parallel may change on resume
+    with using_plugins(None):
+        line = error_line(CliRunner().invoke(main, args))
+    assert line == (f"kdcore: error: --resume {tmp_path} repeats the saved compare; drop --config, --set, "
+                    f"--teacher-cache")
