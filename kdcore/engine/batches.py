@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from ..components import Batch
 from ..data import TensorSplit
@@ -22,17 +22,6 @@ from ..errors import UserError
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator)
-
-
-class _OrderSampler(Sampler[int]):
-    def __init__(self, order: torch.Tensor) -> None:
-        self.order = order
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order.tolist())
-
-    def __len__(self) -> int:
-        return len(self.order)
 
 
 class _WithIndex(Dataset):
@@ -79,18 +68,13 @@ class TrainBatches:
             per = self.batch_size // self.world
             order = order.view(-1, self.batch_size)[:, self.rank * per:(self.rank + 1) * per].reshape(-1)
         step = self.batch_size // self.world
-        if self.in_memory:
-            order = order.to(self.device)
-            for i, chunk in enumerate(order.split(step), start=start_step):
-                inputs, targets = self.data.inputs[chunk], self.data.targets[chunk]
-                if self.augment is not None:
-                    inputs, targets = self.augment(inputs, targets, self.seed, epoch, i, (self.rank, self.world))
-                yield Batch(self._format(inputs), targets, chunk)
-            return
-        loader = DataLoader(_WithIndex(self.data), batch_size=step,
-                            sampler=_OrderSampler(order), num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda")
-        for i, (inputs, targets, indices) in enumerate(loader, start=start_step):
+        if self.in_memory:  # already on the device: rows taken by index
+            batches: Any = ((self.data.inputs[chunk], self.data.targets[chunk], chunk)
+                            for chunk in order.to(self.device).split(step))
+        else:
+            batches = DataLoader(_WithIndex(self.data), batch_size=step, sampler=order.tolist(),
+                                 num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        for i, (inputs, targets, indices) in enumerate(batches, start=start_step):
             if self.augment is not None:
                 inputs, targets = self.augment(inputs, targets, self.seed, epoch, i, (self.rank, self.world))
             yield Batch(self._format(inputs), targets, indices).to(self.device)
