@@ -47,14 +47,9 @@ class Distiller(nn.Module):
         self.heads = nn.ModuleDict({p.name: p.head for p in points})
         self.points = points
         self.caches: dict[str, Any] = {}  # teacher name -> TeacherOutputCache (engine/teacher_cache.py)
-        self._taps = {
-            name: FeatureTaps(
-                teacher,
-                [p.teacher_tap for p in points if p.teacher == name],
-                where=f"teachers[{name}] module path",
-            )
-            for name, teacher in self.teachers.items()
-        }
+        self._taps = {name: FeatureTaps(teacher, [p.teacher_tap for p in points if p.teacher == name],
+                                        where=f"teachers[{name}] module path")
+                      for name, teacher in self.teachers.items()}
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -95,12 +90,8 @@ class Distiller(nn.Module):
                 features[name] = self._taps[name].run(teacher, inputs)[1]
         return features
 
-    def losses(
-        self,
-        student_features: Mapping[str, Any],
-        teacher_features: Mapping[str, Mapping[str, Any]],
-        **extra: Any,
-    ) -> dict[str, torch.Tensor]:
+    def losses(self, student_features: Mapping[str, Any], teacher_features: Mapping[str, Mapping[str, Any]],
+               **extra: Any) -> dict[str, torch.Tensor]:
         """Every head's weighted loss terms, keyed by term name (unique across heads)."""
         terms: dict[str, torch.Tensor] = {}
         for p in self.points:

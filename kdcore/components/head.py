@@ -26,13 +26,9 @@ class DistillationHead(nn.Module):
     :param label: where the head comes from in the config, used in error messages.
     """
 
-    def __init__(
-        self,
-        losses: Mapping[str, tuple[float, nn.Module]],
-        student_connector: nn.Module | None = None,
-        teacher_connector: nn.Module | None = None,
-        label: str = "head",
-    ) -> None:
+    def __init__(self, losses: Mapping[str, tuple[float, nn.Module]],
+                 student_connector: nn.Module | None = None, teacher_connector: nn.Module | None = None,
+                 label: str = "head") -> None:
         super().__init__()
         # ModuleDict keys may not contain ".", term names may ("at@stage1.relu")
         self.losses = nn.ModuleDict({_key(name): loss for name, (_, loss) in losses.items()})

@@ -333,12 +333,13 @@ def open_run_dir(config: RunConfig, resume_dir: str | None, main: bool, log: Cal
                  created: list[str], held: contextlib.ExitStack) -> str:
     """The run dir (a new one, or the one resumed), locked for this run, with the config."""
     run_dir = distributed.broadcast(resume_dir or (new_run_dir(config) if main else None))
-    if resume_dir is None and main:
-        created.append(run_dir)
-    if main:  # before anything is written: a second process on this run dir stops here
+    if main:
+        if resume_dir is None:
+            created.append(run_dir)
+        # before anything is written: a second process on this run dir stops here
         held.enter_context(run_lock(run_dir, log))
-    if resume_dir is None and main:
-        write_text_atomic(dump_yaml(config), os.path.join(run_dir, "config.yaml"))
+        if resume_dir is None:
+            write_text_atomic(dump_yaml(config), os.path.join(run_dir, "config.yaml"))
     log(f"run dir: {run_dir}")
     return run_dir
 
@@ -548,7 +549,7 @@ class Training:
 
 def finish(training: Training, teachers: dict[str, Teacher], seconds: float) -> None:
     """The run's products, on rank 0: summary.json (written last) and the student's weights."""
-    config, algorithm, run_dir = training.config, training.algorithm, training.run_dir
+    algorithm, run_dir = training.algorithm, training.run_dir
     summary = summarize(training, teachers, seconds)
     check_run_dir(run_dir)
     exported = next(iter(algorithm.evaluation_models().values()))
