@@ -101,19 +101,12 @@ def keep_labels(train: Any, n: int, unlabelled: float = -1) -> Any:
     return _MaskedLabels(train, labelled)
 
 
-def model_context(source: DataSource) -> dict[str, Any]:
-    return {"num_classes": source.num_classes, "in_channels": source.input_shape[0]}
-
-
 def build_model(kind_cfg: Any, source: DataSource, where: str) -> nn.Module:
+    context = {"num_classes": source.num_classes, "in_channels": source.input_shape[0]}
     if kind_cfg.type == "import":  # the user's own code: its signature is the schema
-        return build_imported(kind_cfg.params, model_context(source), where=where,
-                              block_keys=block_keys(type(kind_cfg)))
-    model = build("model", kind_cfg.type, where=where, context=model_context(source),
-                  _block_keys=block_keys(type(kind_cfg)), **kind_cfg.params)
-    if not isinstance(model, nn.Module):
-        raise UserError(f"{where}: model {kind_cfg.type!r} did not return an nn.Module")
-    return model
+        return build_imported(kind_cfg.params, context, where=where, block_keys=block_keys(type(kind_cfg)))
+    return build("model", kind_cfg.type, where=where, context=context,  # build() checks it is a Module
+                 _block_keys=block_keys(type(kind_cfg)), **kind_cfg.params)
 
 
 def sample_inputs(splits: Splits, n: int = 2) -> torch.Tensor:

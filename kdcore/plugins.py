@@ -68,12 +68,6 @@ class PluginStatus:
         return f"kdcore: plugin {self.name!r} ({self.dist_label}) {self.state}: {self.error}"
 
 
-def _new_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(GROUP)
-    pm.add_hookspecs(hookspecs)
-    return pm
-
-
 def _unknown_hooks(module: Any) -> list[str]:
     """Functions marked ``@kdcore.hookimpl`` whose name matches no hookspec."""
     known = {n for n in dir(hookspecs) if n.startswith("kdcore_")}
@@ -112,14 +106,12 @@ def _declared_range(module: Any, ep: EntryPoint) -> str:
 
 
 def _installed_at(dist: Any) -> float:
-    """When ``dist`` was installed: the time of its ``METADATA`` file (0 when unknown)."""
+    """When ``dist`` was installed: the time of the ``METADATA`` file in its ``.dist-info``
+    folder (0 when unknown, e.g. an ``.egg-info``, which has none)."""
+    path = getattr(dist, "_path", None)  # importlib.metadata's PathDistribution: that folder
     try:
-        for file in dist.files or []:
-            if file.name == "METADATA" and file.parent.name.endswith((".dist-info", ".egg-info")):
-                return os.path.getmtime(file.locate())
-        path = getattr(dist, "_path", None)  # no RECORD: the metadata folder itself
         return os.path.getmtime(os.path.join(str(path), "METADATA")) if path else 0.0
-    except (OSError, AttributeError, TypeError):
+    except OSError:
         return 0.0
 
 
@@ -129,19 +121,12 @@ def _selection() -> set[str] | None:
     return None if wanted is None else {w.strip() for w in wanted.split(",") if w.strip()}
 
 
-def _selected(ep: EntryPoint) -> bool:
-    names = _selection()
-    if names is None:
-        return True
-    dist = ep.dist.metadata["Name"] if ep.dist else ""
-    return ep.name in names or dist in names
-
-
 class Plugins:
     """The loaded plugins: a pluggy manager plus a status line per plugin."""
 
     def __init__(self, *, load_entry_points: bool = True) -> None:
-        self.pm = _new_manager()
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
         self.status: dict[str, PluginStatus] = {}
         #: each kind's (hook implementations, registered components), collected on first use
         #: and again when the implementations change (``registry.components``)
@@ -160,7 +145,7 @@ class Plugins:
     def _load(self, ep: EntryPoint) -> None:
         dist = ep.dist.metadata["Name"] if ep.dist else "?"
         version = ep.dist.version if ep.dist else "?"
-        status = PluginStatus(ep.name, dist, version, installed_at=_installed_at(ep.dist) if ep.dist else 0.0)
+        status = PluginStatus(ep.name, dist, version, installed_at=_installed_at(ep.dist))
         if ep.name in self.status:
             first = self.status[ep.name]
             status.state, status.error = "failed", (
@@ -169,7 +154,8 @@ class Plugins:
             self.status[f"{ep.name}@{dist}"] = status
             return
         self.status[ep.name] = status
-        if not _selected(ep):
+        selection = _selection()
+        if selection is not None and not {ep.name, dist} & selection:
             status.state, status.error = "disabled", "not listed in KDCORE_PLUGINS"
             return
         # the distribution's declared range is checked before importing: a plugin built for
@@ -247,9 +233,6 @@ class Plugins:
             notes.append(f"kdcore: KDCORE_PLUGINS names {name!r}, which matches no installed plugin{hint}")
         return notes
 
-    def failures(self) -> list[PluginStatus]:
-        return [s for s in self.status.values() if s.state in ("failed", "incompatible")]
-
     def troubled(self) -> list[str]:
         """Plugins that failed to load, or loaded with warnings (components skipped)."""
         return [s.name for s in self.status.values() if s.state in ("failed", "incompatible") or s.warnings]
@@ -290,8 +273,9 @@ def get_plugins() -> Plugins:
     global _current
     if _current is None:
         _current = Plugins()
-        for failure in _current.failures():
-            print(failure.line(), file=sys.stderr)
+        for status in _current.status.values():
+            if status.state in ("failed", "incompatible"):
+                print(status.line(), file=sys.stderr)
         for note in _current.unmatched_selection():
             print(note, file=sys.stderr)
         _current.echo = True

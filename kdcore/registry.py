@@ -57,19 +57,15 @@ CONTEXT_KEYS = frozenset({
 })
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise UserError(f"unknown component kind {kind!r}{did_you_mean(kind, KINDS)}; "
-                        f"kinds are {', '.join(KINDS)}")
-
-
 def components(kind: str, plugins: Plugins | None = None) -> list[Registered]:
     """Every registered component of ``kind``, sorted by id, with the plugin that provides it.
 
     Each plugin's hook is called once per plugin set (the answer is kept), on its own: a hook
     that raises or returns something other than a list of :class:`Component` is a warning of
     that plugin, and the other plugins' components are still found."""
-    _check_kind(kind)
+    if kind not in KINDS:
+        raise UserError(f"unknown component kind {kind!r}{did_you_mean(kind, KINDS)}; "
+                        f"kinds are {', '.join(KINDS)}")
     plugins = plugins or get_plugins()
     impls = tuple(getattr(plugins.pm.hook, _HOOK[kind]).get_hookimpls())
     cached = plugins.found.get(kind)

@@ -78,14 +78,10 @@ class Preset(Component):
     :param summary: one line shown by ``kdcore list preset``.
     """
 
-    @property
-    def path(self) -> str:
-        return str(self.factory)
-
     def resolve(self) -> str:  # type: ignore[override]
         """The YAML file's path; ``FileNotFoundError`` when it is not there (not shipped as
         package data, or a typo)."""
-        text = self.path
+        text = str(self.factory)
         if ":" in text and not os.path.isabs(text) and not re.match(r"^[A-Za-z]:[\\/]", text):
             package, _, relative = text.partition(":")
             found = str(importlib.resources.files(package).joinpath(relative))

@@ -62,13 +62,6 @@ def _first_tensor(value: Any) -> Any:
     return value
 
 
-def disable_inplace(model: nn.Module) -> None:
-    """Turn off ``inplace`` activations so a recorded tensor is not overwritten later."""
-    for module in model.modules():
-        if getattr(module, "inplace", False) is True:
-            module.inplace = False
-
-
 class FeatureTaps:
     """Records the tensors at a set of :class:`Tap` s on one model.
 
@@ -94,8 +87,10 @@ class FeatureTaps:
             )
         # resolve every path before hooking any: a bad path must not leave hooks behind
         modules = [resolve_module(model, tap.path, where=where) for tap in hooked]
-        if hooked:
-            disable_inplace(model)
+        if hooked:  # inplace activations off, so a recorded tensor is not overwritten later
+            for module in model.modules():
+                if getattr(module, "inplace", False) is True:
+                    module.inplace = False
         for tap, module in zip(hooked, modules):
             self._handles.append(module.register_forward_hook(self._hook_for(tap)))
 
@@ -122,9 +117,6 @@ class FeatureTaps:
         features, self.features = self.features, {}
         features[OUTPUT] = output
         return output, features
-
-    def clear(self) -> None:
-        self.features = {}
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -168,11 +160,6 @@ def feature_shapes(model: nn.Module, sample: torch.Tensor) -> Mapping[str, tuple
             shapes[name] = tuple(out.shape[1:])
 
     out = probe_pass(model, sample, record)
-    result: dict[str, tuple[int, ...]] = {}
-    if torch.is_tensor(out):
-        result[OUTPUT] = tuple(out.shape[1:])
-    for name, _ in model.named_modules():
-        if name in shapes:
-            result[name] = shapes[name]
-    return result
+    result = {OUTPUT: tuple(out.shape[1:])} if torch.is_tensor(out) else {}
+    return result | {name: shapes[name] for name, _ in model.named_modules() if name in shapes}
 

@@ -47,7 +47,6 @@ def test_hooks_are_removed() -> None:
     net = Net()
     taps = FeatureTaps(net, [Tap("layers.0")])
     taps.remove()
-    taps.clear()
     net(torch.randn(1, 4))
     assert taps.features == {}
     assert not net.layers[0]._forward_hooks
