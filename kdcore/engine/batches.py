@@ -64,10 +64,8 @@ class TrainBatches:
         """The batches of ``epoch``, starting at ``start_step``."""
         order = epoch_order(len(self.data), self.seed, epoch)[: len(self) * self.batch_size]
         order = order[start_step * self.batch_size:]
-        if self.world > 1:  # this rank's slice of every global batch
-            per = self.batch_size // self.world
-            order = order.view(-1, self.batch_size)[:, self.rank * per:(self.rank + 1) * per].reshape(-1)
-        step = self.batch_size // self.world
+        step = self.batch_size // self.world  # this rank takes its slice of every global batch
+        order = order.view(-1, self.batch_size)[:, self.rank * step:(self.rank + 1) * step].reshape(-1)
         if self.in_memory:  # already on the device: rows taken by index
             batches: Any = ((self.data.inputs[chunk], self.data.targets[chunk], chunk)
                             for chunk in order.to(self.device).split(step))
