@@ -282,7 +282,9 @@ class Update:
                        for name, optimizer in self.optimizers.items()}
         first = next((ps[0] for ps in self.params.values() if ps), None)
         self.device = first.device if first is not None else torch.device("cpu")
-        self.scaler = settings.scaler if settings.scaler is not None else loss_scaler(settings.amp, self.device)
+        # fp16 scales the loss; otherwise a disabled scaler passes loss, gradients and step through
+        fp16 = settings.amp == "fp16"
+        self.scaler = settings.scaler or torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.new_batch()
 
     def new_batch(self) -> None:
@@ -337,22 +339,17 @@ class Update:
         gradients are averaged across processes here."""
         optimizer, params, scaler = self.optimizers[name], self.params[name], self.scaler
         optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        scaler.scale(loss).backward()
         if self.own:
             average_gradients(params)
-        if scaler is not None:
-            scaler.unscale_(optimizer)
+        scaler.unscale_(optimizer)
         if self.settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
-        if scaler is None:
-            optimizer.step()
-            stepped = True
-        else:
-            stepped = not overflowed(scaler, optimizer)  # GradScaler's own skip decision
-            self.state.scaler_skipped += not stepped
-            if stepped:  # a skipped step is not handed to the optimizer: fused SGD's first step
-                scaler.step(optimizer)  # makes momentum with empty_like, filled only if taken
-            scaler.update()  # unscale_ recorded the overflow it adjusts the scale by
+        stepped = not (scaler.is_enabled() and overflowed(scaler, optimizer))  # GradScaler's own decision
+        self.state.scaler_skipped += not stepped
+        if stepped:  # a skipped step is not handed to the optimizer: fused SGD's first step makes
+            scaler.step(optimizer)  # momentum with empty_like, filled only if the step is taken
+        scaler.update()  # unscale_ recorded the overflow it adjusts the scale by
         self.stepped[name] = self.stepped[name] or stepped
         return stepped
 
