@@ -127,8 +127,7 @@ def shape_error(exc: BaseException) -> str | None:
     """The first line of ``exc`` when it is torch refusing an input's shape, else ``None``."""
     if isinstance(exc, torch.OutOfMemoryError) or not isinstance(exc, RuntimeError):
         return None
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
+    first = (str(exc).strip().splitlines() or [""])[0]
     return first if SHAPE_ERROR.search(first) else None
 
 
@@ -141,10 +140,10 @@ def forward_or_explain(model: nn.Module, inputs: torch.Tensor, where: str) -> An
         first = shape_error(exc)
         if first is None:
             raise
-        shape = "x".join(str(d) for d in inputs.shape[1:])
-        raise UserError(f"{where}: {type(model).__name__} cannot take this data's {shape} inputs "
+        dims = [str(d) for d in inputs.shape[1:]]
+        raise UserError(f"{where}: {type(model).__name__} cannot take this data's {'x'.join(dims)} inputs "
                         f"({first}); pick a model built for them, or change its parameters "
-                        f"(kdcore inspect MODEL --input-shape {','.join(str(d) for d in inputs.shape[1:])})") from exc
+                        f"(kdcore inspect MODEL --input-shape {','.join(dims)})") from exc
 
 
 @torch.no_grad()
@@ -169,7 +168,8 @@ def probe(model: nn.Module, taps: list[Tap], inputs: torch.Tensor, where: str) -
     model.eval()
     device = next((p.device for p in model.parameters()), inputs.device)
     try:
-        recorder.record_output(forward_or_explain(model, inputs.to(device), where.removesuffix(" module path")))
+        output = forward_or_explain(model, inputs.to(device), where.removesuffix(" module path"))
+        recorder.record_output(output)
     finally:
         recorder.remove()
         model.train(was_training)
@@ -201,9 +201,19 @@ def term_names(config: RunConfig) -> list[list[list[str]]]:
     return out
 
 
-def build_point(pcfg: DistillPointConfig, where: str, teacher_name: str, point_name: str,
-                terms: list[str], student: nn.Module, teacher: nn.Module,
-                s_feat: Any, t_feat: Any, splits: Splits) -> DistillPoint:
+def point_modules(pcfg: DistillPointConfig, student: nn.Module, teacher: nn.Module,
+                  where: str) -> dict[str, nn.Module | None]:
+    """The modules a point taps, under the names losses take them by (``None`` for ``output``);
+    a path that does not exist is named by its key, ``teachers[0].distill[1].student_module``."""
+    return {f"{side}_module": None if path == OUTPUT else
+            resolve_module(model, path, where=f"{where}.{side}_module")
+            for side, model, path in (("student", student, pcfg.student_module),
+                                      ("teacher", teacher, pcfg.teacher_module))}
+
+
+def build_head(pcfg: DistillPointConfig, where: str, terms: list[str], modules: dict[str, Any],
+               s_feat: Any, t_feat: Any, splits: Splits) -> DistillationHead:
+    """A point's connectors, losses and head, built for the features the probe recorded."""
     s_shape, t_shape = _shape(s_feat), _shape(t_feat)
     hcfg = pcfg.head
 
@@ -222,10 +232,6 @@ def build_point(pcfg: DistillPointConfig, where: str, teacher_name: str, point_n
 
     s_conn, s_out = connector(hcfg.student_connector, "student", s_feat, s_shape, t_shape)
     t_conn, t_out = connector(hcfg.teacher_connector, "teacher", t_feat, t_shape, s_shape)
-    modules = {
-        "student_module": None if pcfg.student_module == OUTPUT else resolve_module(student, pcfg.student_module),
-        "teacher_module": None if pcfg.teacher_module == OUTPUT else resolve_module(teacher, pcfg.teacher_module),
-    }
     num_samples = len(splits.train)
     losses: dict[str, tuple[float, nn.Module]] = {}
     for li, lcfg in enumerate(hcfg.losses):
@@ -244,8 +250,7 @@ def build_point(pcfg: DistillPointConfig, where: str, teacher_name: str, point_n
     for key, loss in head.losses.items():
         if getattr(loss, "same_shape", True):
             head.check_shapes(head.terms[key], s_out, t_out)
-    return DistillPoint(point_name, teacher_name, Tap(pcfg.student_module, pcfg.student_io),
-                        Tap(pcfg.teacher_module, pcfg.teacher_io), head)
+    return head
 
 
 def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
@@ -253,27 +258,21 @@ def build_algorithm(config: RunConfig, splits: Splits, student: nn.Module,
     """Wire student, teachers, heads and distiller into the configured algorithm."""
     sample = sample_inputs(splits)
     names = term_names(config)
-    for ti, tcfg in enumerate(config.teachers):
-        for pi, pcfg in enumerate(tcfg.distill):
-            where = f"teachers[{ti}].distill[{pi}]"
-            if pcfg.student_module != OUTPUT:
-                resolve_module(student, pcfg.student_module, where=f"{where}.student_module")
-            if pcfg.teacher_module != OUTPUT:
-                resolve_module(teachers[tcfg.name], pcfg.teacher_module, where=f"{where}.teacher_module")
+    # every path checked before the probes, which could only say "student module path"
+    modules = [[point_modules(p, student, teachers[t.name], f"teachers[{ti}].distill[{pi}]")
+                for pi, p in enumerate(t.distill)] for ti, t in enumerate(config.teachers)]
     student_taps = [Tap(p.student_module, p.student_io) for t in config.teachers for p in t.distill]
     s_feats = probe(student, student_taps, sample, "student module path") if student_taps else {}
     points: list[DistillPoint] = []
     for ti, tcfg in enumerate(config.teachers):
-        teacher = teachers[tcfg.name]
-        taps = [Tap(p.teacher_module, p.teacher_io) for p in tcfg.distill]
-        t_feats = probe(teacher, taps, sample, f"teachers[{ti}] module path") if taps else {}
-        for pi, pcfg in enumerate(tcfg.distill):
-            where = f"teachers[{ti}].distill[{pi}]"
-            point_name = pcfg.name or f"{tcfg.name}_{pi}"
-            points.append(build_point(
-                pcfg, where, tcfg.name, point_name, names[ti][pi], student, teacher,
-                s_feats[Tap(pcfg.student_module, pcfg.student_io).key],
-                t_feats[Tap(pcfg.teacher_module, pcfg.teacher_io).key], splits))
+        teacher_taps = [Tap(p.teacher_module, p.teacher_io) for p in tcfg.distill]
+        t_feats = (probe(teachers[tcfg.name], teacher_taps, sample, f"teachers[{ti}] module path")
+                   if teacher_taps else {})
+        for pi, (pcfg, t_tap) in enumerate(zip(tcfg.distill, teacher_taps)):
+            s_tap = Tap(pcfg.student_module, pcfg.student_io)
+            head = build_head(pcfg, f"teachers[{ti}].distill[{pi}]", names[ti][pi], modules[ti][pi],
+                              s_feats[s_tap.key], t_feats[t_tap.key], splits)
+            points.append(DistillPoint(pcfg.name or f"{tcfg.name}_{pi}", tcfg.name, s_tap, t_tap, head))
     distiller = None
     if config.teachers:
         distiller = build("distiller", config.distiller.type, where="distiller",

@@ -322,8 +322,7 @@ def build(kind: str, name: str, /, *, plugins: Plugins | None = None, where: str
     except UserError:
         raise
     except Exception as exc:  # a bug or a bad value the factory did not check: one line too
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else ""
+        first = (str(exc).strip().splitlines() or [""])[0]
         first = first if len(first) <= 300 else first[:300] + "..."
         raise UserError(f"{label}: {kind} {registered.id!r} failed while being built with "
                         f"{type(exc).__name__}: {first}; check its parameters, else {broken} "

@@ -95,14 +95,10 @@ class FeatureTaps:
             self._handles.append(module.register_forward_hook(self._hook_for(tap)))
 
     def _hook_for(self, tap: Tap):
-        # one hook per io, _first_tensor inlined: hooks run on every forward of every tap
-        key = tap.key
-        if tap.io == "input":
-            def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-                self.features[key] = inputs[0] if len(inputs) == 1 else inputs
-        else:
-            def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-                self.features[key] = output[0] if isinstance(output, tuple) and len(output) == 1 else output
+        key, records_input = tap.key, tap.io == "input"
+
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            self.features[key] = _first_tensor(inputs if records_input else output)
         return hook
 
     def record_output(self, output: Any) -> None:
