@@ -208,6 +208,15 @@ class MissingParameter(TwoHalves):
     leave_out = "fc"
 
 
+class UnknownOptimizer(TwoHalves):
+    """Updates an optimizer its optimizers() does not have."""
+
+    def optimization_step(self, batch, *, epoch, step, update):
+        loss = self.task.loss(self.student(batch.inputs), batch.targets)
+        update(loss, "generator")
+        return {"task": loss.detach()}
+
+
 class UnnamedOptimizer(TwoHalves):
     """Names an optimizer "": the run refuses it, so the kit must too."""
 
@@ -280,7 +289,8 @@ def _module() -> types.ModuleType:
                               C("teacher_training", TeacherTrainingAlgorithm, "x"),
                               C("two_halves", TwoHalves, "x"), C("forgetful_step", ForgetfulStep, "x"),
                               C("missing_parameter", MissingParameter, "x"),
-                              C("unnamed_optimizer", UnnamedOptimizer, "x")],
+                              C("unnamed_optimizer", UnnamedOptimizer, "x"),
+                              C("unknown_optimizer", UnknownOptimizer, "x")],
         "kdcore_models": [C("fixed_classes", fixed_classes_model, "x"), C("idle_layer", IdleLayerModel, "x")],
         "kdcore_datasets": [C("good_data", good_data, "x"), C("unstable", unstable_data, "x"),
                             C("small_images", small_images_data, "x")],
@@ -424,6 +434,8 @@ CASES = [
      "never called update() for optimizer(s) ['head']"),
     (A, "test_step_changes_student", {"component": "missing_parameter", "teachers": 0},
      "must hold every trainable parameter exactly once"),
+    (A, "test_training_step_terms", {"component": "unknown_optimizer", "teachers": 0},
+     "update(loss, 'generator'): the algorithm's optimizers() has no optimizer 'generator'"),
     (A, "test_training_step_terms", {"component": "unnamed_optimizer", "teachers": 0},
      "optimizers() must return None or {name: torch optimizer} with non-empty names"),
     (M, "test_num_classes_respected", {"component": "fixed_classes"}, "built with num_classes=7"),

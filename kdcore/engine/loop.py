@@ -455,13 +455,11 @@ def pretraining_optimizer(algorithm: Algorithm, point: str, pretraining: PreTrai
     head's connectors)."""
     assert algorithm.distiller is not None
     head = algorithm.distiller.heads[point]
+    modules = [algorithm.student, head.student_connector, head.teacher_connector]
     if pretraining.parameters is not None:
         params = list(pretraining.parameters())
     else:
-        params = list(algorithm.student.parameters())
-        for connector in (head.student_connector, head.teacher_connector):
-            if connector is not None:
-                params += list(connector.parameters())
+        params = [p for module in modules if module is not None for p in module.parameters()]
     params = [p for p in params if p.requires_grad]
     if not params:
         raise UserError(f"stage {pretraining.name!r} of distill point {point!r} has no trainable parameters")
