@@ -364,14 +364,12 @@ def load_teachers(config: RunConfig, splits: Any, device: torch.device,
                   log: Callable[[str], None]) -> dict[str, Teacher]:
     """Every teacher loaded, or trained and cached (checksum and size as trained, before
     speed_up folds BatchNorms into convolutions)."""
+    prepare = partial(prepare_teachers, config, splits, device, log, build_model=build_model)
     if any(not t.checkpoint for t in config.teachers):  # as prepare_teachers reads it
         # under torchrun, the first process of each machine trains an uncached teacher (and logs
         # it, on rank 0); the others wait and load what it cached
-        return distributed.local_main_first(
-            lambda: prepare_teachers(config, splits, device, log, build_model=build_model),
-            device, "preparing the teachers")
-    # checkpoints only: every process at once
-    return prepare_teachers(config, splits, device, log, build_model=build_model)
+        return distributed.local_main_first(prepare, device, "preparing the teachers")
+    return prepare()  # checkpoints only: every process at once
 
 
 def build_student_and_algorithm(config: RunConfig, splits: Any, teachers: dict[str, Teacher],
