@@ -95,8 +95,8 @@ def reduce_sums(sums: dict[str, float], seen: int, skipped: int) -> tuple[dict[s
 
 
 def average_gradients(params: list[nn.Parameter]) -> None:
-    """Average gradients across ranks by hand, for the short pre-training stages that run
-    outside DDP."""
+    """Average gradients across ranks by hand, for the updates that run outside DDP (an
+    algorithm's own optimizers, the pre-trainings)."""
     if world_size() == 1:
         return
     for p in params:
@@ -151,9 +151,6 @@ def all_ranks(flag: bool, device: torch.device, *, patient: bool = False) -> boo
     return bool(value.item())
 
 
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
 def local_main_first(first: Callable[[], T], device: torch.device, what: str,
                      others: Callable[[], T] | None = None) -> T:
     """``first()`` on each machine's first process (``LOCAL_RANK`` 0), then, once it worked on
@@ -194,10 +191,10 @@ def use_sync_batchnorm(algorithm: nn.Module, device: torch.device) -> int:
     Each module's class is changed in place, as ``SyncBatchNorm.convert_sync_batchnorm`` would
     do with a copy: the same object keeps its parameters, buffers, module path and the forward
     hooks of taps, so ``state_dict`` keys and feature taps are unchanged. One process has
-    nothing to synchronise and is left as it is."""
+    nothing to synchronise and is left as it is. The run has refused CPU processes
+    (:func:`check_sync_batchnorm`) before it builds anything."""
     if world_size() == 1:
         return 0
-    check_sync_batchnorm(device)
     distiller = getattr(algorithm, "distiller", None)
     frozen = {id(m) for t in (distiller.teachers.values() if distiller is not None else ())
               for m in t.modules()}
@@ -205,7 +202,7 @@ def use_sync_batchnorm(algorithm: nn.Module, device: torch.device) -> int:
     for name, module in algorithm.named_modules():
         if id(module) in frozen or not isinstance(module, nn.modules.batchnorm._BatchNorm):
             continue
-        if type(module) in BATCHNORMS:
+        if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
             module.__class__ = nn.SyncBatchNorm
             module.process_group = None  # the default group: every rank
             count += 1
@@ -251,9 +248,8 @@ def wrap(algorithm: nn.Module, device: torch.device) -> nn.Module | None:
         find_unused_parameters=unused)
 
 
-def check_batch(batch_size: int) -> int:
-    n = world_size()
-    if batch_size % n:
+def check_batch(batch_size: int) -> None:
+    """Every process takes an equal share of each global batch."""
+    if batch_size % world_size():
         raise UserError(f"config key data.batch_size: {batch_size} (the global batch) must be "
-                        f"divisible by the {n} processes")
-    return batch_size // n
+                        f"divisible by the {world_size()} processes")
