@@ -202,20 +202,14 @@ def restore(checkpoint_path: str, algorithm: Any, optimizers: dict[str, torch.op
     return TrainingState(**state["position"]), state["stages_done"]
 
 
-def remove_partial_writes(run_dir: str) -> list[str]:
+def remove_partial_writes(run_dir: str) -> None:
     """Delete the temporary files a killed run left mid-write in its own directory: only names
     kdcore's atomic writer gives them (:data:`~.checkpoint.TEMP_NAME`), so a user's own
-    ``notes.tmp`` stays; returns their paths."""
-    removed = []
+    ``notes.tmp`` stays."""
     for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
             if TEMP_NAME.match(name):
-                path = os.path.join(folder, name)
-                os.unlink(path)
-                removed.append(path)
-    return removed
+                os.unlink(os.path.join(folder, name))
 
 
 # What a resumed run may not change: what it trains on, which models, from which seed. The rest

@@ -100,7 +100,7 @@ class TeacherOutputCache:
     """The cached outputs of one teacher's taps over one training split.
 
     On the CPU the rows are read from the memory-mapped files. On an accelerator, a cache that
-    fits (:data:`RESIDENT_BYTES`) is copied to the device once (``resident_on``), so a step
+    fits (:data:`RESIDENT_BYTES`) is copied to the device once (:meth:`keep_on`), so a step
     gathers its rows there: reading the files would move every batch's indices to the host and
     wait for the device.
     """
