@@ -7,6 +7,7 @@ through student and teachers with the taps attached, so configs never spell out 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 import torch
@@ -188,16 +189,13 @@ def term_names(config: RunConfig) -> list[list[list[str]]]:
     several = len(config.teachers) > 1
     raw = [[[(f"{t.name}." if several else "") + (loss.name or loss.type) for loss in p.head.losses]
             for p in t.distill] for t in config.teachers]
-    flat = [n for t in raw for p in t for n in p]
-    out = []
-    for t, tcfg in zip(raw, config.teachers):
-        out.append([[n if flat.count(n) == 1 else f"{n}@{pcfg.student_module}" for n in p]
-                    for p, pcfg in zip(t, tcfg.distill)])
-    flat = [n for t in out for p in t for n in p]
-    for i, name in enumerate(flat):
-        if flat.index(name) != i:
-            raise UserError(f"two loss terms are both named {name!r}; give one a 'name:' in its "
-                            f"losses entry")
+    counts = Counter(n for t in raw for p in t for n in p)
+    out = [[[n if counts[n] == 1 else f"{n}@{pcfg.student_module}" for n in p]
+            for p, pcfg in zip(t, tcfg.distill)] for t, tcfg in zip(raw, config.teachers)]
+    twice = [n for n, count in Counter(n for t in out for p in t for n in p).items() if count > 1]
+    if twice:  # the same loss twice at one point
+        raise UserError(f"two loss terms are both named {twice[0]!r}; give one a 'name:' in its "
+                        f"losses entry")
     return out
 
 
