@@ -162,21 +162,17 @@ def _write_atomic(path: str, write: Callable[[BinaryIO], None], suffix: str) -> 
     fsync the folder: a kill at any moment leaves the old file or the new one. A full disk is a
     :class:`UserError` naming ``path``; the old file stays."""
     folder = os.path.dirname(os.path.abspath(path))
+    tmp = ""  # until it is made
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = temp_file(folder, prefix=TEMP_PREFIX, suffix=suffix)  # umask's mode, not 0600
-    except OSError as error:
-        if error.errno in DISK_FULL:
-            raise disk_full(path, error) from None
-        raise
-    try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as error:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(error, OSError) and error.errno in DISK_FULL:
             raise disk_full(path, error) from None
