@@ -9,7 +9,6 @@ distribution name; empty = none).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
@@ -23,6 +22,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from . import hookspecs
+from .errors import did_you_mean
 from .version import PLUGIN_API_VERSION, __version__, version_in_range
 
 GROUP = "kdcore"
@@ -75,9 +75,7 @@ def _unknown_hooks(module: Any) -> list[str]:
     for attr in dir(module):
         obj = getattr(module, attr, None)
         if callable(obj) and hasattr(obj, f"{GROUP}_impl") and attr not in known:
-            close = difflib.get_close_matches(attr, sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"hook {attr!r} matches no kdcore hookspec{hint}")
+            problems.append(f"hook {attr!r} matches no kdcore hookspec{did_you_mean(attr, known)}")
     return problems
 
 
@@ -92,7 +90,7 @@ def _failing_line(exc: BaseException) -> str:
 def _declared_range(module: Any, ep: EntryPoint) -> str:
     """The kdcore range a plugin declares: ``KDCORE_REQUIRES`` in its module (when imported),
     else its distribution's ``kdcore`` requirement."""
-    declared = getattr(module, "KDCORE_REQUIRES", "") if module is not None else ""
+    declared = getattr(module, "KDCORE_REQUIRES", "")  # "" before the import (module None)
     if declared:
         return declared
     for text in (ep.dist.requires or []) if ep.dist else []:
@@ -228,9 +226,8 @@ class Plugins:
         known = {s.name for s in self.status.values()} | {s.distribution for s in self.status.values()}
         notes = []
         for name in sorted((_selection() or set()) - known):
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            notes.append(f"kdcore: KDCORE_PLUGINS names {name!r}, which matches no installed plugin{hint}")
+            notes.append(f"kdcore: KDCORE_PLUGINS names {name!r}, which matches no installed plugin"
+                         f"{did_you_mean(name, known)}")
         return notes
 
     def troubled(self) -> list[str]:
