@@ -54,16 +54,6 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
             and conv.out_channels == bn.num_features and not _hooked(conv) and not _hooked(bn))
 
 
-@torch.no_grad()
-def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """Fold ``bn`` into ``conv`` in place with torch's own fusion (:mod:`torch.nn.utils.fusion`);
-    the convolution module stays, so its path and hooks do."""
-    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
-                                        bn.eps, bn.weight, bn.bias)
-    conv.weight = nn.Parameter(weight.detach(), requires_grad=False)
-    conv.bias = nn.Parameter(bias.detach(), requires_grad=False)
-
-
 def fold_batchnorm(model: nn.Module) -> list[str]:
     """Fold every eligible (Conv2d, BatchNorm2d) pair of a frozen ``model`` in place; returns
     the paths of the BatchNorms folded (see the module docstring for what is eligible)."""
@@ -78,7 +68,11 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
             conv, bn = parent._modules[first], parent._modules[second]
             if conv is None or bn is None or not _foldable(conv, bn):
                 continue
-            _fold_into(conv, bn)
+            # torch's own fusion, in place: the convolution module stays, so its path and hooks do
+            weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                bn.eps, bn.weight, bn.bias)
+            conv.weight = nn.Parameter(weight.detach(), requires_grad=False)
+            conv.bias = nn.Parameter(bias.detach(), requires_grad=False)
             parent._modules[second] = nn.Identity()
             folded.append(f"{parent_path}.{second}" if parent_path else second)
     return folded
