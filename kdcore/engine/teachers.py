@@ -9,6 +9,7 @@ training recipe (with its own seed) and data set. The next run with the same tea
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import inspect
 import json
@@ -82,12 +83,9 @@ def teacher_data(tcfg: TeacherConfig, splits: Splits) -> Any:
 def why_new(path: str, recipe: dict[str, Any]) -> str:
     """Why no cached teacher fits: the settings in which the newest cached teacher of the same
     model differs from this recipe (read from its ``meta.recipe``), or that none is cached."""
-    folder = os.path.dirname(path)
     kind = os.path.basename(path).rsplit("-", 1)[0]
-    others = sorted((os.path.join(folder, f) for f in os.listdir(folder)
-                     if f.startswith(kind + "-") and f.endswith(".pt") and os.path.join(folder, f) != path),
-                    key=os.path.getmtime, reverse=True)
-    for other in others[:5]:
+    others = set(glob.glob(os.path.join(glob.escape(os.path.dirname(path)), f"{glob.escape(kind)}-*.pt")))
+    for other in sorted(others - {path}, key=os.path.getmtime, reverse=True)[:5]:
         try:
             meta = torch.load(other, map_location="cpu", weights_only=True).get("meta", {})
         except Exception:  # a damaged or foreign file: not a reason
