@@ -33,11 +33,14 @@ _INSTALL_HINTS = {
     "algorithm": {"self_distillation": "byot", "meal_v2": "meal", "data_free": "datafree", "dml": "dml"},
     "model_transform": {"fast_max_pool": "cpu-speed"},
     "logger": {"tensorboard": "tensorboard", "mlflow": "mlflow"},
-    "model": {"timm": "timm"},
+    "model": {"timm": "timm", "seg_net": "dense", "seg_teacher": "dense", "seg_student": "dense",
+              "yolo": "dense", "yolo_teacher": "dense", "yolo_student": "dense"},
+    "dataset": {"fashion_scenes": "dense"},
     "command": {"compare": "compare", "inspect": "inspect", "export": "export", "draw": "draw"},
     "preset": {"kd": "kd", "fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd", "crd": "crd",
                "ft": "ft", "ab": "ab", "ofd": "ofd", "byot": "byot", "meal": "meal",
-               "datafree": "datafree", "cwd": "cwd", "yolo_kd": "yolo-kd", "timm": "timm", "dml": "dml"},
+               "datafree": "datafree", "cwd": "cwd", "yolo_kd": "yolo-kd", "timm": "timm", "dml": "dml",
+               "dense": "dense"},
 }
 
 

@@ -98,3 +98,21 @@ def test_augmented_run_trains(tmp_path, tiny) -> None:
         args += ["--set", item]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
+
+
+def test_an_augmentation_that_cannot_move_the_targets_is_refused_by_name() -> None:
+    class Labels:
+        target_kind = "mask"
+
+    class Blur:
+        moves = ("label",)
+
+        def __init__(self) -> None: ...
+
+    from kdcore.data import augment as module
+    module.AUGMENTATIONS["blur_test"] = Blur
+    try:
+        with pytest.raises(UserError, match=r"data.augment\[1\].type: 'blur_test' cannot move this data set's targets \(mask\)"):
+            build_augment([ComponentConfig("hflip"), ComponentConfig("blur_test")], Labels())
+    finally:
+        del module.AUGMENTATIONS["blur_test"]

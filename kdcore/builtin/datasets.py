@@ -14,9 +14,6 @@ def kdcore_datasets() -> list[Component]:
         Component("fashion_mnist", "kdcore.data.fashion_mnist:fashion_mnist",
                   "Fashion-MNIST from IDX files (Debian package dataset-fashion-mnist), in memory"),
         Component("mnist", "kdcore.data.fashion_mnist:mnist_idx", "MNIST from IDX files, in memory"),
-        Component("fashion_scenes", "kdcore.data.fashion_scenes:fashion_scenes",
-                  "Fashion-MNIST items composed into scenes: masks (task: segmentation) or boxes "
-                  "(task: detection), generated in memory"),
         Component("cifar10", f"{_TV}:cifar10",
                   "CIFAR-10 from ROOT/cifar-10-batches-py (in memory, or per sample with sample_augment)"),
         Component("cifar100", f"{_TV}:cifar100",

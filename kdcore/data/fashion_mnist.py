@@ -22,7 +22,9 @@ FASHION_MNIST_STATS = (0.2860, 0.3530)
 MNIST_STATS = (0.1307, 0.3081)
 
 
-def _find(root: str, stem: str, install_hint: str) -> str:
+def find_file(root: str, stem: str, install_hint: str) -> str:
+    """``root/stem.gz``, else ``root/stem``; missing, a one-line error ending in ``install_hint``
+    (public: kdcore-plugin-dense composes its scenes from these files)."""
     for candidate in (stem + ".gz", stem):
         path = os.path.join(root, candidate)
         if os.path.exists(path):
@@ -33,8 +35,8 @@ def _find(root: str, stem: str, install_hint: str) -> str:
 
 def load_idx_split(root: str, split: str, stats: tuple[float, float], install_hint: str) -> TensorSplit:
     """Decode one split into normalised float images ``(N, 1, 28, 28)`` and int64 labels."""
-    images_path = _find(root, FILES[split][0], install_hint)
-    labels_path = _find(root, FILES[split][1], install_hint)
+    images_path = find_file(root, FILES[split][0], install_hint)
+    labels_path = find_file(root, FILES[split][1], install_hint)
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise UserError(f"data files {images_path} and {labels_path} do not match: "

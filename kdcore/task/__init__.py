@@ -1,8 +1,8 @@
 """The task: how a data set's targets are scored. Classification is one task among others.
 
 The core never assumes classes: the student's own loss and the evaluation metric come from the
-data set's task, so detection or segmentation plug in as data-set plugins. Dense tasks live
-beside this module (``kdcore.task.segmentation``, ``kdcore.task.detection``).
+data set's task, so detection or segmentation plug in as data-set plugins. The dense tasks come
+with kdcore-plugin-dense (``kdcore_plugin_dense.segmentation``, ``kdcore_plugin_dense.detection``).
 
 What a task declares beside its loss and metric:
 

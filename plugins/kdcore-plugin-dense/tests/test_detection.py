@@ -12,8 +12,8 @@ import kdcore
 from kdcore.assemble import keep_labels
 from kdcore.data import TensorSplit
 from kdcore.data.augment import HorizontalFlip, RandomCrop
-from kdcore.models.yolo import yolo_student, yolo_teacher
-from kdcore.task.detection import UNLABELLED, DetectionTask
+from kdcore_plugin_dense.detection import UNLABELLED, DetectionTask
+from kdcore_plugin_dense.models import yolo_student, yolo_teacher
 
 ANCHORS = ((16.0, 16.0), (8.0, 24.0))
 

@@ -6,16 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdcore.config import ComponentConfig
-from kdcore.data.augment import HorizontalFlip, RandomCrop, build_augment
-from kdcore.data.fashion_scenes import FASHION_MNIST_ROOT, FILES, IGNORE_INDEX, _HINT, _find, compose
+from kdcore.data.augment import HorizontalFlip, RandomCrop
 from kdcore.data.idx import read_idx
 from kdcore.errors import UserError
+from kdcore_plugin_dense.datasets import FASHION_MNIST_ROOT, FILES, IGNORE_INDEX, _HINT, compose, find_file
 
 
 def _items(n: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
-    images = read_idx(_find(FASHION_MNIST_ROOT, FILES["test"][0], _HINT))[:n]
-    labels = read_idx(_find(FASHION_MNIST_ROOT, FILES["test"][1], _HINT))[:n].long()
+    images = read_idx(find_file(FASHION_MNIST_ROOT, FILES["test"][0], _HINT))[:n]
+    labels = read_idx(find_file(FASHION_MNIST_ROOT, FILES["test"][1], _HINT))[:n].long()
     return images, labels
 
 
@@ -72,7 +71,7 @@ def test_generation_is_deterministic_and_seeded() -> None:
 
 @pytest.mark.fashion
 def test_the_data_set_factory_checks_its_parameters() -> None:
-    from kdcore.data.fashion_scenes import fashion_scenes
+    from kdcore_plugin_dense.datasets import fashion_scenes
     with pytest.raises(UserError, match=r"data.scale: \[40, 30\]"):
         fashion_scenes(scale=(40, 30))
     with pytest.raises(UserError, match=r"data.task: unknown task 'segment'"):
@@ -120,21 +119,3 @@ def test_a_box_leaving_the_crop_is_clipped_then_dropped() -> None:
             assert moved[0, 0].tolist() == [-1.0] * 5
         else:
             assert moved[0, 0].tolist() == [max(0, -dx), max(0, -dy), min(10, 2 - dx), min(10, 2 - dy), 1.0]
-
-
-def test_an_augmentation_that_cannot_move_the_targets_is_refused_by_name() -> None:
-    class Labels:
-        target_kind = "mask"
-
-    class Blur:
-        moves = ("label",)
-
-        def __init__(self) -> None: ...
-
-    from kdcore.data import augment as module
-    module.AUGMENTATIONS["blur_test"] = Blur
-    try:
-        with pytest.raises(UserError, match=r"data.augment\[1\].type: 'blur_test' cannot move this data set's targets \(mask\)"):
-            build_augment([ComponentConfig("hflip"), ComponentConfig("blur_test")], Labels())
-    finally:
-        del module.AUGMENTATIONS["blur_test"]

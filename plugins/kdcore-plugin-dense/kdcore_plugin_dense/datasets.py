@@ -25,10 +25,10 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
-from .fashion_mnist import FASHION_MNIST_ROOT, FILES, _find
-from .idx import read_idx
-from .source import DataSource, TensorSplit
+from kdcore.data import DataSource, TensorSplit
+from kdcore.data.fashion_mnist import FASHION_MNIST_ROOT, FILES, find_file
+from kdcore.data.idx import read_idx
+from kdcore.errors import UserError
 
 IGNORE_INDEX = 255
 NUM_ITEM_CLASSES = 10  # Fashion-MNIST's classes; the mask adds background as class 0
@@ -145,7 +145,7 @@ def fashion_scenes(root: str = FASHION_MNIST_ROOT, task: str = "segmentation", c
     Both tasks see the same images for the same parameters; ``seed`` picks the scenes (it is the
     data's seed, not the run's). Images are normalised with :data:`SCENES_STATS`. ``anchors``
     (detection only): the detector's anchor boxes ``[[w, h], ...]`` in pixels (default
-    :data:`kdcore.task.detection.SCENE_ANCHORS`); a detector's head has one prediction per anchor."""
+    :data:`kdcore_plugin_dense.detection.SCENE_ANCHORS`); a detector's head has one prediction per anchor."""
     if task not in ("segmentation", "detection"):
         raise UserError(f"config key data.task: unknown task {task!r}; choose segmentation or detection",
                         key_path="data.task")
@@ -160,20 +160,19 @@ def fashion_scenes(root: str = FASHION_MNIST_ROOT, task: str = "segmentation", c
     mean, std = SCENES_STATS
     splits = {}
     for split, count in (("train", counts["train_scenes"]), ("test", counts["test_scenes"])):
-        images = read_idx(_find(root, FILES[split][0], _HINT))
-        labels = read_idx(_find(root, FILES[split][1], _HINT)).long()
+        images = read_idx(find_file(root, FILES[split][0], _HINT))
+        labels = read_idx(find_file(root, FILES[split][1], _HINT)).long()
         scenes = compose(images, labels, count, seed=_split_seed(seed, split), **options)
         inputs = scenes.images.sub_(mean).div_(std)
         targets = scenes.masks if task == "segmentation" else scenes.boxes
         splits[split] = TensorSplit(inputs, targets)
     digest = hashlib.sha1(repr(("fashion_scenes", task, seed, counts, sorted(options.items()))).encode())
     if task == "segmentation":
-        from ..task.segmentation import SegmentationTask
+        from .segmentation import SegmentationTask
         task_obj = SegmentationTask(num_classes=NUM_ITEM_CLASSES + 1, ignore_index=IGNORE_INDEX)
         num_classes = NUM_ITEM_CLASSES + 1
     else:
-        from ..task.detection import DetectionTask
-        from ..task.detection import SCENE_ANCHORS
+        from .detection import SCENE_ANCHORS, DetectionTask
         scale_to = canvas / 64  # the default anchors are for 64x64 canvases
         default = [[w * scale_to, h * scale_to] for w, h in SCENE_ANCHORS]
         task_obj = DetectionTask(num_classes=NUM_ITEM_CLASSES, image_size=(canvas, canvas),

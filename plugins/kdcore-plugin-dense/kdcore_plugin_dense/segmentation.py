@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from kdcore.errors import UserError
 
 
 class ConfusionIoU:

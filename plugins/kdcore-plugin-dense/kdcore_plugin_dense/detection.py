@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_convert, box_iou
 
-from ..errors import UserError
+from kdcore.errors import UserError
 
 #: class value of every row of a scene whose boxes are hidden (``data.labelled``)
 UNLABELLED = -2.0

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kdcore.engine import teacher_cache
+from kdcore.testing.e2e import TINY_SETS
 
 from cli_runs import invoke_sets as invoke
 
@@ -102,8 +103,8 @@ def test_segmentation_mistakes_are_one_line(tmp_path, cache, sets, message) -> N
     assert "Traceback" not in result.output
 
 
-def test_a_segmentation_model_on_a_classification_data_set_is_one_line(tmp_path, cache, tiny) -> None:
-    result = invoke(tmp_path, *tiny, "student.type=seg_student")
+def test_a_segmentation_model_on_a_classification_data_set_is_one_line(tmp_path, cache) -> None:
+    result = invoke(tmp_path, *TINY_SETS, "student.type=seg_student")
     assert result.exit_code == 2, result.output
     assert ("student: this is a classification data set, which needs a model that outputs (at "
             "least) 10 class scores per image, but it outputs 10x28x28") in result.output

@@ -14,7 +14,7 @@ import kdcore
 from kdcore import assemble
 from kdcore.config import DataConfig
 from kdcore.data import DataSource, TensorSplit
-from kdcore.task.detection import DetectionTask
+from kdcore_plugin_dense.detection import DetectionTask
 
 from cli_runs import invoke_sets as invoke, run_dir_of
 

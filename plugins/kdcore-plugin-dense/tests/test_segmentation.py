@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from kdcore.errors import UserError
-from kdcore.models.segmentation import SegNet, seg_student, seg_teacher
 from kdcore.models.torchvision_models import torchvision_segmentation
 from kdcore.task import ClassificationTask
-from kdcore.task.segmentation import SegmentationTask
+from kdcore_plugin_dense.models import SegNet, seg_student, seg_teacher
+from kdcore_plugin_dense.segmentation import SegmentationTask
 
 IGNORE = 255
 
