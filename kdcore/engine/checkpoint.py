@@ -47,21 +47,18 @@ def disk_full(path: str, error: OSError) -> UserError:
                      f"--resume RUN_DIR")
 
 
-def _alive(pid: int) -> bool:
+def _dead_holder(text: str) -> int | None:
+    """The pid a lock file names (``kdcore process PID on HOST``) when HOST is this machine and
+    that process is gone: the kernel has released its lock, only its name is left."""
+    found = re.fullmatch(r"kdcore process (\d+) on (\S+)", text.strip())
+    if not found or found.group(2) != socket.gethostname():
+        return None
     try:
-        os.kill(pid, 0)
+        os.kill(int(found.group(1)), 0)
     except ProcessLookupError:
-        return False
+        return int(found.group(1))
     except PermissionError:  # someone else's process: alive
         pass
-    return True
-
-
-def _holder_pid(text: str) -> int | None:
-    """The pid in a lock file's ``kdcore process PID on HOST`` when HOST is this machine."""
-    found = re.fullmatch(r"kdcore process (\d+) on (\S+)", text.strip())
-    if found and found.group(2) == socket.gethostname():
-        return int(found.group(1))
     return None
 
 
@@ -109,8 +106,8 @@ def run_lock(run_dir: str, log: Callable[[str], None] = lambda message: None) ->
             log(f"no file locking where {run_dir} lives ({error.strerror}); make sure no other "
                 f"process runs in it")
         lock.seek(0)
-        stale = _holder_pid(lock.read())
-        if stale is not None and stale != os.getpid() and not _alive(stale):
+        stale = _dead_holder(lock.read())
+        if stale is not None:
             log(f"run dir lock {path} named process {stale}, which is no longer running; taken over")
         with _named(lock):
             yield
@@ -143,8 +140,7 @@ def exclusive(path: str, log: Callable[[str], None] = lambda message: None) -> I
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip()
-            dead = _holder_pid(holder)
-            if not holder or (dead is not None and not _alive(dead)):  # its successor not named yet
+            if not holder or _dead_holder(holder) is not None:  # its successor not named yet
                 holder = "another process"
             log(f"waiting for {holder} to finish {path} (lock file {lock_path})")
             fcntl.flock(lock, fcntl.LOCK_EX)
