@@ -26,17 +26,9 @@ from .errors import did_you_mean
 from .version import PLUGIN_API_VERSION, __version__, version_in_range
 
 GROUP = "kdcore"
-BUILTIN_MODULES = (
-    "kdcore.builtin.algorithms",
-    "kdcore.builtin.distillers",
-    "kdcore.builtin.heads",
-    "kdcore.builtin.connectors",
-    "kdcore.builtin.losses",
-    "kdcore.builtin.models",
-    "kdcore.builtin.datasets",
-    "kdcore.builtin.presets",
-    "kdcore.builtin.loggers",
-)
+#: the modules of kdcore/builtin/: the core's own components, registered through the plugins' hooks
+BUILTINS = ("algorithms", "distillers", "heads", "connectors", "losses", "models", "datasets", "presets",
+            "loggers")
 
 
 def dist_label(distribution: str, version: str) -> str:
@@ -133,9 +125,8 @@ class Plugins:
         self.echo = False
         #: plugins registered in-process (:meth:`register`), in order
         self.in_process: list[str] = []
-        for module_name in BUILTIN_MODULES:
-            module = importlib.import_module(module_name)
-            self.pm.register(module, name=module_name.rsplit(".", 1)[-1])
+        for name in BUILTINS:
+            self.pm.register(importlib.import_module(f"kdcore.builtin.{name}"), name=name)
         if load_entry_points:
             for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
                 self._load(ep)
@@ -259,7 +250,7 @@ class Plugins:
 
     def plugin_name(self, plugin_obj: Any) -> str:
         name = self.pm.get_name(plugin_obj) or "?"
-        return "kdcore" if name in {m.rsplit(".", 1)[-1] for m in BUILTIN_MODULES} else name
+        return "kdcore" if name in BUILTINS else name
 
 
 _current: Plugins | None = None
