@@ -289,3 +289,19 @@ def test_a_compiled_teacher_keeps_no_grad_so_it_is_not_compiled_twice() -> None:
     model.compile(backend="eager")  # compiles lazily: nothing is traced here
     with frozen_pass(model):
         assert not torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
+
+
+def test_a_checkpoint_folder_that_cannot_take_the_cache_sends_it_to_the_cache_dir(tmp_path, monkeypatch) -> None:
+    import kdcore.engine.teacher_cache as tc
+
+    monkeypatch.setenv("KDCORE_CACHE_DIR", str(tmp_path / "cache"))
+    checkpoint, fallback = str(tmp_path / "shared" / "t.pt"), str(tmp_path / "cache" / "teacher-outputs")
+    assert tc._folder_for(checkpoint) == str(tmp_path / "shared" / "teacher-outputs")
+    monkeypatch.setattr(tc.os, "access", lambda path, mode: False)  # made, but not writable
+    assert tc._folder_for(checkpoint) == fallback
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tc.os, "makedirs", refused)  # cannot even be made
+    assert tc._folder_for(str(tmp_path / "other" / "t.pt")) == fallback

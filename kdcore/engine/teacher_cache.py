@@ -20,6 +20,7 @@ flipped bit, zeroed rows, a truncated file or a damaged header are named, with t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -86,13 +87,13 @@ def check_teacher_cache(config: Any, train: Any, augment: Any) -> None:
 
 
 def _folder_for(checkpoint: str) -> str:
+    """Next to the teacher's checkpoint, or in the user's cache folder where that one cannot be
+    made or written."""
     folder = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "teacher-outputs")
-    try:
+    with contextlib.suppress(OSError):
         os.makedirs(folder, exist_ok=True)
         if os.access(folder, os.W_OK):
             return folder
-    except OSError:
-        pass
     return os.path.join(cache_dir(), "teacher-outputs")
 
 
