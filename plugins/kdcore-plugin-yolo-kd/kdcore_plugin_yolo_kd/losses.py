@@ -2,7 +2,7 @@
 Frames Per Second", ECCV workshops 2018), on a YOLO head's raw output.
 
 Both sides are ``(N, A, 5 + C, H, W)``: per anchor and grid cell ``tx, ty, tw, th``, the
-objectness logit ``to`` and ``C`` class logits (:mod:`kdcore.task.detection`). With the
+objectness logit ``to`` and ``C`` class logits (:mod:`kdcore_plugin_dense.detection`). With the
 teacher's objectness ``o = sigmoid(to_T)`` (after FM-NMS, which zeroes it where a stronger
 teacher prediction of the same class sits in the 3x3 neighbourhood), class probabilities
 ``p = softmax(cls_T)`` and box ``b = (sigmoid(tx_T), sigmoid(ty_T), tw_T, th_T)``, summed over
