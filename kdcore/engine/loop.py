@@ -62,10 +62,8 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
     if not names:
         return []
     flags = [torch.isfinite(state[name]).all() for name in names]
-    ok = torch.stack([flag.to(flags[0].device) for flag in flags]).cpu()  # one copy to the host
-    if bool(ok.all()):
-        return []
-    return [name for name, good in zip(names, ok.tolist()) if not good]
+    ok = torch.stack([flag.to(flags[0].device) for flag in flags]).tolist()  # one copy to the host
+    return [name for name, good in zip(names, ok) if not good]
 
 
 @attrs.define
