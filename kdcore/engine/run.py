@@ -470,9 +470,10 @@ class Training:
 
     def train(self) -> None:
         """The student's epochs, from where the run stands."""
-        settings = LoopSettings.of(self.config.trainer, optimizers=self.optimizers, schedulers=self.schedulers,
-                                   scaler=self.scaler, reduce=distributed.reduce_sums,
-                                   on_step=self.on_step, on_epoch_end=self.on_epoch_end)
+        settings = LoopSettings.of(self.config.trainer, optimizers=self.optimizers,
+                                   schedulers=self.schedulers, scaler=self.scaler,
+                                   reduce=distributed.reduce_sums, on_step=self.on_step,
+                                   on_epoch_end=self.on_epoch_end)
         if ENGINE_OPTIMIZER in self.optimizers:  # an algorithm that steps its own is not DDP-wrapped
             settings.step_module = distributed.wrap(self.algorithm, self.device)
         train_epochs(self.algorithm, self.batches, self.position, settings)
