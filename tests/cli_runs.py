@@ -7,7 +7,10 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from kdcore.cli import main
 from kdcore.data.fashion_mnist import FASHION_MNIST_ROOT, FILES
 from kdcore.data.idx import read_idx
 from kdcore.models.cnn import cnn_teacher
+from kdcore.models.imported import use_import_paths
 from kdcore.plugins import Plugins
 from kdcore.testing import using_plugins
 
@@ -100,3 +104,23 @@ def only_run_dir(output_dir: Path) -> Path:
 def run_dir_of(output: str) -> str:
     """The run directory a run printed (``run dir: PATH``)."""
     return next(line[len("run dir: "):] for line in output.splitlines() if line.startswith("run dir: "))
+
+
+@contextmanager
+def own_imports(*packages: str) -> Iterator[None]:
+    """A test's throw-away ``type: import`` packages (``mypkg``), imported from its own folder and
+    forgotten after. A process runs one command, so ``type: import`` keeps the run's
+    ``import_paths``, the folders it put on ``sys.path`` and the modules it imported; in one pytest
+    process the next test's ``mypkg`` would be the last test's, or be searched for in its folder."""
+    def forget() -> None:
+        for name in [m for m in sys.modules if m.split(".")[0] in packages]:
+            del sys.modules[name]
+        use_import_paths([])
+
+    path = list(sys.path)
+    forget()
+    try:
+        yield
+    finally:
+        forget()
+        sys.path[:] = path

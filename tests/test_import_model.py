@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cli_runs import own_imports
 
 from kdcore.cli import main
 
@@ -44,8 +46,9 @@ QUICK = ["data.train_limit=128", "data.test_limit=128", "trainer.epochs=1", "dat
 
 
 @pytest.fixture
-def project(tmp_path) -> Path:
-    """A user's folder: a package of their own and a config next to it (not on sys.path)."""
+def project(tmp_path) -> Iterator[Path]:
+    """A user's folder: a package of their own and a config next to it (not on sys.path), its
+    modules forgotten after the test so no other test's ``mypkg`` is this one."""
     (tmp_path / "mypkg").mkdir()
     (tmp_path / "mypkg" / "__init__.py").write_text("")
     (tmp_path / "mypkg" / "models.py").write_text(NETS)
@@ -54,7 +57,8 @@ def project(tmp_path) -> Path:
         algorithm: {type: vanilla}
         student: {type: import, target: "mypkg.models:make_net", width: 4}
         """))
-    return tmp_path
+    with own_imports("mypkg"):
+        yield tmp_path
 
 
 def cli(*args: str) -> object:

@@ -5,11 +5,12 @@ with exit code 2."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
 from click.testing import CliRunner
-from cli_runs import error_line, invoke_sets as invoke, run_dir_of
+from cli_runs import error_line, invoke_sets as invoke, own_imports, run_dir_of
 
 from kdcore.cli import main
 
@@ -82,7 +83,14 @@ def make_net(num_classes, in_channels, width: int = 4):
 '''
 
 
-def test_an_imported_student_loads_for_export_and_draw_in_a_fresh_process(tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def usernets() -> Iterator[None]:
+    """The test's ``usernets`` package and the run's import_paths, forgotten after it."""
+    with own_imports("usernets"):
+        yield
+
+
+def test_an_imported_student_loads_for_export_and_draw_in_a_fresh_process(tmp_path, usernets) -> None:
     """``type: import`` students are found through the run's saved ``import_paths``, by export
     and draw alike (draw once rebuilt the student without them); both load it with
     ``kdcore.finished_run.load_run_student``."""
@@ -102,9 +110,9 @@ def test_an_imported_student_loads_for_export_and_draw_in_a_fresh_process(tmp_pa
     run_dir = result.output.strip().splitlines()[-1][len("run dir: "):]
 
     def forget() -> None:  # what a fresh process knows: usernets nowhere on sys.path, no import_paths
-        monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(project)])
+        sys.path[:] = [p for p in sys.path if p != str(project)]  # own_imports restores sys.path after
         for name in [m for m in sys.modules if m.split(".")[0] == "usernets"]:
-            monkeypatch.delitem(sys.modules, name)
+            del sys.modules[name]
         use_import_paths([])
 
     forget()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from cli_runs import error_line
+from cli_runs import error_line, own_imports
 
 from kdcore.cli import main
 from kdcore.testing import isolated_plugins, using_plugins
@@ -61,7 +61,8 @@ def test_inspect_shows_an_imported_models_paths(tmp_path, monkeypatch) -> None:
     (tmp_path / "mypkg" / "__init__.py").write_text("")
     (tmp_path / "mypkg" / "models.py").write_text(NET)
     monkeypatch.chdir(tmp_path)
-    result = run_cli("inspect", "import", "--set", "target=mypkg.models:Net", "--input-shape", "1,28,28")
+    with own_imports("mypkg"):  # this test's mypkg, found from the working directory alone
+        result = run_cli("inspect", "import", "--set", "target=mypkg.models:Net", "--input-shape", "1,28,28")
     assert result.exit_code == 0, result.output
     assert "body.1" in result.output and "fc" in result.output
 
