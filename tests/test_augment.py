@@ -116,3 +116,112 @@ def test_an_augmentation_that_cannot_move_the_targets_is_refused_by_name() -> No
             build_augment([ComponentConfig("hflip"), ComponentConfig("blur_test")], Labels())
     finally:
         del module.AUGMENTATIONS["blur_test"]
+
+
+# --- masks and boxes move with the pixels -------------------------------------------------------
+# Scenes drawn by hand, so the core tests its own target moves without a dense-task plugin: two
+# blocks per 8x8 image, one at the top-left corner (value 1, class 3) and one at the bottom-right
+# (value 2, class 1). A crop by up to 3 pixels shifts a block whole, clips it or pushes it out.
+
+IGNORE = 99  # a task's ignore_index, not the default 255, so the test sees the task's value used
+
+
+class MaskTask:
+    target_kind = "mask"
+    ignore_index = IGNORE
+
+
+class BoxTask:
+    target_kind = "boxes"
+
+
+def drawn_scenes(n: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` images with the two blocks, their masks (the class on each block, 0 elsewhere) and
+    their boxes ``(n, 3, 5)``: one row a block, then a padding row (class -1)."""
+    x = torch.zeros(n, 1, 8, 8)
+    x[:, :, 0:2, 0:2] = 1.0
+    x[:, :, 6:8, 5:8] = 2.0
+    masks = torch.zeros(n, 8, 8, dtype=torch.long)
+    masks[:, 0:2, 0:2] = 3
+    masks[:, 6:8, 5:8] = 1
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0, 3.0], [5.0, 6.0, 8.0, 8.0, 1.0], [-1.0] * 5]).repeat(n, 1, 1)
+    return x, masks, boxes
+
+
+def assert_masks_follow(out: torch.Tensor, moved: torch.Tensor, fill: float) -> None:
+    """Each block's mask lies exactly on its pixels, and the padding pixels are the ignored ones."""
+    assert moved.dtype == torch.long
+    assert torch.equal(out[:, 0] == 1.0, moved == 3)
+    assert torch.equal(out[:, 0] == 2.0, moved == 1)
+    assert torch.equal(out[:, 0] == fill, moved == IGNORE)
+
+
+def box_outcomes(out: torch.Tensor, moved: torch.Tensor) -> set[str]:
+    """Check each box is its block's pixel extent, or dropped (all -1) once no pixel of it is left,
+    and the padding row stays padding; returns what happened to the boxes (whole, clipped,
+    dropped)."""
+    seen = set()
+    for n in range(len(out)):
+        for row, (value, cls, area) in enumerate([(1.0, 3.0, 4), (2.0, 1.0, 6)]):
+            ys, xs = (out[n, 0] == value).nonzero(as_tuple=True)
+            if len(ys) == 0:
+                assert moved[n, row].tolist() == [-1.0] * 5, (n, row)
+                seen.add("dropped")
+                continue
+            extent = [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1, cls]
+            assert moved[n, row].tolist() == extent, (n, row)
+            seen.add("whole" if len(ys) == area else "clipped")
+        assert moved[n, 2].tolist() == [-1.0] * 5
+    return seen
+
+
+def test_random_crop_moves_masks_exactly_with_the_pixels_and_pads_them_with_the_ignore_index() -> None:
+    x, masks, _ = drawn_scenes()
+    out, moved = RandomCrop(padding=3, fill=-1.0).apply(x, masks, torch.Generator().manual_seed(0),
+                                                        kind="mask", mask_fill=IGNORE)
+    g = torch.Generator().manual_seed(0)
+    oy, ox = torch.randint(0, 7, (64,), generator=g), torch.randint(0, 7, (64,), generator=g)
+    for n in range(64):  # the mask padded by 3 with the ignore index, cut at the image's offsets
+        padded = torch.full((14, 14), IGNORE, dtype=torch.long)
+        padded[3:11, 3:11] = masks[n]
+        assert torch.equal(moved[n], padded[oy[n]:oy[n] + 8, ox[n]:ox[n] + 8])
+    assert_masks_follow(out, moved, fill=-1.0)
+    assert (moved == IGNORE).any() and not torch.equal(moved, masks)
+
+
+def test_hflip_mirrors_exactly_the_flipped_samples_masks() -> None:
+    x, masks, _ = drawn_scenes()
+    out, moved = HorizontalFlip(p=0.5).apply(x, masks, torch.Generator().manual_seed(0), kind="mask",
+                                             mask_fill=IGNORE)
+    flipped = torch.rand(64, generator=torch.Generator().manual_seed(0)) < 0.5
+    assert torch.equal(moved[flipped], masks[flipped].flip(-1))
+    assert torch.equal(moved[~flipped], masks[~flipped])
+    assert_masks_follow(out, moved, fill=-1.0)
+    assert 10 < int(flipped.sum()) < 54
+
+
+def test_random_crop_moves_boxes_with_the_pixels_clips_them_and_drops_those_that_leave() -> None:
+    x, _, boxes = drawn_scenes()
+    out, moved = RandomCrop(padding=3).apply(x, boxes, torch.Generator().manual_seed(0), kind="boxes")
+    assert box_outcomes(out, moved) == {"whole", "clipped", "dropped"}
+
+
+def test_hflip_mirrors_the_boxes_of_the_flipped_samples() -> None:
+    x, _, boxes = drawn_scenes()
+    out, moved = HorizontalFlip(p=0.5).apply(x, boxes, torch.Generator().manual_seed(0), kind="boxes")
+    flipped = torch.rand(64, generator=torch.Generator().manual_seed(0)) < 0.5
+    assert moved[flipped][:, 0].tolist() == [[6.0, 0.0, 8.0, 2.0, 3.0]] * int(flipped.sum())
+    assert torch.equal(moved[~flipped], boxes[~flipped])
+    assert box_outcomes(out, moved) == {"whole"}
+
+
+@pytest.mark.parametrize("task", [MaskTask(), BoxTask()], ids=["mask", "boxes"])
+def test_the_tasks_target_kind_and_ignore_index_reach_every_augmentation(task) -> None:
+    augment = build_augment([ComponentConfig("random_crop", {"padding": 3, "fill": -1.0}),
+                             ComponentConfig("hflip")], task)
+    x, masks, boxes = drawn_scenes()
+    out, moved = augment(x, masks if task.target_kind == "mask" else boxes, seed=1, epoch=0, step=0)
+    if task.target_kind == "mask":
+        assert_masks_follow(out, moved, fill=-1.0)
+    else:
+        assert box_outcomes(out, moved) == {"whole", "clipped", "dropped"}
