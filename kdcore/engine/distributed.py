@@ -83,15 +83,15 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
-def reduce_sums(sums: dict[str, float], seen: int, skipped: int) -> tuple[dict[str, float], int, int]:
-    """Sum per-rank loss sums and counts, so epoch metrics cover every rank's samples."""
+def reduce_sums(sums: dict[str, float], seen: int) -> tuple[dict[str, float], int]:
+    """Sum per-rank loss sums and counts, so epoch metrics cover every rank's samples. (Skips
+    need no sum: all ranks decide them together, the loop's all_ranks, so each rank counts each.)"""
     if world_size() == 1:
-        return sums, seen, skipped
+        return sums, seen
     names = list(sums)  # the same insertion order on every rank
     values = torch.tensor([sums[n] for n in names] + [float(seen)], dtype=torch.float64)
     dist.all_reduce(values)
-    # skips are decided by all ranks together (the loop's all_ranks), so every rank counts each once
-    return ({n: float(v) for n, v in zip(names, values[:-1])}, int(values[-1]), skipped)
+    return {n: float(v) for n, v in zip(names, values[:-1])}, int(values[-1])
 
 
 def average_gradients(params: list[nn.Parameter]) -> None:

@@ -147,7 +147,7 @@ class LoopSettings:
     amp: str = "none"
     scaler: torch.amp.GradScaler | None = None
     step_module: Callable[..., dict[str, torch.Tensor]] | None = None
-    reduce: Callable[..., tuple[dict[str, float], int, int]] | None = None
+    reduce: Callable[..., tuple[dict[str, float], int]] | None = None
     on_step: Callable[[TrainingState], None] | None = None
     on_epoch_end: Callable[[TrainingState, dict[str, float]], None] | None = None
 
@@ -417,7 +417,7 @@ def train_epochs(algorithm: nn.Module, batches: TrainBatches, state: TrainingSta
                                 f"of {s.label} epoch {state.epoch + 1} (NaN/Inf losses), so the "
                                 f"weights or inputs are broken", BROKEN_HINT)
         if s.reduce is not None:
-            state.sums, state.seen, state.skipped = s.reduce(state.sums, state.seen, state.skipped)
+            state.sums, state.seen = s.reduce(state.sums, state.seen)
         summary = state.close_epoch()
         if s.on_epoch_end is not None:
             s.on_epoch_end(state, summary)
