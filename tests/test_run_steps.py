@@ -118,7 +118,7 @@ def test_two_named_optimizers_and_their_schedules_survive_last_pt(tmp_path) -> N
             schedulers[name].step()
     path = str(tmp_path / CHECKPOINT)  # read back as a resume reads it
     save_atomic(run_state(algorithm, optimizers, schedulers, None, TrainingState(global_step=3),
-                          stages_done=True, metrics_rows=0, checksums={}, metrics=[],
+                          stages_done=True, checksums={}, metrics=[],
                           config=load_config({}, [])), path)
     state = load_last(str(tmp_path))
     assert set(state["optimizers"]) == set(state["schedulers"]) == {"a", "b"} and "optimizer" not in state
@@ -139,7 +139,7 @@ def test_two_named_optimizers_and_their_schedules_survive_last_pt(tmp_path) -> N
     single, optimizer, schedule, own = built(False, seed=0)
     assert not own
     one = run_state(single, optimizer, schedule, None, TrainingState(), stages_done=True,
-                    metrics_rows=0, checksums={}, metrics=[], config=load_config({}, []))
+                    checksums={}, metrics=[], config=load_config({}, []))
     assert "optimizer" in one and "scheduler" in one and "optimizers" not in one
     restore(path, single, optimizer, schedule, {}, None, state=one)
     from kdcore.errors import UserError

@@ -144,7 +144,7 @@ def restore_optimizers(checkpoint_path: str, optimizers: dict[str, torch.optim.O
 
 def run_state(algorithm: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
               schedulers: dict[str, Any], scaler: torch.amp.GradScaler | None,
-              position: TrainingState, *, stages_done: bool, metrics_rows: int,
+              position: TrainingState, *, stages_done: bool,
               checksums: dict[str, str], metrics: list[str], config: RunConfig) -> dict[str, Any]:
     """What ``last.pt`` holds: everything a resumed run needs to continue bit for bit, plus
     what checks a resume: the metrics rows it covers as written (a few hundred bytes an epoch),
@@ -156,7 +156,7 @@ def run_state(algorithm: torch.nn.Module, optimizers: dict[str, torch.optim.Opti
             "optimizer_type": type(next(iter(optimizers.values()))).__name__,
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "position": attrs.asdict(position), "rng": rng_state(), "stages_done": stages_done,
-            "metrics_rows": metrics_rows, "teachers_sha256": checksums}
+            "metrics_rows": len(metrics), "teachers_sha256": checksums}
 
 
 def restore(checkpoint_path: str, algorithm: Any, optimizers: dict[str, torch.optim.Optimizer],
@@ -254,8 +254,8 @@ def check_resume_changes(saved: RunConfig, config: RunConfig, *, how: str = "--r
 
 def load_last(run_dir: str) -> dict[str, Any] | None:
     """``last.pt`` of ``run_dir`` as loaded, once per resume, and checked to be a run checkpoint
-    this kdcore resumes: the resume's checks (:func:`trained_config`, :func:`finished`) and
-    :func:`restore` read this (``None``: there is no such file)."""
+    this kdcore resumes: the resume's checks (the config it was trained with, :func:`finished`)
+    and :func:`restore` read this (``None``: there is no such file)."""
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.isfile(path):
         return None
@@ -269,12 +269,6 @@ def load_last(run_dir: str) -> dict[str, Any] | None:
     return state
 
 
-def trained_config(last: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The config ``last.pt`` (as :func:`load_last` read it) was trained with (None: no
-    checkpoint)."""
-    return last["config"] if last is not None else None
-
-
 def config_changes(trained: dict[str, Any], config: RunConfig) -> list[str]:
     """``key old -> new`` for every key whose value differs from the checkpoint's config (keys a
     newer kdcore added are not changes)."""
@@ -283,11 +277,11 @@ def config_changes(trained: dict[str, Any], config: RunConfig) -> list[str]:
             for path in sorted(before) if path in after and before[path] != after[path]]
 
 
-def check_resumable(run_dir: str) -> None:
+def check_resumable(run_dir: str, last: dict[str, Any] | None) -> None:
     """Refuse a resume that would write a second history over the first: ``metrics.jsonl`` holds
-    rows but ``last.pt``, which says where they end, is gone (the run would start over and
-    append epoch 1 again)."""
-    if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+    rows but there is no ``last.pt`` (``last``: as :func:`load_last` read it), which says where
+    they end (the run would start over and append epoch 1 again)."""
+    if last is not None:
         return
     rows = len(metrics_lines(os.path.join(run_dir, "metrics.jsonl")))
     if rows:

@@ -82,7 +82,6 @@ from .resume import (
     restore,
     run_state,
     trainable_state,
-    trained_config,
 )
 from .teacher_cache import attach_teacher_cache, check_teacher_cache
 from .teachers import Teacher, prepare_teachers, teacher_data, weights_checksum
@@ -346,18 +345,19 @@ def open_run_dir(config: RunConfig, resume_dir: str | None, main: bool, log: Cal
 
 def check_resume(config: RunConfig, run_dir: str, last: Any) -> dict[str, Any] | None:
     """Refuse a ``--resume`` that would change what the run trains (against config.yaml, and
-    against the config ``last`` (last.pt) was trained with); returns the latter (None: no
-    last.pt, or one that did not record it)."""
+    against the config ``last`` (last.pt) was trained with); returns the latter (None: there is
+    no last.pt)."""
     saved_config = os.path.join(run_dir, "config.yaml")
     if os.path.isfile(saved_config):
         # as saved, unchecked: a value a newer kdcore refuses may be what the overrides fix
         check_resume_changes(structure(RunConfig, read_yaml(saved_config)), config)
-    trained = trained_config(last)
-    if trained is not None:  # config.yaml edited by hand since the checkpoint: same rules
-        check_resume_changes(structure(RunConfig, trained), config,
-                             how=f"--resume (config.yaml edited since {CHECKPOINT})")
-    check_resumable(run_dir)
-    return trained
+    check_resumable(run_dir, last)
+    if last is None:
+        return None
+    # config.yaml edited by hand since the checkpoint: same rules
+    check_resume_changes(structure(RunConfig, last["config"]), config,
+                         how=f"--resume (config.yaml edited since {CHECKPOINT})")
+    return last["config"]
 
 
 def load_teachers(config: RunConfig, splits: Any, device: torch.device,
@@ -525,8 +525,8 @@ class Training:
         if self.main:
             check_run_dir(self.run_dir)
             state = run_state(self.algorithm, self.optimizers, self.schedulers, self.scaler, self.position,
-                              stages_done=self.stages_done, metrics_rows=len(self.metrics_record),
-                              checksums=self.checksums, metrics=self.metrics_record, config=self.config)
+                              stages_done=self.stages_done, checksums=self.checksums,
+                              metrics=self.metrics_record, config=self.config)
             save_atomic(state, self.checkpoint_path)
         self.saved_at = self.position.global_step  # every rank knows what rank 0 kept
 
