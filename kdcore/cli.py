@@ -249,11 +249,13 @@ def config_or_preset(config_file: str) -> str:
     """``--config`` takes a file, or the name of an installed preset when no such file exists."""
     if os.path.exists(config_file) or os.sep in config_file or config_file.endswith((".yaml", ".yml")):
         return config_file
+    from .registry import UnknownName
+
     try:
         return find_preset(config_file, "--config")
     except UserError as exc:
-        raise UserError(f"config file {config_file} does not exist, and {exc}".replace(
-            "--config: unknown", "it is no installed", 1)) from None
+        why = f"it is no installed {exc.what}" if isinstance(exc, UnknownName) else exc
+        raise UserError(f"config file {config_file} does not exist, and {why}") from None
 
 
 def resolve_config(algo: str | None, config_file: str | None, overrides: tuple[str, ...],

@@ -120,6 +120,15 @@ def clashes(found: Iterable[Registered], plugins: Plugins) -> list[tuple[str, Re
     return out
 
 
+class UnknownName(UserError):
+    """:func:`lookup` found no component of that name. ``what`` names it with the hints
+    (``preset 'x' (did you mean 'y'?) (see ...)``), for a caller that words the error its own way."""
+
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(f"{where}: unknown {what}" if where else f"unknown {what}", key_path=where or None)
+        self.what = what
+
+
 def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str = "") -> Registered:
     """Resolve ``name`` (short or ``plugin:name``) to exactly one component."""
     plugins = plugins or get_plugins()
@@ -139,8 +148,7 @@ def lookup(kind: str, name: str, plugins: Plugins | None = None, *, where: str =
                         f"{matches[0].plugin!r}; {_broken(matches[0].plugin)}", key_path=where or None)
     names = [r.component.name for r in available] + [r.id for r in available]
     hint = did_you_mean(name, names) + why_missing(kind, name, plugins)
-    raise UserError(f"{label}unknown {kind} {name!r}{hint} (see 'kdcore list {kind}')",
-                    key_path=where or None)
+    raise UnknownName(where, f"{kind} {name!r}{hint} (see 'kdcore list {kind}')")
 
 
 def why_missing(kind: str, name: str, plugins: Plugins) -> str:
