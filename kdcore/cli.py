@@ -314,7 +314,8 @@ def import_paths(config: Any, config_file: str | None) -> list[str]:
 @click.option("--output-dir", help="where run directories are created (config: output_dir)")
 @click.option("--name", help="run name prefix (config: name)")
 @click.option("--teacher-cache", is_flag=True,
-              help="compute teacher outputs once and read them back (trainer.teacher_cache)")
+              help="compute teacher outputs once and read them back (trainer.teacher_cache; "
+                   "needs kdcore-plugin-teacher-cache)")
 @click.option("--print-config", is_flag=True,
               help="print the resolved config (every key, defaults included) as YAML and stop")
 @user_errors

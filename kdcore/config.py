@@ -156,7 +156,7 @@ class TrainerConfig:
     grad_clip: float | None = _checked(None, ">= 0 or null (0 and null: no clipping)", lambda v: v >= 0)
     threads: int | None = _checked(None, ">= 0 (0 or null: one per physical core)", lambda v: v >= 0)
     cpu_tuning: bool = True
-    teacher_cache: bool = False
+    teacher_cache: bool = False  # the callback teacher_cache (kdcore-plugin-teacher-cache)
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     teacher_memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
@@ -167,6 +167,8 @@ class TrainerConfig:
     compile_backend: str = "inductor"
     # metrics.jsonl is always written; these are added (kdcore.loggers)
     loggers: list[str | ComponentConfig] = attrs.field(factory=list)
+    # plugins' code run before any model is built and before the first epoch (kdcore.callbacks)
+    callbacks: list[str | ComponentConfig] = attrs.field(factory=list)
 
 
 @attrs.define

@@ -229,3 +229,36 @@ def kdcore_commands() -> list:
         def kdcore_commands():
             return [kdcore.Component("report", report, "print a run's summary")]
     """
+
+
+@hookspec
+def kdcore_callbacks() -> list:
+    """Return the training callbacks this plugin provides (``trainer.callbacks: [NAME]``).
+
+    A callback factory is called on every process (under torchrun too) with the user's
+    parameters plus, when its signature names it, ``config`` (the resolved config as plain
+    data, as loggers get it). It returns an object that may define either of two methods, each
+    called on every callback that defines it, in the listed order:
+
+    - ``check(splits, augment)``: before any model is built (and before the run dir exists), with
+      the data splits (``splits.student_train``, ``splits.source.task`` ...) and the training
+      augmentation (``None`` when there is none); raise :class:`kdcore.errors.UserError` to
+      refuse the config in one line.
+    - ``before_training(algorithm, batches, teachers, device, log)``: once the student's
+      training batches exist, before the first epoch (after ``--resume`` too); ``teachers`` is
+      the run's record of each teacher (:class:`kdcore.engine.teachers.Teacher`: its model,
+      checkpoint and checksums) and ``log`` prints on rank 0.
+
+    ``trainer.teacher_cache: true`` is short for the callback ``teacher_cache``
+    (kdcore-plugin-teacher-cache), which fills ``Distiller.caches`` in ``before_training``.
+
+    Example::
+
+        class SayBatches:
+            def before_training(self, algorithm, batches, teachers, device, log):
+                log(f"{len(batches)} batches an epoch on {device}")
+
+        @kdcore.hookimpl
+        def kdcore_callbacks():
+            return [kdcore.Component("say_batches", SayBatches, "log the epoch's batch count")]
+    """

@@ -23,6 +23,7 @@ from .config import (
     block_keys,
 )
 from .errors import UserError
+from .callbacks import callback_configs
 from .loggers import logger_configs
 from .models.imported import resolve_target, take_target, use_import_paths
 from .registry import check_params, lookup
@@ -53,6 +54,8 @@ def blocks(config: RunConfig) -> Iterator[tuple[str, str, Any, type, dict[str, A
     yield "algorithm", "algorithm", config.algorithm, ComponentConfig, {}
     for i, block in enumerate(logger_configs(config)):
         yield "logger", f"trainer.loggers[{i}]", block, ComponentConfig, {}
+    for where, block in callback_configs(config):
+        yield "callback", where, block, ComponentConfig, {}
 
 
 def check_components(config: RunConfig) -> None:

@@ -37,6 +37,7 @@ _INSTALL_HINTS = {
               "yolo": "dense", "yolo_teacher": "dense", "yolo_student": "dense"},
     "dataset": {"fashion_scenes": "dense"},
     "command": {"compare": "compare", "inspect": "inspect", "export": "export", "draw": "draw"},
+    "callback": {"teacher_cache": "teacher-cache"},
     "preset": {"kd": "kd", "fitnet": "fitnet", "at": "at", "dkd": "dkd", "rkd": "rkd", "crd": "crd",
                "ft": "ft", "ab": "ab", "ofd": "ofd", "byot": "byot", "meal": "meal",
                "datafree": "datafree", "cwd": "cwd", "yolo_kd": "yolo-kd", "timm": "timm", "dml": "dml",

@@ -27,6 +27,7 @@ KINDS: tuple[str, ...] = (
     "model_transform",
     "logger",
     "command",
+    "callback",
 )
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -80,17 +80,6 @@ def test_unknown_augmentation_and_bad_parameter() -> None:
 
 
 @pytest.mark.fashion
-def test_cache_with_augmentation_is_refused_with_the_reason(tmp_path, tiny) -> None:
-    args = ["run", "--output-dir", str(tmp_path), "--set", "data.augment=[{type: hflip}]",
-            "--set", "trainer.teacher_cache=true"]
-    for item in tiny:
-        args += ["--set", item]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2
-    assert "draws new random crops and flips every epoch" in result.output
-
-
-@pytest.mark.fashion
 def test_augmented_run_trains(tmp_path, tiny) -> None:
     args = ["run", "--output-dir", str(tmp_path), "--set",
             "data.augment=[{type: random_crop, padding: 2}, {type: hflip}]"]

@@ -132,15 +132,6 @@ def test_output_dir_that_is_a_file_is_a_user_error(tmp_path, tiny) -> None:
         f"folder (--output-dir DIR)")
 
 
-def test_teacher_cache_with_random_augmentation_is_refused_before_any_teacher_work(tmp_path) -> None:
-    result = CliRunner().invoke(main, ["run", "--teacher-cache", "--output-dir", str(tmp_path),
-                                       "--set", "data.augment=[{type: hflip}]"])
-    assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [
-        "kdcore: error: trainer.teacher_cache: data.augment draws new random crops and flips every "
-        "epoch, so the teacher's outputs change with them and cannot be cached; drop one of the two"]
-
-
 @pytest.mark.parametrize("extra", [["--output-dir", "elsewhere"], ["--name", "other"]])
 def test_resume_refuses_options_it_would_ignore(tmp_path, extra) -> None:
     from kdcore.config import RunConfig, dump_yaml

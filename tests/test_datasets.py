@@ -261,36 +261,3 @@ def test_image_folder_errors_name_the_path(tmp_path):
     with pytest.raises(kdcore.UserError, match=re.escape(str(tmp_path / "empty"))):
         kdcore.build("dataset", "image_folder", root=str(tmp_path / "a"),
                      val_root=str(tmp_path / "empty"))
-
-
-def test_teacher_cache_on_a_per_sample_split_is_refused_before_any_teacher_work(tmp_path):
-    from click.testing import CliRunner
-
-    from kdcore.cli import main
-
-    _fake_cifar10(tmp_path / "data")
-    result = CliRunner().invoke(main, [
-        "run", "--teacher-cache", "--output-dir", str(tmp_path / "runs"), "--set", "data.type=cifar10",
-        "--set", f"data.root={tmp_path / 'data'}", "--set", "data.params={in_memory: false}",
-        "--set", "teachers.0.type=resnet8", "--set", "student.type=resnet8"])
-    assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [
-        "kdcore: error: trainer.teacher_cache needs a deterministic in-memory training split; this "
-        "data set goes through per-sample transforms (which may be random), so its teacher outputs "
-        "can change every epoch. Turn trainer.teacher_cache off"]
-
-
-
-def test_teacher_cache_on_a_per_sample_split_without_teachers_is_ignored(tmp_path):
-    # a student-only baseline in a sweep that passes --teacher-cache to every method
-    from click.testing import CliRunner
-
-    from kdcore.cli import main
-
-    _fake_cifar10(tmp_path / "data")
-    result = CliRunner().invoke(main, [
-        "run", "--algo", "vanilla", "--teacher-cache", "--output-dir", str(tmp_path / "runs"),
-        "--set", "data.type=cifar10", "--set", f"data.root={tmp_path / 'data'}",
-        "--set", "data.params={in_memory: false}", "--set", "student.type=resnet8",
-        "--set", "data.batch_size=5", "--set", "trainer.epochs=1", "--set", "trainer.progress=false"])
-    assert result.exit_code == 0, result.output

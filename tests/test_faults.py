@@ -356,65 +356,6 @@ def test_a_run_dir_removed_mid_run_stops_with_one_line(files, tmp_path) -> None:
     assert not list(out.iterdir())  # not recreated without its config.yaml
 
 
-# --- the teacher-output cache ------------------------------------------------------------------
-
-def cache_run(files: dict[str, Path], tmp_path: Path, teacher: Path) -> Any:
-    return invoke(["run", "--output-dir", str(tmp_path / "runs"), *sets(
-        files, "trainer.epochs=1", "trainer.teacher_cache=true", f"teachers.0.checkpoint={teacher}")])
-
-
-def damage_npy(path: Path, how: str) -> None:
-    raw = bytearray(path.read_bytes())
-    header = raw.index(b"\n") + 1  # the .npy header ends in a newline, padded to 64 bytes
-    if how == "exponent-bit":
-        raw[header + 4 * 10 + 3] ^= 0x40  # the 11th float32's exponent: a value off by ~2^64
-    elif how == "zeroed-rows":
-        raw[header: header + 4 * 500] = bytes(4 * 500)
-    elif how == "truncated":
-        del raw[len(raw) // 2:]
-    elif how == "shrunk-header":
-        raw[:header] = raw[:header].replace(b"(256,", b"(255,")
-    elif how == "bad-magic":
-        raw[:6] = b"NOTNPY"
-    path.write_bytes(bytes(raw))
-
-
-@pytest.mark.parametrize("how", ["exponent-bit", "zeroed-rows", "truncated", "shrunk-header",
-                                 "bad-magic", "deleted"])
-def test_a_damaged_teacher_output_cache_file_is_named_and_refilled_once_deleted(files, tmp_path, how) -> None:
-    teacher = tmp_path / "teacher.pt"
-    shutil.copy(files["teacher"], teacher)
-    assert cache_run(files, tmp_path, teacher).exit_code == 0
-    (folder,) = [p for p in (tmp_path / "teacher-outputs").iterdir() if p.is_dir()]
-    npy = folder / "0.npy"
-    if how == "deleted":
-        npy.unlink()
-    else:
-        damage_npy(npy, how)
-    line = error_line(cache_run(files, tmp_path, teacher), 2)
-    assert f"teacher teacher: output cache file {npy} is " in line
-    assert f"delete the folder {folder} and run again: it is filled again" in line
-    shutil.rmtree(folder)
-    result = cache_run(files, tmp_path, teacher)
-    assert result.exit_code == 0 and "caching its outputs" in result.output
-
-
-def test_a_full_disk_while_filling_the_cache_is_one_line_and_leaves_nothing(files, tmp_path, monkeypatch) -> None:
-    import errno
-
-    from kdcore.engine import teacher_cache
-
-    def full(self: Any, data: bytes) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(teacher_cache._NpyWriter, "write", full)
-    teacher = tmp_path / "teacher.pt"
-    shutil.copy(files["teacher"], teacher)
-    line = error_line(cache_run(files, tmp_path, teacher), 2)
-    assert f"no space left to write its output cache in {tmp_path / 'teacher-outputs'}" in line
-    assert not [p for p in (tmp_path / "teacher-outputs").iterdir() if p.is_dir()]
-
-
 # --- image folders with bad files ----------------------------------------------------------------
 
 def image_tree(root: Path, per_class: int = 4) -> None:

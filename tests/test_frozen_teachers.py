@@ -121,3 +121,57 @@ def test_fold_teacher_batchnorm_still_stops_folding_for_one_release_with_a_warni
     speed_up(OldStyle(cnn_teacher(), kdcore.ClassificationTask(10), distiller), load_config({}, []),
              torch.device("cpu"))
     assert sum(isinstance(m, nn.BatchNorm2d) for m in teacher.modules()) == 3  # none folded
+
+
+def test_teachers_run_under_inference_mode_only_where_autograd_never_sees_their_outputs() -> None:
+    """The training step's teacher pass gives plain tensors a loss may save for backward; scoring
+    a frozen teacher runs under inference mode, a model that trains on afterwards under no_grad
+    (kdcore-plugin-teacher-cache's fill: inference mode, tested there)."""
+    import kdcore
+    from kdcore.components.distiller import DistillPoint
+    from kdcore.data import TensorSplit
+    from kdcore.engine.evaluate import evaluate
+
+    modes: list[tuple[bool, bool]] = []
+
+    class Teacher(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    head = kdcore.DistillationHead({"kd": (1.0, kdcore.build("loss", "kd"))})
+    point = DistillPoint("p", "t", Tap("output"), Tap("output"), head)
+    distiller = kdcore.Distiller({"t": Teacher()}, [point])
+    data = TensorSplit(torch.randn(8, 4), torch.arange(8) % 3)
+
+    # the training step's teacher pass: no autograd, but plain tensors that a loss may save
+    student = torch.randn(8, 3, requires_grad=True)
+    teacher = distiller.compute_teacher_features(data.inputs)["t"]["output"]
+    assert modes.pop() == (False, False) and not teacher.is_inference() and not teacher.requires_grad
+    torch.nn.functional.mse_loss(student, teacher).backward()  # MSE saves the teacher side
+    assert student.grad is not None
+
+    # scoring a frozen teacher: inference mode
+    evaluate(distiller.teachers["t"], data, kdcore.ClassificationTask(3), batch_size=4,
+             device=torch.device("cpu"), frozen=True)
+    assert modes == [(True, False)] * 2
+    modes.clear()
+    evaluate(distiller.teachers["t"], data, kdcore.ClassificationTask(3), batch_size=4,
+             device=torch.device("cpu"))
+    assert modes == [(False, False)] * 2  # a model that trains on afterwards: no_grad only
+
+
+def test_a_compiled_teacher_keeps_no_grad_so_it_is_not_compiled_twice() -> None:
+    from kdcore.engine.evaluate import frozen_pass
+
+    model = torch.nn.Linear(2, 2)
+    with frozen_pass(model):
+        assert torch.is_inference_mode_enabled()
+    model.compile(backend="eager")  # compiles lazily: nothing is traced here
+    with frozen_pass(model):
+        assert not torch.is_inference_mode_enabled() and not torch.is_grad_enabled()

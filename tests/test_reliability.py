@@ -625,3 +625,23 @@ def test_a_filesystem_without_flock_builds_unlocked_and_says_so(tmp_path, monkey
     with pytest.raises(OSError, match="Input/output error"):
         with ckpt.exclusive(str(tmp_path / "cache"), said.append):
             pytest.fail("the block must not run unlocked")
+
+
+@pytest.fixture
+def group_umask():
+    """umask 002, as on a machine where a team shares a group."""
+    previous = os.umask(0o002)
+    yield
+    os.umask(previous)
+
+
+def test_checkpoints_and_scaffolds_get_the_umask_modes_not_tempfiles(tmp_path, group_umask) -> None:
+    """Files a run writes for others to reuse (kdcore-plugin-teacher-cache tests its caches')."""
+    import stat
+
+    from kdcore import scaffold
+    mode = lambda path: stat.S_IMODE(os.stat(path).st_mode)  # noqa: E731
+    save_atomic({"w": torch.zeros(1)}, str(tmp_path / "teacher.pt"))
+    assert mode(tmp_path / "teacher.pt") == 0o664  # mkstemp alone: 0600
+    plugin = scaffold.new_plugin("mine", "loss", str(tmp_path / "plugins"))
+    assert mode(plugin) == 0o775

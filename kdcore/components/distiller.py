@@ -46,7 +46,9 @@ class Distiller(nn.Module):
         self.teachers = nn.ModuleDict({k: freeze(m) for k, m in teachers.items()})
         self.heads = nn.ModuleDict({p.name: p.head for p in points})
         self.points = points
-        self.caches: dict[str, Any] = {}  # teacher name -> TeacherOutputCache (engine/teacher_cache.py)
+        # teacher name -> an object whose rows(indices, device) are its tapped outputs for those
+        # samples (filled by a callback: kdcore-plugin-teacher-cache)
+        self.caches: dict[str, Any] = {}
         self._taps = {name: FeatureTaps(teacher, [p.teacher_tap for p in points if p.teacher == name],
                                         where=f"teachers[{name}] module path")
                       for name, teacher in self.teachers.items()}

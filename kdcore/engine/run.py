@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..assemble import build_algorithm, build_model, check_takes_inputs, load_data, sample_inputs
+from ..callbacks import build_callbacks, call_each
 from ..config import RunConfig, dump_yaml, read_yaml, structure
 from ..data.augment import build_augment
 from ..errors import UserError
@@ -83,7 +84,6 @@ from .resume import (
     run_state,
     trainable_state,
 )
-from .teacher_cache import attach_teacher_cache, check_teacher_cache
 from .teachers import Teacher, prepare_teachers, teacher_data, weights_checksum
 
 
@@ -264,7 +264,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     """The run, step by step: each step is a function below, in this order."""
     device, log = set_up_process(config, log)
     main = distributed.is_main()
-    splits, augment = load_checked_data(config)
+    splits, augment, callbacks = load_checked_data(config)
     run_dir = open_run_dir(config, resume_dir, main, log, created, held)
     started = time.perf_counter()
     resuming = resume_dir is not None
@@ -279,7 +279,9 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     teachers = load_teachers(config, splits, device, log)
     algorithm = build_student_and_algorithm(config, splits, teachers, device, run_dir, log,
                                             from_last=last is not None)
-    batches = make_batches(config, splits, augment, algorithm, teachers, device, log)
+    batches = make_batches(config, splits, augment, algorithm, device)
+    call_each(callbacks, "before_training", algorithm=algorithm, batches=batches, teachers=teachers,
+              device=device, log=log)
     training = Training(config, algorithm, batches, splits, device, run_dir,
                         {name: t.sha256 for name, t in teachers.items()}, log)
     training.restore_or_start(resuming, last, trained)
@@ -317,15 +319,17 @@ def set_up_process(config: RunConfig, log: Callable[[str], None]) -> tuple[torch
     return device, log
 
 
-def load_checked_data(config: RunConfig) -> tuple[Any, Any]:
-    """The data splits and the training augmentation, with the settings that depend on them
-    checked now, before any teacher trains."""
+def load_checked_data(config: RunConfig) -> tuple[Any, Any, list[Any]]:
+    """The data splits, the training augmentation and the callbacks (``trainer.callbacks``),
+    with the settings that depend on the data checked now (the callbacks' ``check`` too),
+    before any teacher trains."""
     splits = load_data(config.data)
     augment = build_augment(config.data.augment, splits.source.task)
-    check_teacher_cache(config, splits.student_train, augment)
+    callbacks = build_callbacks(config)
+    call_each(callbacks, "check", splits=splits, augment=augment)
     check_batch_sizes(config, splits)
     distributed.check_batch(config.data.batch_size)
-    return splits, augment
+    return splits, augment, callbacks
 
 
 def open_run_dir(config: RunConfig, resume_dir: str | None, main: bool, log: Callable[[str], None],
@@ -396,22 +400,14 @@ def build_student_and_algorithm(config: RunConfig, splits: Any, teachers: dict[s
 
 
 def make_batches(config: RunConfig, splits: Any, augment: Any, algorithm: Any,
-                 teachers: dict[str, Teacher], device: torch.device,
-                 log: Callable[[str], None]) -> Any:
-    """The student's training batches (as the algorithm wants them), with the teachers' outputs
-    cached on disk when ``trainer.teacher_cache`` asks for it."""
+                 device: torch.device) -> Any:
+    """The student's training batches (as the algorithm wants them)."""
     batches = algorithm.train_batches(
         TrainBatches(splits.student_train, config.data.batch_size, config.seed, device=device,
                      channels_last=config.trainer.channels_last, rank=distributed.rank(),
                      world=distributed.world_size(), augment=augment))
     if len(batches) == 0:
         raise UserError(f"config key data.batch_size: {config.data.batch_size} leaves no batch")
-    if config.trainer.teacher_cache and algorithm.distiller is not None:
-        attach_teacher_cache(algorithm.distiller, batches.data if hasattr(batches, "data") else None,
-                             teachers, device,
-                             batch_size=config.data.eval_batch_size,
-                             progress=config.trainer.progress, log=log,
-                             half_maps=getattr(splits.source.task, "target_kind", "label") != "label")
     return batches
 
 

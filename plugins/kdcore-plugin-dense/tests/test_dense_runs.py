@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdcore.engine import teacher_cache
 from kdcore.testing.e2e import TINY_SETS
+from kdcore_plugin_teacher_cache import teacher_cache  # the cache these runs turn on
 
 from cli_runs import invoke_sets as invoke
 

@@ -36,16 +36,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..components import Distiller
-from ..data import TensorSplit
-from ..errors import UserError
-from ..files import cache_dir, temp_folder
-from ..taps import OUTPUT
-from . import distributed
-from .checkpoint import DISK_FULL, exclusive
-from .frozen import frozen_pass
-from .loop import bar_disabled
-from .teachers import Teacher
+from kdcore.components import Distiller
+from kdcore.data import TensorSplit
+from kdcore.engine import distributed
+from kdcore.engine.checkpoint import DISK_FULL, exclusive
+from kdcore.engine.frozen import frozen_pass
+from kdcore.engine.loop import bar_disabled
+from kdcore.engine.teachers import Teacher
+from kdcore.errors import UserError
+from kdcore.files import cache_dir, temp_folder
+from kdcore.taps import OUTPUT
 
 VERSION = 2  # 2: checksums.json
 #: the free space a cache must leave on its disk
@@ -55,7 +55,7 @@ DISK_MARGIN = 256 << 20
 # cache; rows are widened to float32 when read. Classification caches stay float32 (exact).
 # float16 keeps 11 significant bits, so a logit of magnitude 16 is off by at most 2**-7: the
 # losses that read maps (CWD, pixel KD, FitNets, AT) change by far less than their seed-to-seed
-# spread (tests/test_teacher_cache.py measures it). Vectors (classifier logits) stay float32.
+# spread (kdcore-plugin-dense's tests measure it). Vectors (classifier logits) stay float32.
 RESIDENT_BYTES = 4 << 30  # caches up to this size live on the accelerator
 
 
@@ -73,16 +73,15 @@ TEACHER_CACHE_NEEDS_MEMORY = (
     "epoch. Turn trainer.teacher_cache off")
 
 
-def check_teacher_cache(config: Any, train: Any, augment: Any) -> None:
-    """Refuse ``trainer.teacher_cache`` where the teachers' outputs change from epoch to epoch,
-    at the start of a run (before any teacher is trained); no teacher taps, nothing to cache."""
-    if not config.trainer.teacher_cache:
-        return
+def check_teacher_cache(teachers: list[dict[str, Any]], train: Any, augment: Any) -> None:
+    """Refuse the cache where the teachers' outputs change from epoch to epoch, at the start of
+    a run (before any teacher is trained). ``teachers``: the config's blocks as plain data; no
+    teacher taps (no ``distill`` point), nothing to cache."""
     if augment is not None:
         raise UserError("trainer.teacher_cache: data.augment draws new random crops and flips every "
                         "epoch, so the teacher's outputs change with them and cannot be cached; drop "
                         "one of the two")
-    if any(t.distill for t in config.teachers) and not isinstance(train, TensorSplit):
+    if any(t.get("distill") for t in teachers) and not isinstance(train, TensorSplit):
         raise UserError(TEACHER_CACHE_NEEDS_MEMORY)
 
 

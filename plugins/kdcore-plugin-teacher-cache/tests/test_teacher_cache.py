@@ -59,7 +59,7 @@ def test_feature_taps_are_cached_by_index() -> None:
     import kdcore
     from kdcore.components.distiller import DistillPoint
     from kdcore.data import TensorSplit
-    from kdcore.engine.teacher_cache import attach_teacher_cache
+    from kdcore_plugin_teacher_cache.teacher_cache import attach_teacher_cache
     from kdcore.models.cnn import cnn_teacher
     from kdcore.taps import Tap
 
@@ -80,7 +80,7 @@ def test_feature_taps_are_cached_by_index() -> None:
         assert torch.allclose(cached, live, atol=1e-5)
 
         # on an accelerator the cache is gathered where the rows are used; the same rows
-        from kdcore.engine.teacher_cache import TeacherOutputCache
+        from kdcore_plugin_teacher_cache.teacher_cache import TeacherOutputCache
 
         memmapped = distiller.caches["t"]
         resident = TeacherOutputCache(memmapped.path, list(memmapped.arrays))
@@ -91,7 +91,7 @@ def test_feature_taps_are_cached_by_index() -> None:
 
 
 def test_two_runs_filling_one_cache_at_once_both_succeed(tmp_path) -> None:
-    from kdcore.engine.teacher_cache import TeacherOutputCache, _fill
+    from kdcore_plugin_teacher_cache.teacher_cache import TeacherOutputCache, _fill
 
     distiller, data, _ = _cache_fixture(tmp_path)
     folder = str(tmp_path / "t-key")
@@ -123,7 +123,7 @@ def test_a_second_run_waits_on_the_lock_and_reuses_the_cache_the_first_fills(tmp
     import threading
     import time
 
-    import kdcore.engine.teacher_cache as tc
+    import kdcore_plugin_teacher_cache.teacher_cache as tc
 
     distiller, data, teachers = _cache_fixture(tmp_path)
     cpu = torch.device("cpu")
@@ -158,7 +158,7 @@ def test_a_second_run_waits_on_the_lock_and_reuses_the_cache_the_first_fills(tmp
 def test_the_cache_is_keyed_by_the_checksum_the_run_holds_not_a_second_hash(tmp_path, monkeypatch) -> None:
     """The run hashes the teachers' weights as they run once (Teacher.running_sha256); the
     cache's key is that value, so other weights (another checksum) never read this cache."""
-    import kdcore.engine.teacher_cache as tc
+    import kdcore_plugin_teacher_cache.teacher_cache as tc
     import kdcore.engine.teachers
 
     distiller, data, teachers = _cache_fixture(tmp_path)
@@ -171,7 +171,7 @@ def test_the_cache_is_keyed_by_the_checksum_the_run_holds_not_a_second_hash(tmp_
 
 
 def test_other_ranks_never_fill_and_stop_when_the_filler_failed(tmp_path, monkeypatch) -> None:
-    import kdcore.engine.teacher_cache as tc
+    import kdcore_plugin_teacher_cache.teacher_cache as tc
     from kdcore.errors import UserError
 
     distiller, data, teachers = _cache_fixture(tmp_path)
@@ -188,7 +188,7 @@ def test_other_ranks_never_fill_and_stop_when_the_filler_failed(tmp_path, monkey
 
 
 def test_an_incomplete_cache_folder_is_named(tmp_path) -> None:
-    import kdcore.engine.teacher_cache as tc
+    import kdcore_plugin_teacher_cache.teacher_cache as tc
     from kdcore.errors import UserError
 
     distiller, data, teachers = _cache_fixture(tmp_path)
@@ -207,26 +207,22 @@ def group_umask():
     os.umask(previous)
 
 
-def test_caches_checkpoints_and_scaffolds_get_the_umask_modes_not_tempfiles(tmp_path, group_umask) -> None:
+def test_caches_get_the_umask_modes_not_tempfiles(tmp_path, group_umask) -> None:
+    """Teacher outputs are for other runs (and users) to reuse: the umask's modes, as the core's
+    checkpoints and scaffolds (tests/test_reliability.py)."""
     import stat
 
-    import kdcore.engine.teacher_cache as tc
-    from kdcore import scaffold
-    from kdcore.engine.checkpoint import save_atomic
+    import kdcore_plugin_teacher_cache.teacher_cache as tc
     mode = lambda path: stat.S_IMODE(os.stat(path).st_mode)  # noqa: E731
-    save_atomic({"w": torch.zeros(1)}, str(tmp_path / "teacher.pt"))
-    assert mode(tmp_path / "teacher.pt") == 0o664  # mkstemp alone: 0600
     distiller, data, teachers = _cache_fixture(tmp_path)
     folder = tc.attach_teacher_cache(distiller, data, teachers, torch.device("cpu"), progress=False,
                                      log=lambda _: None)["t"]
     assert mode(folder) == 0o775  # mkdtemp alone: 0700
     assert {mode(os.path.join(folder, f)) for f in os.listdir(folder)} == {0o664}
-    plugin = scaffold.new_plugin("mine", "loss", str(tmp_path / "plugins"))
-    assert mode(plugin) == 0o775
 
 
 def test_a_single_process_with_a_stray_local_rank_still_fills_its_cache(tmp_path, monkeypatch) -> None:
-    import kdcore.engine.teacher_cache as tc
+    import kdcore_plugin_teacher_cache.teacher_cache as tc
 
     distiller, data, teachers = _cache_fixture(tmp_path)
     monkeypatch.setenv("LOCAL_RANK", "1")  # left over in a job script; no torchrun here
@@ -235,14 +231,14 @@ def test_a_single_process_with_a_stray_local_rank_still_fills_its_cache(tmp_path
     assert os.path.isfile(os.path.join(folder, "keys.json"))
 
 
-def test_teachers_run_under_inference_mode_only_where_autograd_never_sees_their_outputs(tmp_path) -> None:
+def test_filling_the_cache_runs_the_teachers_under_inference_mode(tmp_path) -> None:
+    """The fill's teacher passes go to disk, never to autograd: inference mode (the training
+    step's and evaluation's modes: tests/test_frozen_teachers.py)."""
     import kdcore
     from kdcore.components.distiller import DistillPoint
     from kdcore.data import TensorSplit
-    from kdcore.engine.evaluate import evaluate
-    from kdcore.engine.teacher_cache import attach_teacher_cache
-    from kdcore.task import ClassificationTask
     from kdcore.taps import Tap
+    from kdcore_plugin_teacher_cache.teacher_cache import attach_teacher_cache
 
     modes: list[tuple[bool, bool]] = []
 
@@ -256,43 +252,16 @@ def test_teachers_run_under_inference_mode_only_where_autograd_never_sees_their_
             return self.fc(x)
 
     torch.manual_seed(0)
-    head = kdcore.DistillationHead({"fitnet": (1.0, kdcore.build("loss", "fitnet"))})
+    head = kdcore.DistillationHead({"kd": (1.0, kdcore.build("loss", "kd"))})
     distiller = kdcore.Distiller({"t": Teacher()}, [DistillPoint("p", "t", Tap("output"), Tap("output"), head)])
     data = TensorSplit(torch.randn(8, 4), torch.arange(8) % 3)
-
-    # the training step's teacher pass: no autograd, but plain tensors that a loss may save
-    student = torch.randn(8, 3, requires_grad=True)
-    teacher = distiller.compute_teacher_features(data.inputs)["t"]["output"]
-    assert modes.pop() == (False, False) and not teacher.is_inference() and not teacher.requires_grad
-    torch.nn.functional.mse_loss(student, teacher).backward()  # MSE saves the teacher side
-    assert student.grad is not None
-
-    # filling the teacher-output cache and scoring a frozen teacher: inference mode
     attach_teacher_cache(distiller, data, records(distiller, tmp_path), torch.device("cpu"),
                          batch_size=4, progress=False, log=lambda s: None)
     assert modes and all(mode == (True, False) for mode in modes)
-    modes.clear()
-    evaluate(distiller.teachers["t"], data, ClassificationTask(3), batch_size=4, device=torch.device("cpu"),
-             frozen=True)
-    assert modes == [(True, False)] * 2
-    modes.clear()
-    evaluate(distiller.teachers["t"], data, ClassificationTask(3), batch_size=4, device=torch.device("cpu"))
-    assert modes == [(False, False)] * 2  # a model that trains on afterwards: no_grad only
-
-
-def test_a_compiled_teacher_keeps_no_grad_so_it_is_not_compiled_twice() -> None:
-    from kdcore.engine.evaluate import frozen_pass
-
-    model = torch.nn.Linear(2, 2)
-    with frozen_pass(model):
-        assert torch.is_inference_mode_enabled()
-    model.compile(backend="eager")  # compiles lazily: nothing is traced here
-    with frozen_pass(model):
-        assert not torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
 
 
 def test_a_checkpoint_folder_that_cannot_take_the_cache_sends_it_to_the_cache_dir(tmp_path, monkeypatch) -> None:
-    import kdcore.engine.teacher_cache as tc
+    import kdcore_plugin_teacher_cache.teacher_cache as tc
 
     monkeypatch.setenv("KDCORE_CACHE_DIR", str(tmp_path / "cache"))
     checkpoint, fallback = str(tmp_path / "shared" / "t.pt"), str(tmp_path / "cache" / "teacher-outputs")
