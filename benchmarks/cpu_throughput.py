@@ -56,8 +56,8 @@ from kdcore.config import load_config, read_yaml
 from kdcore.data.fashion_mnist import FASHION_MNIST_ROOT, FASHION_MNIST_STATS
 from kdcore.engine.batches import epoch_order
 from kdcore.engine.cpu import tune_cpu
-from kdcore.engine.teacher_cache import attach_teacher_cache
 from kdcore.engine.teachers import Teacher, weights_checksum
+from kdcore_plugin_teacher_cache.teacher_cache import attach_teacher_cache  # kdcore-plugin-teacher-cache
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import HandLoop, KdcoreSetup, log, machine_info
