@@ -135,7 +135,7 @@ class KdcoreGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         """kdcore's own command, else a plugin's (``kdcore_commands``) by name or ``PLUGIN:NAME``.
         Plugins are loaded only when the name is not kdcore's own."""
-        return super().get_command(ctx, name) or plugin_command(name, own=self.commands)
+        return super().get_command(ctx, name) or plugin_command(name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.commands) + plugin_command_names(own=self.commands)
@@ -176,8 +176,9 @@ def plugin_command_names(own: Collection[str]) -> list[str]:
     return sorted(names)
 
 
-def plugin_command(name: str, own: Collection[str]) -> click.Command | None:
-    """The plugin command ``name`` (short, or ``PLUGIN:NAME``); ``None`` when no plugin has it."""
+def plugin_command(name: str) -> click.Command | None:
+    """The plugin command ``name`` (short, or ``PLUGIN:NAME``); ``None`` when no plugin has it.
+    Asked only for a name that is not kdcore's own (:meth:`KdcoreGroup.get_command`)."""
     from .plugins import get_plugins
     from .registry import lookup
 
@@ -185,8 +186,6 @@ def plugin_command(name: str, own: Collection[str]) -> click.Command | None:
     try:
         reg = lookup("command", name, plugins)
     except UserError:
-        return None
-    if name in own:
         return None
     command = _load_command(reg, plugins)
     if isinstance(command, str):
@@ -228,9 +227,7 @@ def preset_path(algo: str) -> str | None:
         return str(candidate)
     from .registry import lookup
 
-    registered = lookup("algorithm", algo, where="--algo")
-    preset = registered.component.presets.get("default")
-    return preset
+    return lookup("algorithm", algo, where="--algo").component.presets.get("default")
 
 
 def find_preset(name: str, where: str) -> str:
@@ -271,7 +268,7 @@ def resolve_config(algo: str | None, config_file: str | None, overrides: tuple[s
             raise UserError(f"algorithm {algo!r} ships no default preset; pass --config FILE")
         data = read_yaml(path)
     if algo:
-        current = (data.get("algorithm") or {}).get("type") if isinstance(data.get("algorithm"), dict) else None
+        current = data["algorithm"].get("type") if isinstance(data.get("algorithm"), dict) else None
         if current and current != algo:
             notes.append(f"--algo {algo} replaces algorithm {current!r} of the config (its "
                          f"parameters dropped)")
@@ -384,6 +381,7 @@ def plugins(as_json: bool, strict: bool) -> None:
     from .plugins import dist_label, get_plugins
     from .registry import check_factories, components
     from .specs import KINDS
+    from .version import __version__
 
     loaded = get_plugins()
     plugin_command_names(own=main.commands)  # a command named like kdcore's own is a warning
@@ -393,7 +391,7 @@ def plugins(as_json: bool, strict: bool) -> None:
     for kind in KINDS:
         for reg in components(kind, loaded):
             by_plugin.setdefault(reg.plugin, {}).setdefault(kind, []).append(reg.component.name)
-    rows = [{"name": "kdcore", "distribution": "kdcore", "version": _version(), "state": "ok",
+    rows = [{"name": "kdcore", "distribution": "kdcore", "version": __version__, "state": "ok",
              "requires_kdcore": "", "error": "", "warnings": [],
              "components": by_plugin.get("kdcore", {})}]
     for status in sorted(loaded.status.values(), key=lambda s: s.name):
@@ -403,35 +401,25 @@ def plugins(as_json: bool, strict: bool) -> None:
                      "warnings": status.warnings, "components": by_plugin.get(status.name, {})})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        if strict:
-            _exit_if_troubled(loaded)
-        return
-    for row in rows:
-        extra = f"  requires kdcore {row['requires_kdcore']}" if row["requires_kdcore"] else ""
-        click.echo(f"{row['name']}  ({dist_label(row['distribution'], row['version'])})  {row['state']}{extra}")
-        for kind, names in row["components"].items():
-            click.echo(f"    {kind}: {', '.join(names)}")
-        if row["error"]:
-            click.echo(f"    {'note' if row['state'] == 'disabled' else 'error'}: {row['error']}")
-        for warning in row.get("warnings", []):
-            click.echo(f"    warning: {warning}")
+    else:
+        for row in rows:
+            extra = f"  requires kdcore {row['requires_kdcore']}" if row["requires_kdcore"] else ""
+            click.echo(f"{row['name']}  ({dist_label(row['distribution'], row['version'])})  "
+                       f"{row['state']}{extra}")
+            for kind, names in row["components"].items():
+                click.echo(f"    {kind}: {', '.join(names)}")
+            if row["error"]:
+                click.echo(f"    {'note' if row['state'] == 'disabled' else 'error'}: {row['error']}")
+            for warning in row.get("warnings", []):
+                click.echo(f"    warning: {warning}")
     if strict:
-        _exit_if_troubled(loaded)
-
-
-def _exit_if_troubled(loaded: Any) -> None:
-    troubled = loaded.troubled()
-    if loaded.unmatched_selection():  # each already said on stderr when the set was built
-        troubled.append("KDCORE_PLUGINS")
-    if troubled:
-        click.echo(f"kdcore: --strict: {len(troubled)} plugin(s) with problems: {', '.join(troubled)}", err=True)
-        sys.exit(1)
-
-
-def _version() -> str:
-    from .version import __version__
-
-    return __version__
+        troubled = loaded.troubled()
+        if loaded.unmatched_selection():  # each already said on stderr when the set was built
+            troubled.append("KDCORE_PLUGINS")
+        if troubled:
+            click.echo(f"kdcore: --strict: {len(troubled)} plugin(s) with problems: {', '.join(troubled)}",
+                       err=True)
+            sys.exit(1)
 
 
 @main.command(name="list")
