@@ -257,7 +257,7 @@ def state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:
     raise UserError(f"checkpoint {path} holds no state_dict (expected a mapping of tensors)")
 
 
-def load_weights(model: torch.nn.Module, path: str, *, what: str) -> dict[str, Any]:
+def load_weights(model: torch.nn.Module, path: str, *, what: str) -> None:
     """Load weights from ``path`` into ``model`` strictly, naming missing and unexpected keys."""
     obj = load_checkpoint(path, what=what)
     state = state_dict_of(obj, path)
@@ -272,7 +272,6 @@ def load_weights(model: torch.nn.Module, path: str, *, what: str) -> dict[str, A
         raise UserError(f"{what} {path} does not fit {type(model).__name__}: " + "; ".join(parts)
                         + " (check the model type and its parameters)")
     model.load_state_dict(state)
-    return obj if isinstance(obj, dict) else {}
 
 
 def _few(items: list[str], n: int = 4) -> str:
@@ -280,14 +279,13 @@ def _few(items: list[str], n: int = 4) -> str:
     return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)})"
 
 
-def write_safetensors(state_dict: dict[str, torch.Tensor], path: str) -> bool:
+def write_safetensors(state_dict: dict[str, torch.Tensor], path: str) -> None:
     """The weights as safetensors (no pickle: readable from any language), when the
-    ``safetensors`` package is installed; ``False`` when it is not."""
+    ``safetensors`` package is installed; nothing when it is not."""
     try:
         from safetensors.torch import save
     except ImportError:
-        return False
+        return
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # unshared
     data = save(tensors, metadata={"format": "pt", "written_by": "kdcore"})
     _write_atomic(path, lambda f: f.write(data), ".safetensors")
-    return True
