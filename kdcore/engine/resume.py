@@ -322,14 +322,16 @@ def finished(run_dir: str, epochs: int, last: Any, log: Callable[[str], None] = 
 
 
 def keep_resumed_config(config: RunConfig, run_dir: str, log: Callable[[str], None],
-                        trained: dict[str, Any] | None = None) -> None:
+                        last: dict[str, Any] | None) -> None:
     """Overrides given with ``--resume`` become part of the run: ``config.yaml`` is rewritten to
     say how the run is trained (a later ``--resume`` keeps them), and the version it replaces is
-    kept as ``config.yaml.N``. ``trained``: the config ``last.pt`` was trained with; a
-    ``config.yaml`` edited by hand since is said key by key, and the trained one is kept as
-    ``config.yaml.N`` (the run dir then records every config each part trained with)."""
+    kept as ``config.yaml.N``. ``last``: last.pt as :func:`load_last` read it (None: there is
+    none); a ``config.yaml`` edited by hand since it was written is said key by key, and the
+    config it was trained with is kept as ``config.yaml.N`` (the run dir then records every
+    config each part trained with)."""
     path = os.path.join(run_dir, "config.yaml")
     text = dump_yaml(config)
+    trained = last["config"] if last is not None else None
     changes = config_changes(trained, config) if trained is not None else []
     for change in changes:
         log(f"config changed since {CHECKPOINT}: {change}")

@@ -268,8 +268,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
     run_dir = open_run_dir(config, resume_dir, main, log, created, held)
     started = time.perf_counter()
     resuming = resume_dir is not None
-    last = load_last(run_dir) if resuming else None  # last.pt, read once for the resume
-    trained = check_resume(config, run_dir, last) if resuming else None
+    last = check_resume(config, run_dir) if resuming else None  # last.pt, read once
     if resuming and finished(run_dir, config.trainer.epochs, last, log):
         log(f"the run is complete ({config.trainer.epochs} epochs, summary.json written); nothing "
             f"to do. To train it longer: --resume {run_dir} --set trainer.epochs=N")
@@ -284,7 +283,7 @@ def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
               device=device, log=log)
     training = Training(config, algorithm, batches, splits, device, run_dir,
                         {name: t.sha256 for name, t in teachers.items()}, log)
-    training.restore_or_start(resuming, last, trained)
+    training.restore_or_start(resuming, last)
     del last  # its tensors are in the algorithm and optimizer now, not held through training
     held.callback(training.loggers.close)  # closed when the run ends, however it ends
     try:
@@ -347,21 +346,20 @@ def open_run_dir(config: RunConfig, resume_dir: str | None, main: bool, log: Cal
     return run_dir
 
 
-def check_resume(config: RunConfig, run_dir: str, last: Any) -> dict[str, Any] | None:
+def check_resume(config: RunConfig, run_dir: str) -> dict[str, Any] | None:
     """Refuse a ``--resume`` that would change what the run trains (against config.yaml, and
-    against the config ``last`` (last.pt) was trained with); returns the latter (None: there is
-    no last.pt)."""
+    against the config last.pt was trained with); returns last.pt as loaded, for the resume to
+    read (None: there is none)."""
+    last = load_last(run_dir)
     saved_config = os.path.join(run_dir, "config.yaml")
     if os.path.isfile(saved_config):
         # as saved, unchecked: a value a newer kdcore refuses may be what the overrides fix
         check_resume_changes(structure(RunConfig, read_yaml(saved_config)), config)
     check_resumable(run_dir, last)
-    if last is None:
-        return None
-    # config.yaml edited by hand since the checkpoint: same rules
-    check_resume_changes(structure(RunConfig, last["config"]), config,
-                         how=f"--resume (config.yaml edited since {CHECKPOINT})")
-    return last["config"]
+    if last is not None:  # config.yaml edited by hand since the checkpoint: same rules
+        check_resume_changes(structure(RunConfig, last["config"]), config,
+                             how=f"--resume (config.yaml edited since {CHECKPOINT})")
+    return last
 
 
 def load_teachers(config: RunConfig, splits: Any, device: torch.device,
@@ -432,7 +430,7 @@ class Training:
         self.saved_at: int | None = None  # the global step of the last checkpoint written
         self.loggers = Loggers([])  # metrics.jsonl and trainer.loggers, on rank 0
 
-    def restore_or_start(self, resuming: bool, last: Any, trained: dict[str, Any] | None) -> None:
+    def restore_or_start(self, resuming: bool, last: Any) -> None:
         """Put a resumed run back where ``last`` (last.pt as loaded) left it (else start at step
         0), then open the metrics file and loggers after the rows it covers."""
         if last is not None:  # resuming, and last.pt was there
@@ -445,7 +443,7 @@ class Training:
         if not self.main:
             return
         if resuming:  # after the checks: a refused resume changes nothing
-            keep_resumed_config(self.config, self.run_dir, self.log, trained)
+            keep_resumed_config(self.config, self.run_dir, self.log, last)
             remove_partial_writes(self.run_dir)
         # counted once (restore checked them against last.pt), then in memory
         self.metrics_record = [line.rstrip("\n") for line in metrics_lines(self.metrics_path)]
