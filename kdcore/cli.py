@@ -430,8 +430,8 @@ def list_components(kind: str) -> None:
     from .registry import components, own_plugins
     from .specs import KINDS
 
-    kind = kind[:-1] if kind.endswith("s") and kind[:-1] in KINDS else kind
-    kind = "loss" if kind == "losse" else kind
+    plurals = {f"{k}es" if k.endswith("s") else f"{k}s": k for k in KINDS}  # losses, models ...
+    kind = plurals.get(kind, kind)
     rows = components(kind)
     width = max((len(r.id) for r in rows), default=0)
     for reg in rows:

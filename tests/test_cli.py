@@ -156,6 +156,8 @@ def test_shape_mismatch_names_both_shapes_and_the_connector(tmp_path, tiny) -> N
 def test_list_and_plugins_show_builtins_and_kd() -> None:
     listed = run_cli("list", "loss")
     assert "kdcore:kd" in listed.output and "pip install kdcore-plugin-NAME" in listed.output
+    assert run_cli("list", "losses").stdout == listed.stdout  # a kind by its plural too
+    assert run_cli("list", "models").stdout == run_cli("list", "model").stdout
     rows = json.loads(run_cli("plugins", "--json").output)
     names = {r["name"]: r for r in rows}
     assert names["kdcore"]["components"]["algorithm"] == ["teacher_student", "vanilla"]
