@@ -282,9 +282,9 @@ SCALARS = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
 
 
 def _structure(tp: Any, value: Any, path: str) -> Any:
+    """``value`` as a field of type ``tp``. (No field is ``Any`` or a ``dict``: the blocks'
+    parameters are gathered by :func:`structure` itself.)"""
     origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
     if origin in (Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None and len(options) < len(typing.get_args(tp)):
@@ -306,10 +306,6 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
             raise _fail(path, tp, value)
         (item,) = typing.get_args(tp)
         return [_structure(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _fail(path, tp, value)
-        return dict(value)
     if attrs.has(tp):
         return structure(tp, value, path)
     if not isinstance(value, SCALARS[tp]) or (tp is not bool and isinstance(value, bool)):
