@@ -84,20 +84,15 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _config_key(option: str) -> str | None:
     """The config key an option such as ``--epochs`` or ``--batch-size`` probably means
-    (``trainer.epochs``, ``data.batch_size``), when exactly one key has that name."""
-    import typing
-
+    (``trainer.epochs``, ``data.batch_size``), when exactly one key has that name: among the
+    top-level keys and every key of the default config, as ``--print-config`` spells them."""
     import attrs
 
-    from .config import RunConfig
+    from .config import RunConfig, flatten, unstructure
 
     leaf = option.lstrip("-").replace("-", "_")
-    found = []
-    for name, tp in typing.get_type_hints(RunConfig).items():
-        if name == leaf:
-            found.append(name)
-        if isinstance(tp, type) and attrs.has(tp):
-            found.extend(f"{name}.{key}" for key in typing.get_type_hints(tp) if key == leaf)
+    keys = {*attrs.fields_dict(RunConfig), *flatten(unstructure(RunConfig()))}
+    found = [key for key in keys if key.split(".")[-1] == leaf]
     return found[0] if len(found) == 1 else None
 
 
