@@ -34,14 +34,10 @@ def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
     sys.exit(code)
 
 
-def debugging() -> bool:
-    """``KDCORE_DEBUG=1`` (or ``kdcore --debug``, which sets it): an error's traceback too."""
-    return os.environ.get("KDCORE_DEBUG", "") not in ("", "0")
-
-
 def _show_cause(exc: BaseException) -> None:
-    """Under :func:`debugging`, the traceback of what a one-line error wraps (a factory's bug)."""
-    if debugging():
+    """Under ``KDCORE_DEBUG=1`` (or ``kdcore --debug``, which sets it), the traceback of what a
+    one-line error wraps (a factory's bug) too."""
+    if os.environ.get("KDCORE_DEBUG", "") not in ("", "0"):
         import traceback
 
         cause = exc.__cause__ or exc
