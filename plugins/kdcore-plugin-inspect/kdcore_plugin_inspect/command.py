@@ -37,9 +37,10 @@ def inspect(models: tuple[str, ...], pair: bool, params: tuple[str, ...], datase
     paired, and the distill points as YAML to paste into a config."""
     import torch
 
-    from kdcore.assemble import shape_error
     from kdcore.config import parse_override
     from kdcore.taps import feature_shapes
+
+    from .pairing import pair_report, shapes_explained
 
     if len(models) != (2 if pair else 1):
         raise UserError("--pair takes two models, TEACHER then STUDENT" if pair else
@@ -51,8 +52,6 @@ def inspect(models: tuple[str, ...], pair: bool, params: tuple[str, ...], datase
     data_kwargs = {".".join(keys): value for keys, value in map(parse_override, data_params)}
     shape, context = _inspect_input(dataset, data_root, input_shape, num_classes, data_kwargs)
     if pair:
-        from .pairing import pair_report
-
         sides = {"teacher": {}, "student": {}}
         for key, value in kwargs.items():
             side, _, rest = key.partition(".")
@@ -64,14 +63,8 @@ def inspect(models: tuple[str, ...], pair: bool, params: tuple[str, ...], datase
         return
     model = models[0]
     net = _inspect_model(model, kwargs, context)
-    try:
+    with shapes_explained(f"model {model!r}", shape):
         shapes = feature_shapes(net, torch.zeros(2, *shape))
-    except RuntimeError as exc:
-        first = shape_error(exc)
-        if first is None:
-            raise
-        raise UserError(f"model {model!r} cannot take inputs of shape {tuple(shape)} ({first}); "
-                        f"check --input-shape or --dataset") from None
     params_count = sum(p.numel() for p in net.parameters())
     click.echo(f"{model}: {params_count:,} parameters, input {tuple(shape)}")
     modules = dict(net.named_modules())

@@ -19,7 +19,8 @@ From it:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -276,20 +277,27 @@ def feature_loss() -> dict[str, Any] | None:
     return None
 
 
-def pair_report(teacher_name: str, teacher: nn.Module, student_name: str, student: nn.Module,
-                shape: tuple[int, ...]) -> list[str]:
-    """What ``kdcore inspect --pair`` prints: sizes, both models side by side, the snippet."""
+@contextlib.contextmanager
+def shapes_explained(what: str, shape: tuple[int, ...]) -> Iterator[None]:
+    """A forward pass's shape mismatch as one line: ``WHAT cannot take inputs of shape ...``."""
     from kdcore.assemble import shape_error
     from kdcore.errors import UserError
 
     try:
-        pairing = pair_models(student, teacher, torch.zeros(2, *shape))
+        yield
     except RuntimeError as exc:
         first = shape_error(exc)
         if first is None:
             raise
-        raise UserError(f"--pair {teacher_name} {student_name}: a model cannot take inputs of shape "
-                        f"{tuple(shape)} ({first}); check --input-shape or --dataset") from None
+        raise UserError(f"{what} cannot take inputs of shape {tuple(shape)} ({first}); "
+                        f"check --input-shape or --dataset") from None
+
+
+def pair_report(teacher_name: str, teacher: nn.Module, student_name: str, student: nn.Module,
+                shape: tuple[int, ...]) -> list[str]:
+    """What ``kdcore inspect --pair`` prints: sizes, both models side by side, the snippet."""
+    with shapes_explained(f"--pair {teacher_name} {student_name}: a model", shape):
+        pairing = pair_models(student, teacher, torch.zeros(2, *shape))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     lines = [f"teacher {teacher_name}: {count(teacher):,} parameters; student {student_name}: "
              f"{count(student):,} parameters; input {tuple(shape)}", ""]
