@@ -417,7 +417,8 @@ def plugins(as_json: bool, strict: bool) -> None:
 @click.argument("kind")
 @user_errors
 def list_components(kind: str) -> None:
-    """Components of KIND (algorithm, distiller, head, connector, loss, model, dataset, preset)."""
+    """Components of KIND (algorithm, distiller, head, connector, loss, model, dataset, preset,
+    model_transform, logger, command, callback)."""
     from .registry import components, own_plugins
     from .specs import KINDS
 

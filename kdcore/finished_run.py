@@ -41,7 +41,7 @@ def load_run_student(run_dir: str, splits: Any = None) -> tuple[Any, Any, nn.Mod
     if config.student.type.startswith("api:"):
         raise UserError(f"{run_dir}: its student came from kdcore.distill (a Python object); load "
                         f"it from Python (kdcore_plugin_export.export.export_model(student, inputs, "
-                        f"FORMAT, PATH))")
+                        f"FORMAT, PATH), from kdcore-plugin-export)")
     splits = splits if splits is not None else load_data(config.data)
     model = build_model(config.student, splits.source, "student")
     load_weights(model, weights, what="student.pt")
