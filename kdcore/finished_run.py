@@ -8,6 +8,7 @@ import json
 import os
 from typing import Any
 
+import torch
 from torch import nn
 
 from .errors import UserError
@@ -69,3 +70,14 @@ def load_run_teacher(run_dir: str, splits: Any = None) -> tuple[Any, Any, nn.Mod
     model = build_model(config.teachers[0], splits.source, "teachers[0]")
     load_weights(model, checkpoint, what="teacher checkpoint")
     return config, splits, model
+
+
+def first_test_samples(test: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` (inputs, targets) of a test split, in-memory or a torch ``Dataset``: what
+    a finished run's student is checked or drawn on."""
+    from .data import TensorSplit
+
+    if isinstance(test, TensorSplit):
+        return test.inputs[:n], test.targets[:n]
+    pairs = [test[i] for i in range(min(n, len(test)))]
+    return torch.stack([p[0] for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])

@@ -56,15 +56,6 @@ def _models(run_dirs: list[str]) -> tuple[Any, list[tuple[str, torch.nn.Module]]
     return splits, columns
 
 
-def _images(split: Any, count: int) -> tuple[torch.Tensor, Any]:
-    from kdcore.data import TensorSplit
-
-    if isinstance(split, TensorSplit):
-        return split.inputs[:count], split.targets[:count]
-    pairs = [split[i] for i in range(min(count, len(split)))]
-    return torch.stack([p[0] for p in pairs]), torch.stack([torch.as_tensor(p[1]) for p in pairs])
-
-
 def _show_boxes(ax: Any, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None,
                 names: tuple[str, ...]) -> None:
     import matplotlib.patches as patches
@@ -88,13 +79,15 @@ def draw(run_dirs: list[str], out: str, count: int = 6, min_score: float = 0.3) 
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
+    from kdcore.finished_run import first_test_samples
+
     splits, columns = _models(run_dirs)
     task = splits.source.task
     kind = getattr(task, "target_kind", "label")
     if kind not in ("boxes", "mask"):
         raise UserError(f"kdcore draw: {run_dirs[0]} is a {kind} task; draw shows masks and boxes "
                         f"(segmentation and detection data sets)")
-    inputs, targets = _images(splits.test, count)
+    inputs, targets = first_test_samples(splits.test, count)
     shown = inputs[:, 0]
     with torch.no_grad():
         outputs = [model.eval()(inputs) for _, model in columns]

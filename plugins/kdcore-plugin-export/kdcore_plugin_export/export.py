@@ -135,22 +135,13 @@ def export_model(model: nn.Module, inputs: torch.Tensor, fmt: str, path: str, *,
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def first_test_inputs(test: Any, n: int) -> torch.Tensor:
-    """The first ``n`` inputs of a test split (in-memory or a Dataset)."""
-    from kdcore.data import TensorSplit
-
-    if isinstance(test, TensorSplit):
-        return test.inputs[:n]
-    return torch.stack([test[i][0] for i in range(min(n, len(test)))])
-
-
 def export_run(run_dir: str, fmt: str, out: str | None = None, *, samples: int = 256,
                fold: bool = True, atol: float = 1e-4, rtol: float = 1e-4) -> dict[str, Any]:
     """Export the student of ``run_dir`` (``student.pt`` on the model ``student.type`` builds)."""
-    from kdcore.finished_run import load_run_student
+    from kdcore.finished_run import first_test_samples, load_run_student
 
     config, splits, model = load_run_student(run_dir)
-    inputs = first_test_inputs(splits.test, samples)
+    inputs, _ = first_test_samples(splits.test, samples)
     if len(inputs) == 0:
         raise UserError(f"{run_dir}: its data set has no test inputs to check the export on")
     stats = normalisation(config.data.type) if fold else None
