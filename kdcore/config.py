@@ -281,7 +281,7 @@ def _fail(path: str, expected: Any, value: Any) -> UserError:
 SCALARS = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
 
 
-def _structure(tp: Any, value: Any, path: str) -> Any:
+def _structure(tp: Any, value: Any, path: str, rules: bool) -> Any:
     """``value`` as a field of type ``tp``. (No field is ``Any`` or a ``dict``: the blocks'
     parameters are gathered by :func:`structure` itself.)"""
     origin = typing.get_origin(tp)
@@ -290,10 +290,10 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
         if value is None and len(options) < len(typing.get_args(tp)):
             return None
         if len(options) == 1:  # X | None: X's own message
-            return _structure(options[0], value, path)
+            return _structure(options[0], value, path, rules)
         for option in options:
             with contextlib.suppress(UserError):
-                return _structure(option, value, path)
+                return _structure(option, value, path, rules)
         raise _fail(path, tp, value)
     if origin is Literal:
         if value not in typing.get_args(tp):
@@ -305,9 +305,9 @@ def _structure(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise _fail(path, tp, value)
         (item,) = typing.get_args(tp)
-        return [_structure(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_structure(item, v, f"{path}[{i}]", rules) for i, v in enumerate(value)]
     if attrs.has(tp):
-        return structure(tp, value, path)
+        return structure(tp, value, path, rules=rules)
     if not isinstance(value, SCALARS[tp]) or (tp is not bool and isinstance(value, bool)):
         raise _fail(path, tp, value)
     if tp is not float:
@@ -329,8 +329,11 @@ MOVED_KEYS = {
 }
 
 
-def structure(cls: type, data: Any, path: str = "") -> Any:
-    """Build ``cls`` from plain YAML data, raising :class:`UserError` with the key path."""
+def structure(cls: type, data: Any, path: str = "", *, rules: bool = True) -> Any:
+    """Build ``cls`` from plain YAML data, raising :class:`UserError` with the key path.
+
+    ``rules=False`` skips the fields' own rules (``_checked``) and checks keys and types only:
+    for a config as an earlier run saved it, whose out-of-range value the overrides may fix."""
     if cls is ComponentConfig and isinstance(data, str):
         data = {"type": data}  # a component without parameters may be named alone: [hflip]
     if not isinstance(data, dict):
@@ -347,9 +350,9 @@ def structure(cls: type, data: Any, path: str = "") -> Any:
         if not isinstance(key, str):
             raise _error(key_path, "keys must be strings")
         if key in known:
-            kwargs[key] = value = _structure(hints[key], value, key_path)
+            kwargs[key] = value = _structure(hints[key], value, key_path, rules)
             ok = fields[key].metadata.get("ok")
-            if ok is not None and value is not None and not ok(value):
+            if rules and ok is not None and value is not None and not ok(value):
                 raise _error(key_path, f"must be {fields[key].metadata['rule']}, got {shown(value)}")
         elif params_field is None:
             hint = did_you_mean(key, known) if len(key) <= 80 else ""

@@ -350,6 +350,29 @@ def test_a_config_from_an_older_kdcore_is_not_rewritten_for_new_default_keys(sto
 
 
 @pytest.mark.fashion
+def test_a_saved_value_a_rule_refuses_is_fixed_by_the_resumes_override(stopped_run, tmp_path) -> None:
+    """config.yaml and last.pt's config are compared as saved: a value out of its field's range
+    there (edited by hand, or from a kdcore with fewer rules) is what --set may fix."""
+    run_dir = copy_run(stopped_run[0], tmp_path)
+    saved = (run_dir / "config.yaml").read_text()
+    assert "eval_batch_size: 1000" in saved
+    (run_dir / "config.yaml").write_text(saved.replace("eval_batch_size: 1000", "eval_batch_size: 0"))
+    last = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(str(last))
+    state["config"]["data"]["eval_batch_size"] = 0
+    save_atomic(state, str(last))
+    result = invoke(["run", "--resume", str(run_dir), "--set", "data.eval_batch_size=500",
+                     "--set", "trainer.on_nonfinite=skip"])
+    assert result.exit_code == 0, result.output
+    assert "resumed at epoch 2" in result.output and (run_dir / "summary.json").exists()
+    assert "eval_batch_size: 500" in (run_dir / "config.yaml").read_text()
+    # unfixed, the value is refused in the config the run would train with
+    line = error_line(invoke(["run", "--resume", str(copy_run(stopped_run[0], tmp_path / "again")),
+                              "--set", "data.eval_batch_size=0"]), 2)
+    assert "config key data.eval_batch_size: must be at least 1, got 0" in line
+
+
+@pytest.mark.fashion
 def test_resume_refuses_a_teacher_that_changed(stopped_run, files, tmp_path) -> None:
     run_dir = copy_run(stopped_run[0], tmp_path)
     other = tmp_path / "other-teacher.pt"

@@ -353,11 +353,12 @@ def check_resume(config: RunConfig, run_dir: str) -> dict[str, Any] | None:
     last = load_last(run_dir)
     saved_config = os.path.join(run_dir, "config.yaml")
     if os.path.isfile(saved_config):
-        # as saved, unchecked: a value a newer kdcore refuses may be what the overrides fix
-        check_resume_changes(structure(RunConfig, read_yaml(saved_config)), config)
+        # as saved, rules unchecked (rules=False): a value a newer kdcore refuses may be what
+        # the overrides fix; the config this run trains with has been checked in full
+        check_resume_changes(structure(RunConfig, read_yaml(saved_config), rules=False), config)
     check_resumable(run_dir, last)
     if last is not None:  # config.yaml edited by hand since the checkpoint: same rules
-        check_resume_changes(structure(RunConfig, last["config"]), config,
+        check_resume_changes(structure(RunConfig, last["config"], rules=False), config,
                              how=f"--resume (config.yaml edited since {CHECKPOINT})")
     return last
 
