@@ -308,7 +308,7 @@ def _structure(tp: Any, value: Any, path: str, rules: bool) -> Any:
         return [_structure(item, v, f"{path}[{i}]", rules) for i, v in enumerate(value)]
     if attrs.has(tp):
         return structure(tp, value, path, rules=rules)
-    if not isinstance(value, SCALARS[tp]) or (tp is not bool and isinstance(value, bool)):
+    if not isinstance(value, SCALARS.get(tp, ())) or (tp is not bool and isinstance(value, bool)):
         raise _fail(path, tp, value)
     if tp is not float:
         return value

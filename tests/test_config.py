@@ -171,3 +171,16 @@ def test_apply_override_creates_missing_mappings() -> None:
     data: dict = {}
     apply_override(data, "trainer.threads=2")
     assert data == {"trainer": {"threads": 2}}
+
+
+def test_a_field_type_structure_does_not_cover_is_the_one_line_error() -> None:
+    """A plugin's config class may declare a type the YAML scalars do not cover: its value is
+    refused with the key path (a UserError), not a KeyError from inside structure."""
+    import attrs
+
+    @attrs.define
+    class Odd:
+        raw: bytes = b""
+
+    with pytest.raises(UserError, match=r"config key raw: expected .*, got 'x'"):
+        structure(Odd, {"raw": "x"})
