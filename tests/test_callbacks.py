@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import kdcore
@@ -49,6 +50,55 @@ class Refuser:
         pytest.fail("a refused run never gets here")
 
 
+def fake_rows(indices: torch.Tensor) -> torch.Tensor:
+    """What the fake cache holds for each sample: logits no teacher computes (row i is i/100)."""
+    return indices.to(torch.float32)[:, None] / 100 + torch.zeros(10)
+
+
+class FakeCache:
+    """A teacher's output cache: its ``output`` tap for the asked samples, with each call noted."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def rows(self, indices: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        EVENTS.append(("rows", self.name, indices.tolist()))
+        return {"output": fake_rows(indices).to(device)}
+
+
+class Caching:
+    """Fills ``distiller.caches`` for the teachers named in ``cached``, as
+    kdcore-plugin-teacher-cache does, and notes every forward of every teacher from then on."""
+
+    def __init__(self, cached: list[str]) -> None:
+        self.cached = cached
+
+    def before_training(self, algorithm: Any, **rest: Any) -> None:
+        for name, teacher in algorithm.distiller.teachers.items():
+            teacher.forward = self.noted(name, teacher.forward)
+        for name in self.cached:
+            algorithm.distiller.caches[name] = FakeCache(name)
+
+    @staticmethod
+    def noted(name: str, forward: Any) -> Any:
+        def forward_noted(*args: Any, **kwargs: Any) -> Any:
+            EVENTS.append(("forward", name))
+            return forward(*args, **kwargs)
+        return forward_noted
+
+
+class Probe(kdcore.Loss):
+    """A distill loss that notes the teacher features and samples it is given."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, **extra: Any) -> torch.Tensor:
+        EVENTS.append(("loss", self.tag, teacher.detach().clone(), extra["indices"].tolist()))
+        return (student - teacher).pow(2).mean()
+
+
 def callbacks_plugin() -> types.ModuleType:
     module = types.ModuleType("callbacks_plugin")
 
@@ -56,9 +106,15 @@ def callbacks_plugin() -> types.ModuleType:
     def kdcore_callbacks():
         return [kdcore.Component("recorder", Recorder, "records its calls"),
                 kdcore.Component("refuser", Refuser, "refuses every config"),
-                kdcore.Component("nothing", object, "defines neither method")]
+                kdcore.Component("nothing", object, "defines neither method"),
+                kdcore.Component("caching", Caching, "fills distiller.caches with fake rows")]
+
+    @kdcore.hookimpl
+    def kdcore_losses():
+        return [kdcore.Component("probe", Probe, "notes what it is given")]
 
     module.kdcore_callbacks = kdcore_callbacks
+    module.kdcore_losses = kdcore_losses
     return module
 
 
@@ -113,6 +169,34 @@ def test_a_callback_that_refuses_stops_the_run_in_one_line_before_any_model(file
     assert result.output.strip().splitlines() == ["kdcore: error: refuser: this config is not for me"]
     assert events == [("built", "a", 2), ("check", 256, None)]  # built, checked, refused: no model
     assert not (tmp_path / "runs").exists()  # and no run dir
+
+
+def test_the_distiller_reads_a_cached_teacher_from_its_cache_and_computes_the_others(files, tmp_path) -> None:
+    """The core's ``Distiller.caches`` seam, which only kdcore-plugin-teacher-cache fills: a
+    cached teacher's features are the cache's rows for the batch's samples, and it never runs
+    while training; an uncached teacher beside it still runs every step."""
+    EVENTS.clear()
+    teacher = ("{type: cnn_teacher, name: %s, checkpoint: " + str(files["teacher"]) + ", distill: "
+               "[{student_module: output, teacher_module: output, head: {losses: [{type: probe, tag: %s}]}}]}")
+    result = invoke("run", "--output-dir", str(tmp_path / "runs"), *sets(
+        files, "trainer.epochs=1", f"teachers=[{teacher % ('cached', 'cached')}, {teacher % ('live', 'live')}]",
+        "trainer.callbacks=[{type: caching, cached: [cached]}]"))
+    assert result.exit_code == 0, result.output
+    last_loss = max(i for i, e in enumerate(EVENTS) if e[0] == "loss")
+    training = EVENTS[:last_loss + 1]
+    cached = [e for e in training if e[0] == "loss" and e[1] == "cached"]
+    live = [e for e in training if e[0] == "loss" and e[1] == "live"]
+    assert len(cached) == len(live) == 4  # 256 images, batches of 64, one epoch
+    asked = [e[2] for e in training if e[0] == "rows"]
+    assert asked == [e[3] for e in cached]  # one cache read per step, for that step's samples
+    assert sorted(i for rows in asked for i in rows) == list(range(256))
+    for _, _, features, indices in cached:
+        assert torch.equal(features, fake_rows(torch.tensor(indices)))
+    for _, _, features, indices in live:
+        assert features.shape == (len(indices), 10)
+        assert not torch.allclose(features, fake_rows(torch.tensor(indices)))
+    assert ("forward", "cached") not in training
+    assert [e for e in training if e[0] == "forward"] == [("forward", "live")] * 4
 
 
 def test_an_unknown_callback_is_one_line_naming_its_key(files, tmp_path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -63,23 +63,19 @@ class Distiller(nn.Module):
         return [p.student_tap for p in self.points]
 
     def teacher_features(self, inputs: torch.Tensor, **extra: Any) -> dict[str, dict[str, Any]]:
-        """``{teacher_name: {tap_key: tensor}}`` for one training batch: read from the teacher
-        output cache by ``indices`` when one is attached, else computed."""
+        """``{teacher_name: {tap_key: tensor}}`` for one training batch: a teacher with an output
+        cache attached is read from it by ``indices`` and never run; the others are computed."""
         indices = extra.get("indices")
-        if self.caches and indices is not None:
-            computed = None
-            features = {}
-            for name in self.teachers:
-                if name in self.caches:
-                    features[name] = self.caches[name].rows(indices, inputs.device)
-                else:
-                    computed = computed or self.compute_teacher_features(inputs)
-                    features[name] = computed[name]
-            return features
-        return self.compute_teacher_features(inputs)
+        cached = [name for name in self.teachers if name in self.caches and indices is not None]
+        features = self.compute_teacher_features(inputs, [n for n in self.teachers if n not in cached])
+        for name in cached:
+            features[name] = self.caches[name].rows(indices, inputs.device)
+        return {name: features[name] for name in self.teachers}  # in the teachers' order
 
-    def compute_teacher_features(self, inputs: torch.Tensor) -> dict[str, dict[str, Any]]:
-        """Run every teacher on ``inputs`` without autograd and collect its taps.
+    def compute_teacher_features(self, inputs: torch.Tensor,
+                                 names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Run the teachers ``names`` (default: all) on ``inputs`` without autograd and collect
+        their taps.
 
         ``no_grad`` rather than ``inference_mode``: losses save teacher features for their
         backward (an MSE does), which inference tensors cannot be, and copying every tapped
@@ -88,8 +84,8 @@ class Distiller(nn.Module):
         run under ``inference_mode``."""
         features: dict[str, dict[str, Any]] = {}
         with torch.no_grad():
-            for name, teacher in self.teachers.items():
-                features[name] = self._taps[name].run(teacher, inputs)[1]
+            for name in self.teachers if names is None else names:
+                features[name] = self._taps[name].run(self.teachers[name], inputs)[1]
         return features
 
     def losses(self, student_features: Mapping[str, Any], teacher_features: Mapping[str, Mapping[str, Any]],
