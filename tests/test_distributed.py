@@ -99,12 +99,12 @@ def test_sync_batchnorm_converts_trainable_batchnorms_in_place_and_keeps_taps(mo
     weight, hooks = bn.weight, dict(bn._forward_hooks)
     keys = list(algorithm.state_dict())
     assert hooks  # the tap on stage1.bn
-    assert distributed.use_sync_batchnorm(algorithm, torch.device("cuda")) == 0  # one process: as is
+    assert distributed.use_sync_batchnorm(algorithm) == 0  # one process: as is
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(kdcore.UserError, match="runs on CUDA devices only and this run is on cpu"):
         distributed.check_sync_batchnorm(torch.device("cpu"))  # what run() calls right after setup
     with pytest.warns(UserWarning, match=r"1 BatchNorm subclass layers keep per-process statistics: .*own_norm \(OwnNorm\)"):
-        assert distributed.use_sync_batchnorm(algorithm, torch.device("cuda")) == 3 + 1  # student + connector
+        assert distributed.use_sync_batchnorm(algorithm) == 3 + 1  # student + connector
     assert type(head.own_norm) is OwnNorm
     assert type(student.stage1.bn) is nn.SyncBatchNorm and student.stage1.bn is bn
     assert bn.weight is weight and dict(bn._forward_hooks) == hooks and list(algorithm.state_dict()) == keys

@@ -183,7 +183,7 @@ def check_sync_batchnorm(device: torch.device) -> None:
                         f"and this run is on {device.type}; set trainer.sync_batchnorm=false")
 
 
-def use_sync_batchnorm(algorithm: nn.Module, device: torch.device) -> int:
+def use_sync_batchnorm(algorithm: nn.Module) -> int:
     """``trainer.sync_batchnorm``: under torchrun, every trainable BatchNorm (student,
     connectors, losses' own) normalises with the statistics of the whole
     global batch (torch's ``SyncBatchNorm``); frozen teachers keep theirs. Returns how many.

@@ -388,7 +388,7 @@ def build_student_and_algorithm(config: RunConfig, splits: Any, teachers: dict[s
                                 run_dir=run_dir)
     algorithm.to(device)
     if config.trainer.sync_batchnorm:
-        converted = distributed.use_sync_batchnorm(algorithm, device)
+        converted = distributed.use_sync_batchnorm(algorithm)
         if converted:
             log(f"trainer.sync_batchnorm: {converted} BatchNorm layers synchronised across "
                 f"{distributed.world_size()} processes")
