@@ -144,7 +144,7 @@ def forward_or_explain(model: nn.Module, inputs: torch.Tensor, where: str) -> An
         dims = [str(d) for d in inputs.shape[1:]]
         raise UserError(f"{where}: {type(model).__name__} cannot take this data's {'x'.join(dims)} inputs "
                         f"({first}); pick a model built for them, or change its parameters "
-                        f"(kdcore inspect MODEL --input-shape {','.join(dims)})") from exc
+                        f"(kdcore inspect MODEL --input-shape {','.join(dims)}, from kdcore-plugin-inspect)") from exc
 
 
 @torch.no_grad()

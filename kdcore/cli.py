@@ -1,8 +1,9 @@
 """The ``kdcore`` command line: run, plugins, list, new-plugin.
 
-Mistakes a user can fix exit with code 2 and one line on stderr, never a traceback. Plugins are
-loaded when a command needs them, so ``kdcore --help`` and ``kdcore plugins`` work whatever a
-plugin does.
+Mistakes a user can fix exit with code 2 and one line on stderr, never a traceback. kdcore's own
+commands load plugins only when they need components; ``kdcore --help`` and a name that is not
+kdcore's own load them to find the plugins' commands (``kdcore_commands``). A plugin that fails
+is one line, and ``kdcore --help`` and ``kdcore plugins`` work whatever a plugin does.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def plugin_command_names(own: Collection[str]) -> list[str]:
         if reg.component.name in own:
             plugins.warn(reg.plugin, f"command {reg.component.name!r} is kdcore's own; this "
                                      f"plugin's is reachable as 'kdcore {reg.id}'")
-        elif isinstance(_load_command(reg, plugins), click.Command):
+        elif isinstance(_load_command(reg, warn_of=plugins), click.Command):
             names.add(reg.component.name)
     return sorted(names)
 
@@ -171,14 +172,16 @@ def plugin_command(name: str) -> click.Command | None:
     """The plugin command ``name`` (short, or ``PLUGIN:NAME``); ``None`` when no plugin has it.
     Asked only for a name that is not kdcore's own (:meth:`KdcoreGroup.get_command`)."""
     from .plugins import get_plugins
-    from .registry import lookup
+    from .registry import UnknownName, lookup
 
     plugins = get_plugins()
     try:
         reg = lookup("command", name, plugins)
-    except UserError:
+    except UnknownName:
         return None
-    command = _load_command(reg, plugins)
+    except UserError as exc:  # e.g. a plugin that declares the name twice
+        raise BrokenCommand(str(exc)) from None
+    command = _load_command(reg, warn_of=None)
     if isinstance(command, str):
         raise BrokenCommand(f"command {name!r} of plugin {reg.plugin!r} cannot be used: {command}")
     return command
@@ -188,8 +191,9 @@ class BrokenCommand(click.UsageError):
     """A plugin command that cannot be imported, or is not a :class:`click.Command`."""
 
 
-def _load_command(reg: Any, plugins: Any) -> click.Command | str:
-    """The command ``reg`` names, or why it cannot be used (also a warning of its plugin)."""
+def _load_command(reg: Any, warn_of: Any) -> click.Command | str:
+    """The command ``reg`` names, or why it cannot be used (also a warning of its plugin in the
+    plugin set ``warn_of``, unless ``None``: the caller reports it)."""
     try:
         command = reg.component.resolve()
     except Exception as exc:  # a broken plugin must not take the CLI down
@@ -198,7 +202,8 @@ def _load_command(reg: Any, plugins: Any) -> click.Command | str:
         if isinstance(command, click.Command):
             return command
         problem = f"it is a {type(command).__name__}, not a click.Command"
-    plugins.warn(reg.plugin, f"command {reg.component.name!r}: {problem}; skipped")
+    if warn_of is not None:
+        warn_of.warn(reg.plugin, f"command {reg.component.name!r}: {problem}; skipped")
     return problem
 
 

@@ -209,8 +209,9 @@ def kdcore_loggers() -> list:
 def kdcore_commands() -> list:
     """Return the CLI commands this plugin adds (``kdcore NAME ...``).
 
-    Each component's factory is a :class:`click.Command` (or ``"module:attr"`` naming one, so
-    that ``kdcore --help`` imports nothing heavy). kdcore's own commands (``run``, ``plugins``,
+    Each component's factory is a :class:`click.Command`, or ``"module:attr"`` naming one so
+    that kdcore's own commands (``kdcore run`` ...) never import it; ``kdcore --help`` imports
+    every plugin command to show its line. kdcore's own commands (``run``, ``plugins``,
     ``list``, ``new-plugin``) keep their names; a plugin command with one of those names, or
     with a name an earlier-installed plugin's command has, is reachable as ``PLUGIN:NAME``.
     Decorate the command body with :func:`kdcore.cli.user_errors` so that a
@@ -245,7 +246,9 @@ def kdcore_callbacks() -> list:
       augmentation (``None`` when there is none); raise :class:`kdcore.errors.UserError` to
       refuse the config in one line.
     - ``before_training(algorithm, batches, teachers, device, log)``: once the student's
-      training batches exist, before the first epoch (after ``--resume`` too); ``teachers`` is
+      training batches exist, before the first epoch, also on ``--resume`` (where it runs before
+      ``last.pt`` is restored, so the student's weights are not yet the resumed ones; a
+      callback that needs them reads ``last.pt`` itself); ``teachers`` is
       the run's record of each teacher (:class:`kdcore.engine.teachers.Teacher`: its model,
       checkpoint and checksums) and ``log`` prints on rank 0.
 

@@ -52,7 +52,7 @@ def resolve_module(model: nn.Module, path: str, *, where: str = "module path") -
     hint = ", ".join(repr(p) for p in close)
     raise UserError(
         f"{where} {path!r} does not exist in {type(model).__name__}; closest paths: {hint} "
-        f"(run 'kdcore inspect MODEL' to list all)"
+        f"(run 'kdcore inspect MODEL', from kdcore-plugin-inspect, to list all)"
     )
 
 

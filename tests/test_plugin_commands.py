@@ -83,3 +83,9 @@ def test_a_broken_command_is_a_warning_and_the_cli_keeps_working() -> None:
                            "it is a function, not a click.Command")
     listing = invoke_with(plugin, "broken", ["plugins"]).output
     assert "warning: command 'notacommand': it is a function, not a click.Command; skipped" in listing
+
+
+def test_a_command_declared_twice_says_so_rather_than_no_command() -> None:
+    plugin = plugin_with(kdcore.Component("report", report), kdcore.Component("report", report))
+    line = error_line(invoke_with(plugin, "twice", ["report", "x"]), 2)
+    assert "command 'report' is declared 2 times by plugin 'twice'" in line, line
