@@ -1,7 +1,7 @@
 """Every component block of a config checked against its factory's signature, without building
 anything or reading data: what ``kdcore run --print-config`` does before printing.
 
-The run calls it too, before it builds any model (``check_assembly``), and checks again
+The run calls it too, first, before it reads any data or creates its run dir, and checks again
 (through :func:`kdcore.registry.call_factory`) as it builds, with the values only the data and
 the models give; this finds the unknown component, the misspelled parameter and the text given for a
 number (``temperature: two``) while the config is only being looked at.

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from kdcore.cli import main
 
+from cli_runs import error_line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -92,6 +94,17 @@ def test_user_errors_exit_2_with_one_line(tmp_path, args, expected) -> None:
     lines = [l for l in result.output.splitlines() if l.strip()]
     assert lines[-1].startswith("kdcore: error: ") and expected in lines[-1], lines
     assert not os.listdir(tmp_path) if os.path.isdir(tmp_path) else True  # no empty run dir left
+
+
+def test_a_component_typo_is_one_line_before_any_data_or_run_dir(tmp_path) -> None:
+    """Checked as --print-config checks it, before the data is read or a run dir is made (and
+    removed again, with a line of its own)."""
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", "--set", "distiller.type=nosuch", "--output-dir", str(out)])
+    line = error_line(result, 2)
+    assert "distiller: unknown distiller 'nosuch'" in line
+    assert [l for l in result.output.splitlines() if l.strip()] == [line]
+    assert not out.exists()
 
 
 def test_usage_errors_are_one_line_too() -> None:

@@ -169,7 +169,6 @@ def speed_up(algorithm: Any, config: RunConfig, device: torch.device,
 def check_assembly(config: RunConfig, splits: Any) -> None:
     """Build everything once on untrained teachers, so a wrong module path, parameter or shape
     is reported in seconds, before any teacher is trained. Shapes do not depend on weights."""
-    check_components(config)  # also refuses teachers for an algorithm that takes none
     build_transforms(config.trainer.model_transforms)  # a typo or a missing plugin, named now
     with torch.random.fork_rng():
         teachers = {t.name: build_model(t, splits.source, f"teachers[{i}]")
@@ -262,6 +261,9 @@ def run(config: RunConfig, *, resume_dir: str | None = None,
 def _run(config: RunConfig, resume_dir: str | None, log: Callable[[str], None],
          created: list[str], held: contextlib.ExitStack) -> str:
     """The run, step by step: each step is a function below, in this order."""
+    # a typo in a block's type or parameters (or teachers for an algorithm that takes none),
+    # named before any data is read or any run dir is created, as --print-config names it
+    check_components(config)
     device, log = set_up_process(config, log)
     main = distributed.is_main()
     splits, augment, callbacks = load_checked_data(config)
