@@ -176,11 +176,11 @@ def test_the_distiller_reads_a_cached_teacher_from_its_cache_and_computes_the_ot
     cached teacher's features are the cache's rows for the batch's samples, and it never runs
     while training; an uncached teacher beside it still runs every step."""
     EVENTS.clear()
-    teacher = ("{type: cnn_teacher, name: %s, checkpoint: " + str(files["teacher"]) + ", distill: "
-               "[{student_module: output, teacher_module: output, head: {losses: [{type: probe, tag: %s}]}}]}")
+    teacher = ("{type: cnn_teacher, name: %s, checkpoint: " + str(files["teacher"]) + ", distill: [{"
+               "student_module: output, teacher_module: output, head: {losses: [{type: probe, tag: %s}]}}]}")
+    teachers = f"teachers=[{teacher % ('cached', 'cached')}, {teacher % ('live', 'live')}]"
     result = invoke("run", "--output-dir", str(tmp_path / "runs"), *sets(
-        files, "trainer.epochs=1", f"teachers=[{teacher % ('cached', 'cached')}, {teacher % ('live', 'live')}]",
-        "trainer.callbacks=[{type: caching, cached: [cached]}]"))
+        files, "trainer.epochs=1", teachers, "trainer.callbacks=[{type: caching, cached: [cached]}]"))
     assert result.exit_code == 0, result.output
     last_loss = max(i for i, e in enumerate(EVENTS) if e[0] == "loss")
     training = EVENTS[:last_loss + 1]
