@@ -3,11 +3,11 @@
 `scripts/build_dists.py` builds the sdist and wheel of the core and of every plugin into one
 folder; a new venv, which reuses this environment's torch (and kdcore's other dependencies)
 through a ``.pth`` file pointing at a folder of links, then gets exactly what a user types:
-``pip install --find-links DIST kdcore-plugin-rkd``, ``kdcore plugins --strict``,
-``kdcore list preset`` and the RKD preset by name for one epoch on a few hundred images. The
-presets and the kernel source the core reads must be in the wheels, or these fail. Then a
-plugin whose kdcore range leaves out this kdcore: pip refuses it, and installed anyway
-(``--no-deps``) kdcore skips it with the message docs/plugins.md shows.
+``pip install --find-links DIST kdcore-plugin-rkd``, a command plugin (kdcore-plugin-inspect)
+the same way, ``kdcore plugins --strict``, ``kdcore list preset`` and the RKD preset by name for
+one epoch on a few hundred images. The presets and the kernel source the core reads must be in
+the wheels, or these fail. Then a plugin whose kdcore range leaves out this kdcore: pip refuses
+it, and installed anyway (``--no-deps``) kdcore skips it with the message docs/plugins.md shows.
 
 pip runs with ``PIP_NO_INDEX=1`` and no config file: it sees DIST and the linked packages only
 (nothing is downloaded, and no package of the same name elsewhere can stand in for the built ones).
@@ -136,14 +136,22 @@ def test_the_readme_quick_start_from_built_wheels(venv: dict[str, Path]) -> None
     missing = run([kdcore, "run", "--preset", "rkd", *tiny], env, cwd, ok=False)
     assert missing.returncode == 2 and "pip install kdcore-plugin-rkd" in missing.stderr
     assert "in this checkout" not in missing.stderr, missing.stderr  # an installed wheel: no folder
+    no_command = run([kdcore, "inspect", "cnn_student", "--input-shape", "1,28,28"], env, cwd, ok=False)
+    assert no_command.returncode == 2 and "pip install kdcore-plugin-inspect" in no_command.stderr
 
     run([pip, "install", "--find-links", str(venv["dist"]), "kdcore-plugin-rkd"], env, cwd)
     shown = run([str(venv["bin"] / "python"), "-c", "import kdcore, kdcore_plugin_rkd; "
                  "print(kdcore.__file__); print(kdcore_plugin_rkd.__file__)"], env, cwd).stdout
     assert all(str(venv["bin"].parent) in line for line in shown.split()), shown  # not editable
+    # a command plugin from its wheel: it needs only kdcore and torch
+    run([pip, "install", "--find-links", str(venv["dist"]), "kdcore-plugin-inspect"], env, cwd)
+    inspected = run([kdcore, "inspect", "cnn_student", "--input-shape", "1,28,28"], env, cwd)
+    first = "cnn_student: 6,274 parameters, input (1, 28, 28)"
+    assert first in inspected.stdout.splitlines() and "stage1.conv" in inspected.stdout, inspected.stdout
 
     plugins = run([kdcore, "plugins", "--strict"], env, cwd)
     assert "rkd  (kdcore-plugin-rkd " in plugins.stdout and "preset: rkd" in plugins.stdout
+    assert "inspect  (kdcore-plugin-inspect " in plugins.stdout and "command: inspect" in plugins.stdout
     assert "loss: kd" in plugins.stdout  # the core's own
 
     presets = run([kdcore, "list", "preset"], env, cwd)
