@@ -169,7 +169,7 @@ def _fill(distiller: Distiller, name: str, data: TensorSplit, folder: str, keys:
         for start in tqdm(range(0, len(data), batch_size), disable=bar_disabled(progress), leave=False,
                           desc=f"teacher cache {name}"):
             inputs = data.inputs[start:start + batch_size].to(device)
-            features = distiller.compute_teacher_features(inputs)[name]
+            features = distiller.compute_teacher_features(inputs, [name])[name]
             for i, key in enumerate(keys):
                 value = features[key]
                 if not torch.is_tensor(value):
@@ -305,7 +305,7 @@ def attach_teacher_cache(distiller: Distiller, data: Any, teachers: dict[str, Te
         # and the output, as a computed pass has it: algorithms read it (MEAL V2's ensemble)
         keys = sorted({*keys, OUTPUT})
         with frozen_pass(teacher):  # one sample gives each tap's per-sample shape
-            features = distiller.compute_teacher_features(data.inputs[:1].to(device))[name]
+            features = distiller.compute_teacher_features(data.inputs[:1].to(device), [name])[name]
         shapes = {key: tuple(features[key].shape[1:]) if torch.is_tensor(features[key]) else ()
                   for key in keys}
         half = frozenset(k for k in keys if half_maps and len(shapes[k]) >= 2)  # HALF_MAPS above
