@@ -49,7 +49,8 @@ def load_run_student(run_dir: str, splits: Any = None) -> tuple[Any, Any, nn.Mod
     return config, splits, model
 
 
-def load_run_teacher(run_dir: str, splits: Any = None) -> tuple[Any, Any, nn.Module | None]:
+def load_run_teacher(run_dir: str, splits: Any = None,
+                     config: Any = None) -> tuple[Any, Any, nn.Module | None]:
     """``(config, splits, teacher)`` of a finished run: its first teacher (``teachers[0]``) with
     the checkpoint ``summary.json`` names loaded. ``teacher`` is ``None`` when the run had none,
     or when that checkpoint is gone (a teacher trained by the run lives in the cache, which may
@@ -57,7 +58,7 @@ def load_run_teacher(run_dir: str, splits: Any = None) -> tuple[Any, Any, nn.Mod
     from .assemble import build_model, load_data
     from .engine.checkpoint import load_weights
 
-    config = _config(run_dir)
+    config = config if config is not None else _config(run_dir)  # as load_run_student read it
     path = os.path.join(run_dir, "summary.json")
     if not os.path.isfile(path):
         raise UserError(f"{run_dir}: no summary.json; the run has not finished (kdcore run "

@@ -66,7 +66,9 @@ class Distiller(nn.Module):
         """``{teacher_name: {tap_key: tensor}}`` for one training batch: a teacher with an output
         cache attached is read from it by ``indices`` and never run; the others are computed."""
         indices = extra.get("indices")
-        cached = [name for name in self.teachers if name in self.caches and indices is not None]
+        if not self.caches or indices is None:  # the usual case: every teacher runs
+            return self.compute_teacher_features(inputs)
+        cached = [name for name in self.teachers if name in self.caches]
         features = self.compute_teacher_features(inputs, [n for n in self.teachers if n not in cached])
         for name in cached:
             features[name] = self.caches[name].rows(indices, inputs.device)

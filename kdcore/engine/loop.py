@@ -9,6 +9,7 @@ pre-trainings (FitNets hints, AB, FT) are such steps: one loop, one set of NaN/I
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -304,6 +305,8 @@ class Update:
             f"is {value}" if not math.isfinite(value) else "on another process is NaN/Inf")
         if not self.finite(math.isfinite(value), what):
             return False
+        if self.settings.amp == "none":
+            return self.apply(loss, name)
         with torch.autocast(self.device.type, enabled=False):  # the forward ran under autocast
             return self.apply(loss, name)
 
@@ -381,7 +384,8 @@ def train_epochs(algorithm: nn.Module, batches: TrainBatches, state: TrainingSta
         step = s.step_module if s.step_module is not None else algorithm.training_step
     # trainer.amp: the forward passes autocast (losses upcast as they need), the backward does not
     low = torch.bfloat16 if s.amp == "bf16" else torch.float16
-    precision = torch.autocast(update.device.type, dtype=low, enabled=s.amp != "none")
+    precision = (torch.autocast(update.device.type, dtype=low) if s.amp != "none"
+                 else contextlib.nullcontext())  # nothing entered each step without AMP
     while state.epoch < s.epochs:
         algorithm.train()
         started = time.perf_counter() - state.seconds

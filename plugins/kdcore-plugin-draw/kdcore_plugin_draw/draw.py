@@ -47,7 +47,7 @@ def _models(run_dirs: list[str]) -> tuple[Any, list[tuple[str, torch.nn.Module]]
         _finished(run_dir)
         config, splits, student = load_run_student(run_dir, splits)
         if not teacher_shown:
-            _, _, teacher = load_run_teacher(run_dir, splits)
+            _, _, teacher = load_run_teacher(run_dir, splits, config)
             if teacher is not None:
                 columns.insert(0, (f"teacher ({config.teachers[0].type})", teacher))
                 teacher_shown = True
